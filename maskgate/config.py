@@ -1,0 +1,317 @@
+"""One typed, validated configuration for every maskgate process.
+
+Sources, later ones winning: the defaults below (enough for a local run), an optional
+TOML file, and ``MASKGATE_*`` environment variables. A top-level key is
+``MASKGATE_<KEY>`` (``MASKGATE_DATABASE_URL``); a nested key joins its path with ``__``
+(``MASKGATE_MQTT__URL``). Unknown keys and wrong types raise :class:`ConfigError`
+naming the key and where it came from. ``MASKGATE_CONFIG`` names the file when no
+``--config`` is given; variables starting ``MASKGATE_TEST_`` belong to the test suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from maskgate.const import CONFIG_ENV_VAR, ENV_PREFIX, TEST_ENV_PREFIX
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key and its source."""
+
+
+def secret(default: str = "") -> Any:
+    """A field whose value is masked when the config is printed."""
+    return field(default=default, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
+    username: str = ""
+    password: str = secret()
+    topic_prefix: str = "maskgate"
+    ca_file: str = ""  # CA bundle for mqtts:// (system store when empty)
+    client_cert: str = ""
+    client_key: str = ""
+    keepalive_s: int = 30
+    door_command_ttl_s: float = 3.0  # a door command older than this must not open the door
+    ack_timeout_s: float = 5.0
+    command_secret: str = secret()  # per-gate HMAC key for signed door commands (off when empty)
+    homeassistant_discovery: bool = False
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = "synthetic"  # camera index, stream URL, video file, image folder or "synthetic"
+    width: int = 640
+    height: int = 480
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    kind: Literal["mtcnn", "mtcnn-litert"] = "mtcnn"
+    min_face_size: int = 40  # pixels at the working resolution
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # P-, R- and O-net
+    scale_factor: float = 0.709
+    working_width: int = 640  # frames are scaled to this width before detection
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_face_size: int = 60  # faces smaller than this (pixels) are not evidence
+    min_detector_score: float = 0.9
+    min_track_hits: int = 3  # frames a track must be seen in before it counts
+    min_classifications: int = 5  # evidence needed before a decision
+    majority: float = 0.7  # size-weighted share the winning label needs
+    confidence_floor: float = 0.6  # classifications below this are not evidence
+    change_frames: int = 8  # a new verdict must hold this long to re-issue a decision
+    window: int = 15  # classifications remembered per track
+    with_mask: Literal["allow", "deny", "warn"] = "allow"
+    without_mask: Literal["allow", "deny", "warn"] = "deny"
+    improper_mask: Literal["allow", "deny", "warn"] = "warn"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    models: Path = Path("models")
+    active_model: Path = Path("models/default")
+    snapshots: Path = Path("var/snapshots")
+    datasets: Path = Path("../shared/datasets")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    events_days: int = 90
+    incidents_days: int = 365  # incidents under review are pinned and never purged
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret_key: str = secret()  # Flask session key; required to serve the dashboard
+    secure_cookies: bool = True
+    retrain_cron: str = "0 2 * * *"  # nightly retraining, minute hour day month weekday
+
+
+@dataclass(frozen=True)
+class Config:
+    gate_id: str = "gate-1"
+    database_url: str = secret("sqlite:///var/maskgate.sqlite")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (or ``$MASKGATE_CONFIG``), then environment overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV_VAR) or None
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return _apply_environment(config_from_mapping(raw, source), environ)
+
+
+def config_from_mapping(raw: Mapping[str, Any], source: str = "config") -> Config:
+    """A Config from parsed TOML (nested dicts); `source` names it in errors."""
+    return _build(Config, raw, source, prefix="")
+
+
+def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR or name.startswith(TEST_ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        config = _override(config, path, value, source=f"environment variable {name}")
+    return config
+
+
+def _override(obj: Any, path: list[str], text: str, source: str, done: tuple[str, ...] = ()) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    key = path[0]
+    dotted = ".".join((*done, key))
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key {dotted!r}{_suggest(key, hints)}")
+    hint = hints[key]
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"{source}: {dotted!r} is a value, not a section")
+        value = _override(getattr(obj, key), path[1:], text, source, (*done, key))
+    elif dataclasses.is_dataclass(hint):
+        raise ConfigError(f"{source}: {dotted!r} is a section; set one of its keys with __")
+    else:
+        value = _convert(_parse_env_value(text, hint), hint, f"{source}: {dotted}")
+    return dataclasses.replace(obj, **{key: value})
+
+
+def _parse_env_value(text: str, hint: Any) -> Any:
+    """Environment values are text; lists and tuples may be written as JSON arrays."""
+    if typing.get_origin(hint) in (tuple, list) and text.strip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}{_suggest(key, hints)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
+        else:
+            values[key] = _convert(value, hint, f"{source}: {prefix}{key}")
+    return cls(**values)
+
+
+def _suggest(key: str, hints: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(hints), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(hints)})"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """`value` as type `hint`; strings from the environment are parsed, TOML types are checked."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        args = typing.get_args(hint)
+        if not isinstance(items, list | tuple) or len(items) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        pairs = enumerate(zip(items, args, strict=True))
+        return tuple(_convert(item, kind, f"{where}[{i}]") for i, (item, kind) in pairs)
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"config field type {hint} is not supported")  # keep the schema simple
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+    else:
+        raise TypeError(f"config field type {hint} is not supported")
+    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(
+        hint, str(hint)
+    )
+
+
+MASK = "********"
+
+
+def as_dict(obj: Any, mask_secrets: bool = True) -> dict[str, Any]:
+    """The config as nested plain values, secrets masked (non-empty ones shown as ``********``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = as_dict(value, mask_secrets)
+        elif mask_secrets and f.metadata.get("secret") and value:
+            out[f.name] = mask_url(value) if "://" in value else MASK
+        elif isinstance(value, Path):
+            out[f.name] = str(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password hidden: `postgresql://u:secret@h/db` -> `postgresql://u:********@h/db`."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}"
+
+
+def to_toml(obj: Any) -> str:
+    """Render `as_dict(obj)` as TOML (the subset the config uses)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in as_dict(obj).items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

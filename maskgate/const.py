@@ -1,0 +1,17 @@
+"""Constants shared across maskgate (names, not tunables: tunables live in the config)."""
+
+ENV_PREFIX = "MASKGATE_"
+CONFIG_ENV_VAR = "MASKGATE_CONFIG"  # path of the TOML config when no --config is given
+TEST_ENV_PREFIX = "MASKGATE_TEST_"  # variables for the test suite, ignored by the config loader
+
+# Exit codes of the `maskgate` command.
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+# Face size bands (longer box side, pixels) for metrics and reports.
+SIZE_BANDS = ((0, 32, "<32"), (32, 96, "32-96"), (96, 1_000_000, ">=96"))
+
+USER_ROLES = ("admin", "viewer")
+MODEL_STATUSES = ("candidate", "active", "retired")
+TRAINING_RUN_STATUSES = ("running", "succeeded", "failed", "rejected")

@@ -1,0 +1,80 @@
+"""Engines for SQLite (WAL, the default) and PostgreSQL, with clear errors for bad URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from maskgate.config import mask_url
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says which one and why."""
+
+
+class DatabaseUrlError(StoreError):
+    """The database URL is malformed or names an unsupported database."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database did not answer."""
+
+
+def parse_database_url(url: str) -> URL:
+    """`url` parsed and normalised: PostgreSQL always through psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            f"malformed database URL {_shown(url)!r}: expected e.g. "
+            "sqlite:///var/maskgate.sqlite or postgresql://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed
+    raise DatabaseUrlError(f"unsupported database {backend!r} in {_shown(url)!r}: use sqlite or postgresql")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`. SQLite files get their folder created, WAL and a busy timeout."""
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise DatabaseUrlError(f"cannot use database URL {_shown(url)!r}: {exc}") from None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the dashboard read while the agent writes; NORMAL is durable across
+    # application crashes, which is what an event log at a door needs.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise :class:`DatabaseUnavailable` with the (password-masked) URL if the database is unreachable."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseUnavailable(f"cannot connect to database {_shown(engine.url)}: {reason}") from None
+
+
+def _shown(url: str | URL) -> str:
+    """`url` fit for a log line or an error message: its password masked."""
+    return mask_url(url.render_as_string(hide_password=False) if isinstance(url, URL) else url)

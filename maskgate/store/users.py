@@ -1,0 +1,80 @@
+"""Dashboard users: names, roles and password hashes (scrypt via werkzeug)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from maskgate.const import USER_ROLES
+from maskgate.core import utcnow
+from maskgate.store.db import StoreError
+from maskgate.store.schema import UserRow
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MIN_PASSWORD_LENGTH = 10
+
+
+class UserError(StoreError):
+    """A user cannot be created or changed as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    role: str
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class UserStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def add(self, username: str, password: str, role: str) -> User:
+        """Create a user; the password is stored only as a salted scrypt hash."""
+        if not USERNAME_PATTERN.match(username):
+            raise UserError(f"invalid username {username!r}: 1-64 letters, digits or _ . @ -")
+        if role not in USER_ROLES:
+            raise UserError(f"invalid role {role!r}: choose one of {', '.join(USER_ROLES)}")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise UserError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+        row = UserRow(
+            username=username,
+            password_hash=generate_password_hash(password, method="scrypt"),
+            role=role,
+            created_at=utcnow(),
+        )
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            raise UserError(f"user {username!r} already exists") from None
+        return _user(row)
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user if the password matches, else None (same work either way, against timing probes)."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.scalar(select(UserRow).where(UserRow.username == username))
+            stored = row.password_hash if row else _DUMMY_HASH
+            if not check_password_hash(stored, password) or row is None:
+                return None
+            row.last_login_at = utcnow()
+            return _user(row)
+
+    def get(self, username: str) -> User | None:
+        with Session(self.engine) as session:
+            row = session.scalar(select(UserRow).where(UserRow.username == username))
+            return _user(row) if row else None
+
+
+_DUMMY_HASH = generate_password_hash("not a real password", method="scrypt")
+
+
+def _user(row: UserRow) -> User:
+    return User(row.username, row.role, row.created_at, row.last_login_at)

@@ -1,0 +1,43 @@
+"""Engines and their errors: malformed, unsupported and unreachable databases."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from maskgate.store import DatabaseUnavailable, DatabaseUrlError, make_engine
+from maskgate.store.db import check_connection
+
+
+@pytest.mark.parametrize("url", ["nonsense", "://nohost", ""])
+def test_malformed_url(url):
+    with pytest.raises(DatabaseUrlError, match="malformed database URL"):
+        make_engine(url)
+
+
+def test_unsupported_database():
+    with pytest.raises(DatabaseUrlError, match="unsupported database 'oracle'"):
+        make_engine("oracle://scott:tiger@db/orcl")
+
+
+def test_unreachable_postgres_names_it_and_hides_the_password():
+    engine = make_engine("postgresql://gate:hunter2@127.0.0.1:1/maskgate")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        check_connection(engine)
+    message = str(caught.value)
+    assert "127.0.0.1:1/maskgate" in message and "hunter2" not in message
+
+
+def test_sqlite_uses_wal_and_creates_its_folder(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'deep' / 'er' / 'db.sqlite'}")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert (tmp_path / "deep" / "er" / "db.sqlite").exists()
+
+
+@pytest.mark.integration
+def test_postgres_urls_use_psycopg3(postgresql_url):
+    engine = make_engine(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert engine.dialect.driver == "psycopg"
+    check_connection(engine)

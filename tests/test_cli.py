@@ -1,0 +1,121 @@
+"""The `maskgate` command: exit codes, messages, and the db/config/user commands end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskgate.cli import main
+from maskgate.const import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from maskgate.store import UserStore, make_engine, migrate
+
+
+@pytest.fixture
+def db_env(monkeypatch, database_url) -> str:
+    monkeypatch.setenv("MASKGATE_DATABASE_URL", database_url)
+    return database_url
+
+
+def test_help_everywhere(capsys):
+    for argv in (
+        ["--help"],
+        ["db", "--help"],
+        ["db", "upgrade", "--help"],
+        ["user", "add", "--help"],
+        ["config", "check", "--help"],
+        ["agent", "--help"],
+        ["train", "--help"],
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == EXIT_OK
+    assert "usage: maskgate train" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["db", "sideways"])
+    assert stopped.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == EXIT_USAGE
+
+
+def test_config_check_prints_effective_config_with_secrets_masked(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "gate.toml"
+    path.write_text('gate_id = "north"\n[mqtt]\npassword = "hunter2"\n')
+    monkeypatch.setenv("MASKGATE_MQTT__URL", "mqtts://broker:8883")
+    assert main(["config", "check", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert 'gate_id = "north"' in out and 'url = "mqtts://broker:8883"' in out
+    assert "hunter2" not in out and 'password = "********"' in out
+
+
+def test_config_typo_exits_2_naming_key_and_file(tmp_path, capsys):
+    path = tmp_path / "gate.toml"
+    path.write_text("[policy]\nmajorty = 0.8\n")
+    assert main(["--config", str(path), "config", "check"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{path}: unknown key 'policy.majorty' (did you mean 'majority'?)" in err
+
+
+def test_db_upgrade_current_downgrade(db_env, capsys):
+    assert main(["db", "current"]) == EXIT_OK
+    assert "base (empty)" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == EXIT_OK
+    head = migrate.head_revision()
+    assert f"database at revision {head}" in capsys.readouterr().out
+    assert main(["db", "current"]) == EXIT_OK
+    assert f"{head} (up to date)" in capsys.readouterr().out
+    assert main(["db", "downgrade", "base"]) == EXIT_OK
+    assert main(["db", "stamp", head]) == EXIT_OK
+    assert migrate.current_revision(make_engine(db_env)) == head
+
+
+def test_unknown_revision_is_a_runtime_error(db_env, capsys):
+    assert main(["db", "upgrade", "nosuchrev"]) == EXIT_RUNTIME
+    assert "nosuchrev" in capsys.readouterr().err
+
+
+def test_malformed_database_url(monkeypatch, capsys):
+    monkeypatch.setenv("MASKGATE_DATABASE_URL", "postgres//oops")
+    assert main(["db", "current"]) == EXIT_RUNTIME
+    assert "malformed database URL 'postgres//oops'" in capsys.readouterr().err
+
+
+def test_unreachable_database(monkeypatch, capsys):
+    monkeypatch.setenv("MASKGATE_DATABASE_URL", "postgresql://gate:pw@127.0.0.1:1/maskgate")
+    assert main(["db", "upgrade"]) == EXIT_RUNTIME
+    err = capsys.readouterr().err
+    assert "cannot connect to database" in err and ":pw@" not in err
+
+
+def test_user_add(db_env, monkeypatch, capsys):
+    import io
+
+    assert main(["db", "upgrade"]) == EXIT_OK
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "alice", "--role", "admin", "--password-stdin"]) == EXIT_OK
+    assert "created admin 'alice'" in capsys.readouterr().out
+    assert UserStore(make_engine(db_env)).authenticate("alice", "a long enough password").role == "admin"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "alice", "--password-stdin"]) == EXIT_RUNTIME
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_user_add_needs_a_migrated_database(sqlite_url, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setenv("MASKGATE_DATABASE_URL", sqlite_url)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "alice", "--password-stdin"]) == EXIT_RUNTIME
+    assert "run `maskgate db upgrade`" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "maskgate"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("maskgate ")

@@ -1,0 +1,172 @@
+"""Config loading: defaults, TOML, environment overrides and the errors people will make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from maskgate.config import Config, ConfigError, as_dict, config_from_mapping, load_config, to_toml
+
+EXAMPLE = Path(__file__).parents[1] / "deploy" / "maskgate.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "maskgate.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_a_local_run():
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.database_url.startswith("sqlite:///")
+    assert config.policy.with_mask == "allow"
+
+
+def test_example_config_loads_and_documents_every_key():
+    config = load_config(EXAMPLE, environ={})
+    text = EXAMPLE.read_text()
+    for section, values in as_dict(config).items():
+        if isinstance(values, dict):
+            assert f"[{section}]" in text
+            for key in values:
+                assert f"{key} =" in text, f"{section}.{key} is not in the example config"
+        else:
+            assert f"{section} =" in text
+
+
+def test_file_values(tmp_path):
+    path = write(
+        tmp_path,
+        'gate_id = "north"\n[mqtt]\nurl = "mqtts://broker:8883"\n[detector]\nthresholds = [0.5, 0.6, 0.7]\n'
+        "[policy]\nmajority = 1\n",
+    )
+    config = load_config(path, environ={})
+    assert config.gate_id == "north"
+    assert config.mqtt.url == "mqtts://broker:8883"
+    assert config.detector.thresholds == (0.5, 0.6, 0.7)
+    assert config.policy.majority == 1.0 and isinstance(config.policy.majority, float)
+    assert config.mqtt.topic_prefix == "maskgate"  # untouched keys keep their defaults
+
+
+def test_environment_overrides_file(tmp_path):
+    path = write(tmp_path, 'gate_id = "north"\n[mqtt]\nkeepalive_s = 10\n')
+    environ = {
+        "MASKGATE_GATE_ID": "south",
+        "MASKGATE_DATABASE_URL": "postgresql://db/maskgate",
+        "MASKGATE_MQTT__KEEPALIVE_S": "45",
+        "MASKGATE_MQTT__HOMEASSISTANT_DISCOVERY": "yes",
+        "MASKGATE_DETECTOR__THRESHOLDS": "[0.5, 0.6, 0.9]",
+        "MASKGATE_PATHS__SNAPSHOTS": "/srv/snapshots",
+        "MASKGATE_TEST_ANYTHING": "ignored",
+    }
+    config = load_config(path, environ=environ)
+    assert config.gate_id == "south"
+    assert config.database_url == "postgresql://db/maskgate"
+    assert config.mqtt.keepalive_s == 45
+    assert config.mqtt.homeassistant_discovery is True
+    assert config.detector.thresholds == (0.5, 0.6, 0.9)
+    assert config.paths.snapshots == Path("/srv/snapshots")
+
+
+def test_config_file_from_environment(tmp_path):
+    path = write(tmp_path, 'gate_id = "east"\n')
+    assert load_config(environ={"MASKGATE_CONFIG": str(path)}).gate_id == "east"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gate_idd = 'x'\n", r"maskgate.toml: unknown key 'gate_idd' \(did you mean 'gate_id'\?\)"),
+        ("[mqtt]\nurll = 'x'\n", r"maskgate.toml: unknown key 'mqtt.urll' \(did you mean 'url'\?\)"),
+        (
+            "[mqtt]\nkeepalive_s = 'soon'\n",
+            r"maskgate.toml: mqtt.keepalive_s: expected an integer, got 'soon'",
+        ),
+        ("[mqtt]\nkeepalive_s = true\n", r"mqtt.keepalive_s: expected an integer, got True"),
+        (
+            "[policy]\nwithout_mask = 'open'\n",
+            r"policy.without_mask: 'open' is not one of 'allow', 'deny', 'warn'",
+        ),
+        ("[detector]\nthresholds = [0.5]\n", r"detector.thresholds: expected 3 values"),
+        ("mqtt = 'x'\n", r"mqtt must be a table"),
+        ("[camera\n", r"maskgate.toml: not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_key_and_file(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MASKGATE_GATEID": "x"}, r"environment variable MASKGATE_GATEID: unknown key 'gateid'"),
+        ({"MASKGATE_MQTT__PORT": "1"}, r"MASKGATE_MQTT__PORT: unknown key 'mqtt.port'"),
+        ({"MASKGATE_MQTT": "x"}, r"'mqtt' is a section"),
+        ({"MASKGATE_GATE_ID__X": "x"}, r"'gate_id' is a value, not a section"),
+        (
+            {"MASKGATE_POLICY__MAJORITY": "most"},
+            r"MASKGATE_POLICY__MAJORITY: policy.majority: expected a number",
+        ),
+        ({"MASKGATE_MQTT__HOMEASSISTANT_DISCOVERY": "perhaps"}, r"expected true or false"),
+    ],
+)
+def test_bad_environment_names_the_variable(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ=environ)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nothere\.toml: config file not found"):
+        load_config(tmp_path / "nothere.toml", environ={})
+
+
+def test_secrets_are_masked():
+    config = load_config(
+        environ={
+            "MASKGATE_MQTT__PASSWORD": "hunter2",
+            "MASKGATE_DATABASE_URL": "postgresql://gate:s3cret@db:5432/maskgate",
+            "MASKGATE_DASHBOARD__SECRET_KEY": "abcdef",
+        }
+    )
+    shown = to_toml(config)
+    assert "hunter2" not in shown and "s3cret" not in shown and "abcdef" not in shown
+    assert "postgresql://gate:********@db:5432/maskgate" in shown
+    assert as_dict(config, mask_secrets=False)["mqtt"]["password"] == "hunter2"
+
+
+def test_printed_config_loads_back_to_the_same(tmp_path):
+    config = load_config(environ={"MASKGATE_GATE_ID": "west", "MASKGATE_POLICY__WINDOW": "20"})
+    assert load_config(write(tmp_path, to_toml(config)), environ={}) == config
+
+
+_scalars = st.one_of(st.text(max_size=8), st.integers(), st.floats(allow_nan=False), st.booleans())
+_keys = st.one_of(
+    st.sampled_from(["gate_id", "mqtt", "url", "policy", "majority", "thresholds"]), st.text(max_size=8)
+)
+_trees = st.recursive(
+    _scalars | st.lists(_scalars, max_size=4), lambda kids: st.dictionaries(_keys, kids, max_size=4)
+)
+
+
+@given(st.dictionaries(_keys, _trees, max_size=5))
+def test_any_parsed_file_is_accepted_or_refused_cleanly(raw):
+    """Whatever a TOML file holds, the loader returns a Config or raises ConfigError, nothing else."""
+    try:
+        assert isinstance(config_from_mapping(raw, "fuzz.toml"), Config)
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.toml: ")
+
+
+@given(st.text(max_size=200))
+def test_any_file_text_is_accepted_or_refused_cleanly(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "maskgate.toml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(path, environ={})
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path))
