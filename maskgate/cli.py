@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +15,10 @@ from maskgate.const import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from maskgate.store import StoreError, UserStore, make_engine, migrate
 
 log = logging.getLogger("maskgate")
+
+# Each part registers its own subcommands: a module with `register(commands)`. Registration
+# imports nothing heavy; handlers import what they need when they run.
+COMMAND_MODULES = ("maskgate.gate.cli", "maskgate.training.cli", "maskgate.dashboard.cli")
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -34,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
     _add_db_commands(commands)
     _add_user_commands(commands)
-    for name, summary, issue in _PLANNED:
-        planned = commands.add_parser(name, help=summary, description=f"{summary} (planned: issue {issue}).")
-        planned.set_defaults(handler=_planned(name, issue))
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
+    _register_bench(commands)
     return parser
 
 
@@ -146,23 +151,20 @@ def _user_add(args: argparse.Namespace, config: Config) -> int:
 
 # -- commands that later work fills in ---------------------------------------------------------
 
-_PLANNED = [
-    ("agent", "run the gate agent on a camera, stream, file, folder or the synthetic walk-up", 4),
-    ("door-sim", "run the reference door controller for one gate", 5),
-    ("dashboard", "serve the dashboard and its scheduler", 6),
-    ("train", "train a mask classifier into a model folder", 3),
-    ("evaluate", "evaluate a model on crops or on whole scenes", 3),
-    ("bench", "run the benchmarks", 8),
-    ("demo", "run the whole system locally on the synthetic walk-up", 4),
-]
 
+def add_planned(commands: argparse._SubParsersAction, name: str, summary: str, issue: int) -> None:
+    """A command that is part of the interface but not built yet: it says so and exits 1."""
 
-def _planned(name: str, issue: int) -> Handler:
     def handler(_args: argparse.Namespace, _config: Config) -> int:
         print(f"maskgate {name}: not built yet (issue {issue})", file=sys.stderr)
         return EXIT_RUNTIME
 
-    return handler
+    planned = commands.add_parser(name, help=summary, description=f"{summary} (planned: issue {issue}).")
+    planned.set_defaults(handler=handler)
+
+
+def _register_bench(commands: argparse._SubParsersAction) -> None:
+    add_planned(commands, "bench", "run the benchmarks", 8)
 
 
 if __name__ == "__main__":

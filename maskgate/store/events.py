@@ -120,7 +120,9 @@ class EventStore:
         # Built once: recording is the agent's hot path (DESIGN: an insert well under 2 ms).
         self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
         self._insert_event = (
-            dialect_insert(EventRow).on_conflict_do_nothing(index_elements=[EventRow.id]).returning(EventRow.id)
+            dialect_insert(EventRow)
+            .on_conflict_do_nothing(index_elements=[EventRow.id])
+            .returning(EventRow.id)
         )
         self._known_gates: set[str] = set()  # gates are never deleted, so once stored, always stored
 

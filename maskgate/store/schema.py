@@ -117,6 +117,26 @@ class EventRow(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # never purged while set
 
 
+class OutboxRow(Base):
+    """An MQTT message stored before it is published; retried until sent or expired (DESIGN: outbox)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "sent_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # door_command / event / ...
+    topic: Mapped[str] = mapped_column(String(256))
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON that is published
+    qos: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # never published after this
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class ModelVersionRow(Base):
     __tablename__ = "model_versions"
     __table_args__ = (_one_of("status", MODEL_STATUSES),)

@@ -1,4 +1,4 @@
-"""initial schema: gates, events, model versions, training runs, users
+"""initial schema: gates, events, outbox, model versions, training runs, users
 
 Revision ID: 0001
 Revises: (none)
@@ -112,6 +112,26 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["gate_id"], ["gates.id"], name=op.f("fk_events_gate_id_gates")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
     )
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=True),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("topic", sa.String(length=256), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("qos", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expired_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["event_id"], ["events.id"], name=op.f("fk_outbox_event_id_events"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
+    )
+    op.create_index("ix_outbox_pending", "outbox", ["sent_at", "id"])
     # Every listing is newest first with the id as tie-break (keyset pagination).
     op.create_index("ix_events_occurred", "events", ["occurred_at", "id"])
     op.create_index("ix_events_gate_occurred", "events", ["gate_id", "occurred_at", "id"])
@@ -121,6 +141,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("outbox")
     op.drop_table("events")  # drops its indexes too
     op.drop_table("users")
     op.drop_table("training_runs")

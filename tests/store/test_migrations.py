@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 from maskgate.store import SchemaError, migrate
 from maskgate.store.schema import Base
 
-TABLES = {"gates", "events", "model_versions", "training_runs", "users"}
+TABLES = {"gates", "events", "outbox", "model_versions", "training_runs", "users"}
 
 
 def _tables(engine) -> set[str]:
