@@ -1,0 +1,64 @@
+"""The mask classifier at the gate: a model folder run by LiteRT, all faces of a frame in one call."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from maskgate.core import Classification
+from maskgate.crop import CropSpec
+from maskgate.modelcard import RUNTIME_FILE, ModelCard, ModelFileError, load_card
+
+log = logging.getLogger(__name__)
+
+
+class MaskClassifier:
+    """Loads ``model.tflite`` from a verified model folder and classifies batches of crops."""
+
+    def __init__(self, folder: str | Path, num_threads: int = 1):
+        self.folder = Path(folder)
+        self.card: ModelCard = load_card(self.folder)
+        try:
+            self._interpreter = Interpreter(
+                model_path=str(self.folder / RUNTIME_FILE), num_threads=num_threads
+            )
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{self.folder}: LiteRT cannot load {RUNTIME_FILE}: {exc}") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+        self._lock = threading.Lock()  # one interpreter, not re-entrant
+        expected = (self.crop.size, self.crop.size, self.crop.channels)
+        actual = tuple(int(n) for n in self._input["shape"][1:])
+        if actual != expected:
+            raise ModelFileError(f"{self.folder}: {RUNTIME_FILE} takes {actual}, the card says {expected}")
+
+    @property
+    def crop(self) -> CropSpec:
+        return self.card.crop
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
+        """Probabilities for each crop (from :func:`maskgate.crop.crop_face`), in one interpreter call."""
+        if not crops:
+            return []
+        batch = np.stack(crops).astype(np.float32)
+        with self._lock:
+            if batch.shape[0] != self._batch:
+                # Resizing re-plans the graph: do it only when the number of faces changes.
+                self._interpreter.resize_tensor_input(self._input["index"], batch.shape)
+                self._interpreter.allocate_tensors()
+                self._batch = batch.shape[0]
+            self._interpreter.set_tensor(self._input["index"], batch)
+            self._interpreter.invoke()
+            probabilities = self._interpreter.get_tensor(self._output["index"])
+        return [Classification.from_vector(row, self.card.labels) for row in probabilities]

@@ -1,0 +1,112 @@
+"""Face detection behind a small interface; the reference implementation is the `mtcnn` package.
+
+Known trap (DESIGN.md): `mtcnn` 1.0 sizes its image pyramid from the image alone and then
+starts it at 12 / min_face_size, so with a minimum face size above about 21 on 640x480 the last
+levels shrink below PNet's 12x12 window; the convolution fails inside and the package swallows
+the error and returns no faces at all. :func:`scale_pyramid` computes the pyramid correctly
+(every level at least 12 px) and :class:`MtcnnDetector` runs the package with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from maskgate.config import DetectorConfig
+from maskgate.core import Box, Face
+
+log = logging.getLogger(__name__)
+
+PNET_WINDOW = 12  # PNet's receptive field: no pyramid level may be smaller
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+class InvalidFrameError(ValueError):
+    """An image the detector cannot use (wrong shape or type, empty)."""
+
+
+class FaceDetector(Protocol):
+    """Finds faces in an RGB uint8 image (H, W, 3); boxes and landmarks in that image's pixels."""
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+def check_frame(image: np.ndarray) -> None:
+    """Raise :class:`InvalidFrameError` unless `image` is a non-empty RGB uint8 array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InvalidFrameError(f"expected a uint8 numpy image, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < PNET_WINDOW:
+        raise InvalidFrameError(f"expected an RGB image of at least 12x12, got shape {image.shape}")
+
+
+def scale_pyramid(width: int, height: int, min_face_size: int, scale_factor: float) -> list[float]:
+    """Scales at which PNet's 12 px window matches faces from `min_face_size` up to the whole image."""
+    if not 0 < scale_factor < 1:
+        raise ValueError(f"scale_factor must be between 0 and 1, got {scale_factor}")
+    scale = PNET_WINDOW / max(min_face_size, 1)
+    scales = []
+    while min(width, height) * scale >= PNET_WINDOW:
+        scales.append(scale)
+        scale *= scale_factor
+    return scales
+
+
+def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """`image` scaled down to `width` (never up) and the factor applied."""
+    if image.shape[1] <= width:
+        return image, 1.0
+    factor = width / image.shape[1]
+    size = (width, max(1, round(image.shape[0] * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
+
+
+class MtcnnDetector:
+    """The `mtcnn` package (TensorFlow) with a correct image pyramid, at a configurable working width."""
+
+    def __init__(self, config: DetectorConfig | None = None):
+        from mtcnn import MTCNN  # imports TensorFlow: only when this detector is used
+
+        _fix_mtcnn_pyramid()
+        self.config = config or DetectorConfig()
+        self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        check_frame(image)
+        small, factor = resize_to_width(image, self.config.working_width)
+        with self._lock:
+            found = self._mtcnn.detect_faces(
+                small,
+                min_face_size=self.config.min_face_size,
+                scale_factor=self.config.scale_factor,
+                threshold_pnet=self.config.thresholds[0],
+                threshold_rnet=self.config.thresholds[1],
+                threshold_onet=self.config.thresholds[2],
+                box_format="xyxy",
+            )
+        return [_face(item, 1 / factor) for item in found]
+
+
+def _face(item: dict, scale: float) -> Face:
+    x1, y1, x2, y2 = (float(v) * scale for v in item["box"])
+    landmarks = {
+        name: (float(x) * scale, float(y) * scale) for name, (x, y) in item.get("keypoints", {}).items()
+    }
+    return Face(Box(x1, y1, x2, y2), float(item["confidence"]), landmarks)
+
+
+def _mtcnn_pyramid(width, height, min_face_size, scale_factor, min_size=PNET_WINDOW):
+    """Drop-in for `mtcnn.utils.images.build_scale_pyramid` with the trap fixed."""
+    return np.asarray(scale_pyramid(int(width), int(height), int(min_face_size), float(scale_factor)))
+
+
+def _fix_mtcnn_pyramid() -> None:
+    # The package's PNet stage calls the builder it imported by name; replacing that one name
+    # fixes every MTCNN instance in the process, and only changes what was broken.
+    from mtcnn.stages import stage_pnet
+
+    stage_pnet.build_scale_pyramid = _mtcnn_pyramid
