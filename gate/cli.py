@@ -3,13 +3,101 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from pathlib import Path
 
-from maskgate.cli import add_planned
+from maskgate.cli import UsageError, add_planned
+from maskgate.config import Config
+from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    add_planned(
-        commands, "agent", "run the gate agent on a camera, stream, file, folder or the synthetic walk-up", 4
+    agent = commands.add_parser(
+        "agent",
+        help="run the gate agent on a camera, stream, file, folder or the synthetic walk-up",
+        description="Run the gate agent. It ends by itself at the end of a file, a folder or the "
+        "synthetic walk-up; a camera or stream runs until SIGINT/SIGTERM.",
     )
+    add_agent_arguments(agent)
+    agent.set_defaults(handler=run_agent)
     add_planned(commands, "door-sim", "run the reference door controller for one gate", 5)
-    add_planned(commands, "demo", "run the whole system locally on the synthetic walk-up", 4)
+    demo = commands.add_parser(
+        "demo", help="run the whole system locally on the synthetic walk-up", description="Run the demo."
+    )
+    demo.set_defaults(handler=run_demo)
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", metavar="SPEC", help="camera index, URL, video file, image folder or 'synthetic'"
+    )
+    parser.add_argument(
+        "--model", type=Path, metavar="DIR", help="model folder (default: paths.active_model)"
+    )
+    parser.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="write an annotated video")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument(
+        "--no-mqtt", action="store_true", help="run without a broker: record and print decisions"
+    )
+
+
+def run_agent(args: argparse.Namespace, config: Config) -> int:
+    # Heavy imports here, not at registration: `maskgate --help` must stay quick.
+    from maskgate.gate.agent import StoreSink
+    from maskgate.gate.build import make_agent, make_detector
+    from maskgate.gate.sources import Capture, SourceError, open_reader
+    from maskgate.modelcard import ModelFileError
+    from maskgate.store import EventStore, make_engine, migrate
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError("--max-frames must be at least 1")
+    engine = make_engine(config.database_url)
+    migrate.require_head(engine)
+    store = EventStore(engine)
+    if not args.no_mqtt:
+        raise UsageError("the MQTT link is not built yet: run with --no-mqtt")
+    sink = StoreSink(store)
+    try:
+        detector = make_detector(config)
+        reader = open_reader(args.source or config.camera.source, config.camera, detector)
+        agent = make_agent(config, sink, detector, args.model, args.annotate, reader.fps)
+    except (ModelFileError, SourceError) as exc:
+        print(f"maskgate agent: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    agent.on_decision = _print_decision
+    capture = Capture(reader, config.camera).start()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: agent.stop())
+    print(f"gate {config.gate_id}: watching {reader.name} with model {agent.classifier.version}", flush=True)
+    try:
+        stats = agent.run(capture, args.max_frames)
+    finally:
+        capture.stop()
+    print(
+        f"gate {config.gate_id}: {stats.frames} frames at {stats.fps:.1f} fps, "
+        f"{len(stats.decisions)} decisions, {stats.bad_frames} bad frames; "
+        f"stages p50/p95: {agent.timings.format()}",
+        flush=True,
+    )
+    if capture.status.last_error and not capture.status.frames:
+        print(f"maskgate agent: {capture.status.last_error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _print_decision(decision, event) -> None:
+    print(
+        f"{decision.decided_at:%H:%M:%S} track {decision.track_id}: {decision.action.value.upper()} "
+        f"({decision.label.value}, {decision.confidence:.2f}) after {decision.latency_ms:.0f} ms"
+        + (f", snapshot {event.snapshot_path}" if event.snapshot_path else ""),
+        flush=True,
+    )
+
+
+def run_demo(args: argparse.Namespace, config: Config) -> int:
+    """The whole system on the synthetic walk-up (SQLite file, default model, no broker yet)."""
+    demo_args = argparse.Namespace(
+        source="synthetic", model=None, annotate=None, max_frames=None, no_mqtt=True
+    )
+    return run_agent(demo_args, config)

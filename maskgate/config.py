@@ -73,10 +73,11 @@ class PolicyConfig:
     min_face_size: int = 60  # faces smaller than this (pixels) are not evidence
     min_detector_score: float = 0.9
     min_track_hits: int = 3  # frames a track must be seen in before it counts
+    track_max_age_s: float = 1.5  # a person unseen for longer is gone (a brief turn-away is not)
     min_classifications: int = 5  # evidence needed before a decision
     majority: float = 0.7  # size-weighted share the winning label needs
     confidence_floor: float = 0.6  # classifications below this are not evidence
-    change_frames: int = 8  # a new verdict must hold this long to re-issue a decision
+    change_frames: int = 5  # a new verdict must hold this long to re-issue a decision
     window: int = 15  # classifications remembered per track
     with_mask: Literal["allow", "deny", "warn"] = "allow"
     without_mask: Literal["allow", "deny", "warn"] = "deny"
@@ -104,6 +105,7 @@ class DashboardConfig:
     secret_key: str = secret()  # Flask session key; required to serve the dashboard
     secure_cookies: bool = True
     retrain_cron: str = "0 2 * * *"  # nightly retraining, minute hour day month weekday
+    proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
 
 
 @dataclass(frozen=True)

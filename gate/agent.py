@@ -1,0 +1,166 @@
+"""The agent loop: frames -> faces -> tracks -> one batched classification -> decisions -> sink.
+
+Every stage is an object with a small interface (DESIGN.md, "Data flow"); this module only
+wires them. :meth:`Agent.process` handles one frame and is what tests and benchmarks drive;
+:meth:`Agent.run` pulls frames from a :class:`Capture` until the source ends or :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from maskgate.core import Action, Classification, Decision, Event, Frame, Track
+from maskgate.crop import EmptyCropError, crop_face
+from maskgate.gate.annotate import VideoSink, draw
+from maskgate.gate.classifier import MaskClassifier
+from maskgate.gate.detector import FaceDetector, InvalidFrameError, check_frame
+from maskgate.gate.policy import DecisionPolicy
+from maskgate.gate.snapshots import SnapshotWriter
+from maskgate.gate.sources import Capture
+from maskgate.gate.timing import StageTimings
+from maskgate.gate.tracker import Tracker
+from maskgate.store import EventStore
+
+log = logging.getLogger(__name__)
+
+INCIDENT_ACTIONS = frozenset({Action.DENY, Action.WARN})
+
+
+class DecisionSink(Protocol):
+    """Where decisions go: the event store, and through the MQTT link the door."""
+
+    def submit(self, decision: Decision, snapshot_path: str | None) -> Event: ...
+
+
+class StoreSink:
+    """Records decisions as events without a broker (`maskgate agent --no-mqtt`)."""
+
+    def __init__(self, store: EventStore):
+        self.store = store
+
+    def submit(self, decision: Decision, snapshot_path: str | None) -> Event:
+        event = Event.from_decision(decision, snapshot_path)
+        self.store.record_event(event)
+        return event
+
+
+@dataclass
+class AgentStats:
+    frames: int = 0
+    bad_frames: int = 0
+    faces: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def fps(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+class Agent:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        classifier: MaskClassifier,
+        tracker: Tracker,
+        policy: DecisionPolicy,
+        sink: DecisionSink,
+        snapshots: SnapshotWriter | None = None,
+        video: VideoSink | None = None,
+        on_decision: Callable[[Decision, Event], None] | None = None,
+    ):
+        self.detector = detector
+        self.classifier = classifier
+        self.tracker = tracker
+        self.policy = policy
+        self.sink = sink
+        self.snapshots = snapshots
+        self.video = video
+        self.on_decision = on_decision
+        self.timings = StageTimings()
+        self.stats = AgentStats()
+        self._decided: dict[int, Decision] = {}  # latest decision per live track, for annotation
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, capture: Capture, max_frames: int | None = None) -> AgentStats:
+        """Process frames until the source ends, `max_frames` were processed, or :meth:`stop`."""
+        self.stats = AgentStats()
+        try:
+            while not self._stop.is_set():
+                frame = capture.next_frame(timeout=0.5)
+                if frame is None:
+                    if capture.finished:
+                        break
+                    continue  # a live camera is late or reconnecting: its status says so
+                self.process(frame)
+                if max_frames is not None and self.stats.frames >= max_frames:
+                    break
+        finally:
+            if self.video is not None:
+                self.video.close()
+        return self.stats
+
+    def process(self, frame: Frame) -> list[Decision]:
+        """Run one frame through every stage; returns the decisions it produced."""
+        try:
+            check_frame(frame.image)
+        except InvalidFrameError as exc:
+            self.stats.bad_frames += 1
+            log.warning("frame %d skipped: %s", frame.seq, exc)
+            return []
+        self.stats.frames += 1
+        with self.timings.measure("detect"):
+            faces = self.detector.detect(frame.image)
+        self.stats.faces += len(faces)
+        with self.timings.measure("track"):
+            update = self.tracker.update(faces, frame.timestamp)
+        for track_id in update.ended:
+            self.policy.forget(track_id)
+            self._decided.pop(track_id, None)
+        with self.timings.measure("classify"):
+            seen = self._classify(frame.image, update.tracks)
+        decisions = []
+        with self.timings.measure("decide"):
+            for track, classification in seen:
+                decision = self.policy.observe(
+                    track, classification, frame.timestamp, self.classifier.version
+                )
+                if decision is not None:
+                    self._deliver(frame, track, decision)
+                    decisions.append(decision)
+        if self.video is not None:
+            self.video.write(draw(frame.image, seen, self._decided))
+        return decisions
+
+    def _classify(self, image: np.ndarray, tracks: list[Track]) -> list[tuple[Track, Classification]]:
+        """All faces of the frame in one classifier call; faces with nothing to crop are skipped."""
+        cropped: list[tuple[Track, np.ndarray]] = []
+        for track in tracks:
+            try:
+                cropped.append((track, crop_face(image, track.face.box, self.classifier.crop)))
+            except EmptyCropError as exc:
+                log.debug("track %d not classified: %s", track.track_id, exc)
+        results = self.classifier.classify([crop for _, crop in cropped])
+        return [(track, result) for (track, _), result in zip(cropped, results, strict=True)]
+
+    def _deliver(self, frame: Frame, track: Track, decision: Decision) -> None:
+        snapshot = None
+        if self.snapshots is not None and decision.action in INCIDENT_ACTIONS:
+            snapshot = self.snapshots.save(frame.image, track.face.box, decision)
+        with self.timings.measure("record"):
+            event = self.sink.submit(decision, snapshot)
+        self._decided[track.track_id] = decision
+        self.stats.decisions.append(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision, event)

@@ -1,0 +1,110 @@
+"""One decision per person: per-track evidence, debounced (DESIGN.md, "Labels and decisions").
+
+For each confirmed track the policy keeps the last `window` classifications that count as
+evidence (face large and sharp enough to trust, classifier confident enough), weighted by face
+size, since a larger face is a better look. Once there are `min_classifications` of them and one
+label holds a `majority` of the weight, that label is the track's verdict and one Decision is
+issued. The verdict may change later (the person pulls the mask up) but a new Decision is issued
+only after the new verdict held for `change_frames` observations in a row, so flapping
+probabilities never toggle the door and a person who lingers never opens it twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from maskgate.config import PolicyConfig
+from maskgate.core import Action, Classification, Decision, Label, Track
+
+
+@dataclass
+class _Evidence:
+    label: Label
+    weight: float
+    classification: Classification
+
+
+@dataclass
+class _TrackHistory:
+    evidence: deque[_Evidence]
+    issued: Label | None = None  # the label of the last decision issued for this track
+    candidate: Label | None = None  # a different verdict waiting to prove it is stable
+    candidate_streak: int = 0
+
+
+class DecisionPolicy:
+    def __init__(self, config: PolicyConfig, gate_id: str):
+        self.config = config
+        self.gate_id = gate_id
+        self.actions = {
+            Label.WITH_MASK: Action(config.with_mask),
+            Label.WITHOUT_MASK: Action(config.without_mask),
+            Label.IMPROPER_MASK: Action(config.improper_mask),
+        }
+        self._tracks: dict[int, _TrackHistory] = {}
+
+    def observe(
+        self, track: Track, classification: Classification, timestamp: float, model_version: str
+    ) -> Decision | None:
+        """Add one frame's classification of `track`; return a Decision when one is due."""
+        history = self._tracks.setdefault(track.track_id, _TrackHistory(deque(maxlen=self.config.window)))
+        if not self._is_evidence(track, classification):
+            return None
+        history.evidence.append(_Evidence(classification.label, track.face.box.side, classification))
+        verdict = self._verdict(history)
+        if verdict is None:
+            return None
+        if history.issued is None:
+            return self._issue(track, history, verdict, timestamp, model_version)
+        if verdict == history.issued:
+            history.candidate, history.candidate_streak = None, 0
+            return None
+        if verdict != history.candidate:
+            history.candidate, history.candidate_streak = verdict, 0
+        history.candidate_streak += 1
+        if history.candidate_streak >= self.config.change_frames:
+            return self._issue(track, history, verdict, timestamp, model_version)
+        return None
+
+    def forget(self, track_id: int) -> None:
+        """The track ended: drop its evidence."""
+        self._tracks.pop(track_id, None)
+
+    def _is_evidence(self, track: Track, classification: Classification) -> bool:
+        return (
+            track.face.box.side >= self.config.min_face_size
+            and track.face.score >= self.config.min_detector_score
+            and classification.confidence >= self.config.confidence_floor
+        )
+
+    def _verdict(self, history: _TrackHistory) -> Label | None:
+        if len(history.evidence) < self.config.min_classifications:
+            return None
+        weights: dict[Label, float] = {}
+        for item in history.evidence:
+            weights[item.label] = weights.get(item.label, 0.0) + item.weight
+        label = max(weights, key=weights.__getitem__)
+        return label if weights[label] >= self.config.majority * sum(weights.values()) else None
+
+    def _issue(
+        self, track: Track, history: _TrackHistory, label: Label, timestamp: float, model_version: str
+    ) -> Decision:
+        supporting = [item for item in history.evidence if item.label == label]
+        total = sum(item.weight for item in supporting)
+        # The decision's probabilities: the size-weighted mean over the evidence that supports it.
+        probabilities = {
+            name: sum(item.weight * item.classification.probabilities[name] for item in supporting) / total
+            for name in supporting[0].classification.probabilities
+        }
+        history.issued, history.candidate, history.candidate_streak = label, None, 0
+        return Decision(
+            gate_id=self.gate_id,
+            track_id=track.track_id,
+            action=self.actions[label],
+            label=label,
+            confidence=probabilities[label],
+            probabilities=probabilities,
+            model_version=model_version,
+            latency_ms=max(0.0, (timestamp - track.first_seen) * 1000),
+        )

@@ -1,0 +1,254 @@
+"""Frame sources: camera, stream, video file, image folder, synthetic walk-up, and the capture thread.
+
+A :class:`FrameReader` produces RGB frames one by one. :class:`Capture` runs a reader on its own
+thread. For a live source (camera, stream) it keeps only the newest frame, so the agent is
+real-time and never works through a growing queue; for a recorded source (file, folder,
+synthetic) it hands over every frame in order, so a clip gives the same decisions on any
+machine. A live source that fails is reopened with exponential backoff and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from maskgate.config import CameraConfig
+from maskgate.core import Frame
+from maskgate.gate.detector import FaceDetector
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read."""
+
+
+class FrameReader(Protocol):
+    """Reads frames; `read` returns None at the end of a recorded source, raises SourceError on failure."""
+
+    live: bool  # a camera or stream (drop stale frames) rather than a recording (keep every frame)
+    name: str
+    fps: float  # a recording's frame rate: its frames are timed by it, not by the wall clock
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class OpenCvReader:
+    """A camera index, an RTSP/HTTP stream URL or a video file, through OpenCV."""
+
+    def __init__(self, target: int | str, live: bool):
+        self.target = target
+        self.live = live
+        self.name = f"camera {target}" if isinstance(target, int) else str(target)
+        self._capture: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        self.close()
+        capture = cv2.VideoCapture(self.target)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"cannot open {self.name}")
+        self._capture = capture
+
+    @property
+    def fps(self) -> float:
+        rate = float(self._capture.get(cv2.CAP_PROP_FPS)) if self._capture else 0.0
+        return rate if rate > 0 else 30.0
+
+    def read(self) -> np.ndarray | None:
+        if self._capture is None:
+            raise SourceError(f"{self.name} is not open")
+        ok, bgr = self._capture.read()
+        if not ok or bgr is None:
+            if self.live:
+                raise SourceError(f"{self.name} stopped delivering frames")
+            return None  # end of the file
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class FolderReader:
+    """Every image of a folder in name order; unreadable files are logged and skipped."""
+
+    live = False
+
+    def __init__(self, folder: Path, fps: float = 10.0):
+        self.fps = fps
+        self.folder = folder
+        self.name = str(folder)
+        self._files: list[Path] = []
+        self.skipped = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceError(f"{self.folder} is not a folder")
+        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._files.reverse()  # pop() from the end gives name order
+
+    def read(self) -> np.ndarray | None:
+        while self._files:
+            path = self._files.pop()
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is not None and bgr.size:
+                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            self.skipped += 1
+            log.warning("skipping unreadable image %s", path)
+        return None
+
+    def close(self) -> None:
+        self._files = []
+
+
+def open_reader(
+    spec: str, camera: CameraConfig | None = None, detector: FaceDetector | None = None
+) -> FrameReader:
+    """The reader for a source spec: a camera index, a URL, a video file, an image folder or 'synthetic'.
+
+    The synthetic walk-up draws its masks from `detector`'s landmarks.
+    """
+    spec = spec.strip()
+    if spec == "synthetic":
+        from maskgate.gate.synthetic import SyntheticWalkUp
+
+        size = (camera.width, camera.height) if camera else (640, 480)
+        return SyntheticWalkUp(size=size, detector=detector)
+    if spec.isdigit():
+        return OpenCvReader(int(spec), live=True)
+    if "://" in spec:
+        return OpenCvReader(spec, live=True)
+    path = Path(spec)
+    if path.is_dir():
+        return FolderReader(path)
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        return OpenCvReader(str(path), live=False)
+    if path.exists():
+        raise SourceError(f"{spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image folder")
+    raise SourceError(f"{spec}: no such file or folder (or use a camera index, a URL or 'synthetic')")
+
+
+@dataclass
+class CaptureStatus:
+    """What the capture thread reports: whether the source works, and what went wrong last."""
+
+    ok: bool = False
+    frames: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    finished: bool = False
+
+
+class Capture:
+    """Runs a reader on its own thread; :meth:`next_frame` hands frames to the agent."""
+
+    def __init__(
+        self,
+        reader: FrameReader,
+        camera: CameraConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.reader = reader
+        self.camera = camera or CameraConfig()
+        self.status = CaptureStatus()
+        self._clock = clock
+        self._frame: Frame | None = None
+        self._seq = 0
+        self._started = clock()
+        self._condition = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"capture {reader.name}", daemon=True)
+
+    def start(self) -> Capture:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(timeout=5)
+
+    def next_frame(self, timeout: float = 1.0) -> Frame | None:
+        """The newest unseen frame, or None if none came within `timeout` (or the source ended)."""
+        deadline = self._clock() + timeout
+        with self._condition:
+            while self._frame is None and not self.status.finished and not self._stop.is_set():
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return None
+                self._condition.wait(remaining)
+            frame, self._frame = self._frame, None
+            self._condition.notify_all()  # a recorded source waits for the slot to be free
+            return frame
+
+    @property
+    def finished(self) -> bool:
+        """The source ended (recorded) or the capture was stopped, and every frame was taken."""
+        with self._condition:
+            return (self.status.finished or self._stop.is_set()) and self._frame is None
+
+    def _run(self) -> None:
+        backoff = self.camera.reconnect_initial_s
+        opened = False
+        while not self._stop.is_set():
+            try:
+                if not opened:
+                    self.reader.open()
+                    opened, self.status.ok = True, True
+                    backoff = self.camera.reconnect_initial_s
+                image = self.reader.read()
+            except SourceError as exc:
+                opened = self._failed(str(exc))
+                if not self.reader.live:
+                    break  # a recording that cannot be read will not get better
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.camera.reconnect_max_s)
+                self.status.reconnects += 1
+                continue
+            if image is None:
+                break
+            self._publish(image)
+        self.reader.close()
+        with self._condition:
+            self.status.finished = True
+            self._condition.notify_all()
+
+    def _failed(self, error: str) -> bool:
+        if self.status.ok or error != self.status.last_error:
+            log.error("camera source %s: %s", self.reader.name, error)
+        self.status.ok, self.status.last_error = False, error
+        self.reader.close()
+        return False
+
+    def _publish(self, image: np.ndarray) -> None:
+        with self._condition:
+            if not self.reader.live:
+                # A recording keeps every frame: wait until the agent took the previous one.
+                while self._frame is not None and not self._stop.is_set():
+                    self._condition.wait(0.5)
+            self._seq += 1
+            # A recording is timed by its own frame rate, so that a clip behaves the same
+            # (tracks, latencies) however fast this machine processes it.
+            media_time = self._started + (self._seq - 1) / self.reader.fps
+            timestamp = self._clock() if self.reader.live else media_time
+            self._frame = Frame(image=image, seq=self._seq, timestamp=timestamp)
+            self.status.frames += 1
+            self._condition.notify_all()

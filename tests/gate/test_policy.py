@@ -1,0 +1,104 @@
+"""The decision policy: noisy and flapping probabilities, real changes, lingering people."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from maskgate.config import PolicyConfig
+from maskgate.core import Action, Box, Classification, Face, Label, Track
+from maskgate.gate.policy import DecisionPolicy
+
+W, WO, IM = Label.WITH_MASK, Label.WITHOUT_MASK, Label.IMPROPER_MASK
+
+
+def track(track_id: int = 1, side: float = 150, score: float = 0.99, first_seen: float = 0.0) -> Track:
+    return Track(track_id, Face(Box(0, 0, side, side), score), hits=5, first_seen=first_seen, last_seen=0.0)
+
+
+def probs(label: Label, confidence: float = 0.9) -> Classification:
+    rest = (1 - confidence) / 2
+    return Classification({name: (confidence if name == label else rest) for name in Label})
+
+
+def feed(policy: DecisionPolicy, labels, track_obj: Track | None = None, fps: float = 10.0):
+    decisions = []
+    for n, item in enumerate(labels):
+        classification = item if isinstance(item, Classification) else probs(item)
+        decision = policy.observe(track_obj or track(), classification, n / fps, "v1")
+        if decision:
+            decisions.append(decision)
+    return decisions
+
+
+@pytest.fixture
+def policy() -> DecisionPolicy:
+    return DecisionPolicy(PolicyConfig(), gate_id="gate-1")
+
+
+def test_one_decision_for_a_steady_person(policy):
+    decisions = feed(policy, [W] * 60)
+    assert [(d.label, d.action) for d in decisions] == [(W, Action.ALLOW)]
+    assert decisions[0].latency_ms == pytest.approx(400.0)  # the 5th classification at 10 fps
+    assert decisions[0].gate_id == "gate-1" and decisions[0].model_version == "v1"
+
+
+def test_noisy_flapping_probabilities_give_one_decision():
+    rng = random.Random(7)
+    labels = [W if rng.random() < 0.85 else rng.choice([WO, IM]) for _ in range(200)]
+    decisions = feed(DecisionPolicy(PolicyConfig(), "g"), labels)
+    assert [d.label for d in decisions] == [W]
+
+
+def test_alternating_labels_never_decide(policy):
+    assert feed(policy, [W, WO] * 50) == []
+
+
+def test_a_real_change_gives_exactly_one_more_decision(policy):
+    decisions = feed(policy, [WO] * 30 + [W] * 60)  # the person pulls the mask up
+    assert [(d.label, d.action) for d in decisions] == [(WO, Action.DENY), (W, Action.ALLOW)]
+
+
+def test_a_brief_change_is_not_a_change(policy):
+    decisions = feed(policy, [WO] * 30 + [W] * 8 + [WO] * 30)
+    assert [d.label for d in decisions] == [WO]
+
+
+def test_lingering_never_repeats(policy):
+    assert len(feed(policy, [W] * 1000)) == 1
+
+
+def test_small_faces_low_scores_and_unsure_classifications_are_not_evidence(policy):
+    assert feed(policy, [W] * 30, track(side=30)) == []
+    assert feed(policy, [W] * 30, track(track_id=2, score=0.5)) == []
+    assert feed(policy, [probs(W, confidence=0.4)] * 30, track(track_id=3)) == []
+
+
+def test_tracks_are_independent_and_forgotten(policy):
+    feed(policy, [W] * 10, track(1))
+    assert [d.label for d in feed(policy, [WO] * 10, track(2))] == [WO]
+    policy.forget(1)
+    assert [d.label for d in feed(policy, [W] * 10, track(1))] == [W]  # a new person with an old id
+
+
+def test_larger_faces_weigh_more():
+    policy = DecisionPolicy(PolicyConfig(min_classifications=4, majority=0.6, window=4), "g")
+    small, large = track(side=70), track(side=250)
+    decisions = []
+    for observed, label in [(small, WO), (small, WO), (large, W), (large, W)]:
+        decision = policy.observe(observed, probs(label), 0.0, "v1")
+        decisions += [decision] if decision else []
+    assert [d.label for d in decisions] == [W]  # 500 px of with_mask against 140 px without
+
+
+def test_actions_come_from_the_config():
+    policy = DecisionPolicy(PolicyConfig(improper_mask="deny"), "g")
+    assert [d.action for d in feed(policy, [IM] * 10)] == [Action.DENY]
+
+
+def test_decision_probabilities_are_plain_floats(policy):
+    decision = feed(policy, [W] * 10)[0]
+    assert set(decision.probabilities) == set(Label)
+    assert decision.confidence == pytest.approx(0.9)
+    assert all(type(p) is float for p in decision.probabilities.values())

@@ -1,0 +1,130 @@
+"""Frame sources and the capture thread: recordings keep every frame, live sources keep the newest
+and survive failures."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from maskgate.config import CameraConfig
+from maskgate.gate.sources import Capture, FolderReader, SourceError, open_reader
+
+FAST_RETRY = CameraConfig(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+
+
+def image(value: int, size: int = 32) -> np.ndarray:
+    return np.full((size, size, 3), value, dtype=np.uint8)
+
+
+def drain(capture: Capture, limit: int = 1000) -> list:
+    frames = []
+    while not capture.finished and len(frames) < limit:
+        frame = capture.next_frame(timeout=1.0)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_folder_keeps_every_frame_in_order_and_skips_corrupt_files(tmp_path):
+    for n in range(5):
+        cv2.imwrite(str(tmp_path / f"{n:03d}.png"), image(n * 40))
+    (tmp_path / "002b.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "notes.txt").write_text("ignored")
+    reader = FolderReader(tmp_path, fps=10)
+    capture = Capture(reader).start()
+    frames = drain(capture)
+    capture.stop()
+    assert [int(f.image[0, 0, 0]) for f in frames] == [0, 40, 80, 120, 160]
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5]
+    assert frames[1].timestamp - frames[0].timestamp == pytest.approx(0.1)  # the recording's own clock
+    assert reader.skipped == 1
+
+
+def test_video_file_frames_are_rgb(tmp_path):
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for _ in range(12):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[:, :, 2] = 255  # red in OpenCV's BGR
+        writer.write(frame)
+    writer.release()
+    reader = open_reader(str(path))
+    capture = Capture(reader).start()
+    frames = drain(capture)
+    capture.stop()
+    assert len(frames) == 12 and not reader.live
+    assert frames[0].image[10, 10, 0] > 200 and frames[0].image[10, 10, 2] < 50  # red is first in RGB
+
+
+class FlakyCamera:
+    """A live source that fails to open twice, delivers frames, then dies once mid-stream."""
+
+    live = True
+    name = "flaky camera"
+    fps = 30.0
+
+    def __init__(self):
+        self.opens = 0
+        self.reads = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens <= 2:
+            raise SourceError("no signal")
+
+    def read(self) -> np.ndarray:
+        self.reads += 1
+        if self.reads == 20:
+            raise SourceError("stopped delivering frames")
+        time.sleep(0.002)
+        return image(self.reads % 250)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_live_source_is_retried_and_reported_not_fatal(caplog):
+    camera = FlakyCamera()
+    capture = Capture(camera, FAST_RETRY).start()
+    frames = []
+    deadline = time.monotonic() + 5
+    while len(frames) < 30 and time.monotonic() < deadline:
+        frame = capture.next_frame(timeout=0.5)
+        if frame is not None:
+            frames.append(frame)
+    capture.stop()
+    assert len(frames) == 30
+    assert camera.opens == 4  # two failed opens, the first stream, the reopened one
+    assert capture.status.reconnects == 3
+    assert "no signal" in caplog.text and "stopped delivering frames" in caplog.text
+    assert [f.seq for f in frames] == sorted(f.seq for f in frames)
+
+
+def test_a_live_source_keeps_only_the_newest_frame():
+    camera = FlakyCamera()
+    camera.opens = 2  # opens at once
+    capture = Capture(camera, FAST_RETRY).start()
+    time.sleep(0.3)  # the agent is busy: frames pile up at the camera, not in a queue
+    first = capture.next_frame(timeout=1)
+    second = capture.next_frame(timeout=1)
+    capture.stop()
+    assert first.seq > 10  # older frames were dropped
+    assert second.seq > first.seq
+
+
+def test_a_camera_that_does_not_exist_is_reported():
+    capture = Capture(open_reader("57"), FAST_RETRY).start()  # no /dev/video57 here
+    assert capture.next_frame(timeout=0.3) is None
+    capture.stop()
+    assert not capture.status.ok and "cannot open camera 57" in capture.status.last_error
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [("nowhere.mp4", "no such file or folder"), ("pyproject.toml", "not a video")]
+)
+def test_bad_specs(spec, message):
+    with pytest.raises(SourceError, match=message):
+        open_reader(spec)
