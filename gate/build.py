@@ -15,9 +15,11 @@ from maskgate.gate.tracker import Tracker, TrackerConfig
 
 
 def make_detector(config: Config) -> FaceDetector:
-    if config.detector.kind == "mtcnn":
-        return MtcnnDetector(config.detector)
-    raise NotImplementedError(f"detector kind {config.detector.kind!r} is not available yet")
+    if config.detector.kind == "mtcnn-litert":
+        from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
+
+        return LiteRtMtcnnDetector(config.detector)
+    return MtcnnDetector(config.detector)  # the reference: needs TensorFlow
 
 
 def make_tracker(config: Config) -> Tracker:

@@ -61,7 +61,7 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    kind: Literal["mtcnn", "mtcnn-litert"] = "mtcnn"
+    kind: Literal["mtcnn", "mtcnn-litert"] = "mtcnn-litert"  # "mtcnn" is the TensorFlow reference
     min_face_size: int = 40  # pixels at the working resolution
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # P-, R- and O-net
     scale_factor: float = 0.709

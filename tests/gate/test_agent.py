@@ -1,0 +1,217 @@
+"""The agent end to end with the real detector and the shipped model: synthetic walk-up, real clips,
+bad input. Decisions land in a real SQLite event store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskgate.config import Config, DetectorConfig
+from maskgate.core import Action, Box, Face, Frame
+from maskgate.gate.agent import Agent, StoreSink
+from maskgate.gate.build import make_agent
+from maskgate.gate.detector import MtcnnDetector
+from maskgate.gate.sources import Capture, open_reader
+from maskgate.gate.synthetic import SyntheticWalkUp
+from maskgate.modelcard import ModelFileError
+from maskgate.store import EventFilter, EventStore, make_engine, migrate
+
+ROOT = Path(__file__).parents[2]
+MODEL = ROOT / "models" / "default"
+VIDEOS = Path(os.environ.get("MASKGATE_TEST_DATASETS", ROOT.parent / "shared" / "datasets")) / "videos"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def detector() -> MtcnnDetector:
+    return MtcnnDetector(DetectorConfig())
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    base = Config()
+    return replace(
+        base,
+        gate_id="test-gate",
+        database_url=f"sqlite:///{tmp_path / 'events.sqlite'}",
+        paths=replace(base.paths, active_model=MODEL, snapshots=tmp_path / "snapshots"),
+    )
+
+
+@pytest.fixture
+def sqlite_store(config) -> EventStore:
+    engine = make_engine(config.database_url)
+    migrate.upgrade(engine)
+    return EventStore(engine)
+
+
+@pytest.fixture
+def make(config, sqlite_store, detector) -> Callable[..., Agent]:
+    def factory(**kwargs) -> Agent:
+        return make_agent(config, StoreSink(sqlite_store), detector, **kwargs)
+
+    return factory
+
+
+def run_source(agent: Agent, reader) -> list:
+    capture = Capture(reader).start()
+    try:
+        return agent.run(capture).decisions
+    finally:
+        capture.stop()
+
+
+def test_synthetic_walk_up_gives_exactly_the_expected_decisions(make, sqlite_store, config, detector):
+    agent = make()
+    walk = SyntheticWalkUp(detector=detector)
+    decisions = run_source(agent, walk)
+    assert [d.label for d in decisions] == walk.expected_labels
+    assert [d.action for d in decisions] == [Action.ALLOW, Action.DENY, Action.WARN]
+    assert len({d.track_id for d in decisions}) == 3  # three people, one decision each
+    stored = sqlite_store.list_events().events
+    assert {e.event_id for e in stored} == {d.decision_id for d in decisions}
+    assert all(e.model_version == agent.classifier.version for e in stored)
+    incidents = sqlite_store.list_events(EventFilter(incident=True)).events
+    assert len(incidents) == 2 and all(
+        (config.paths.snapshots / e.snapshot_path).is_file() for e in incidents
+    )
+    assert all(0 < d.latency_ms < 3000 for d in decisions)
+
+
+def test_annotated_video_is_written(make, detector, tmp_path):
+    out = tmp_path / "annotated.mp4"
+    agent = make(annotate=out, annotate_fps=15)
+    walk = SyntheticWalkUp(detector=detector, walk_s=1.0, gap_s=0.2)
+    run_source(agent, walk)
+    video = cv2.VideoCapture(str(out))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == agent.stats.frames
+
+
+def clip(name: str) -> Path:
+    path = VIDEOS / name
+    if not path.is_file():
+        pytest.skip(f"shared clip {path} is not present")
+    return path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["gituatu_mask.mp4"])
+def test_masked_clip_allows_and_never_denies(make, name):
+    decisions = run_source(make(), open_reader(str(clip(name))))
+    actions = [d.action for d in decisions]
+    assert Action.ALLOW in actions and Action.DENY not in actions, decisions
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["gituatu_nomask.mp4", "yash42828_test_no_mask.mp4"])
+def test_unmasked_clips_deny_and_never_allow(make, name):
+    decisions = run_source(make(), open_reader(str(clip(name))))
+    actions = [d.action for d in decisions]
+    assert Action.DENY in actions and Action.ALLOW not in actions, decisions
+
+
+@pytest.mark.integration
+def test_putting_a_mask_on_gives_one_refusal_then_one_allow(make):
+    decisions = run_source(make(), open_reader(str(clip("916241958_mask.mp4"))))
+    assert [d.action for d in decisions] in (
+        [Action.DENY, Action.ALLOW],
+        [Action.WARN, Action.ALLOW],
+    ), decisions
+    assert decisions[0].track_id == decisions[1].track_id  # the same person changed their mind
+
+
+def frame(image: np.ndarray, seq: int = 1) -> Frame:
+    return Frame(image=image, seq=seq, timestamp=seq / 10)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((480, 640), np.uint8),
+        np.zeros((480, 640, 3), np.float32),
+        np.zeros((480, 640, 4), np.uint8),
+        np.zeros((5, 5, 3), np.uint8),
+    ],
+    ids=["empty", "grey", "float", "rgba", "tiny"],
+)
+def test_garbage_frames_are_skipped_without_decisions(make, garbage, caplog):
+    agent = make()
+    assert agent.process(frame(garbage)) == []
+    assert agent.stats.bad_frames == 1 and "skipped" in caplog.text
+
+
+def test_noise_frames_give_no_decision(make):
+    agent = make()
+    rng = np.random.default_rng(0)
+    for n in range(20):
+        assert agent.process(frame(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), n)) == []
+
+
+class BorderDetector:
+    """The real detector's faces, plus one box that lies outside the frame (a detector glitch)."""
+
+    def __init__(self, detector):
+        self.detector = detector
+
+    def detect(self, image):
+        return [*self.detector.detect(image), Face(Box(700, 500, 760, 560), 0.99)]
+
+
+def test_faces_outside_the_frame_are_skipped(config, sqlite_store, detector):
+    agent = make_agent(config, StoreSink(sqlite_store), BorderDetector(detector))
+    walk = SyntheticWalkUp(detector=detector)
+    assert [d.label for d in run_source(agent, walk)] == walk.expected_labels
+
+
+def test_missing_or_altered_model_is_refused(config, sqlite_store, detector, tmp_path):
+    altered = tmp_path / "model"
+    shutil.copytree(MODEL, altered)
+    with (altered / "model.tflite").open("ab") as stream:
+        stream.write(b"tampered")
+    with pytest.raises(ModelFileError, match="does not match the sha256"):
+        make_agent(config, StoreSink(sqlite_store), detector, model=altered)
+    (altered / "model.tflite").unlink()
+    with pytest.raises(ModelFileError, match=r"model\.tflite is missing"):
+        make_agent(config, StoreSink(sqlite_store), detector, model=altered)
+    with pytest.raises(ModelFileError, match="not a model folder"):
+        make_agent(config, StoreSink(sqlite_store), detector, model=tmp_path / "nothing")
+
+
+@pytest.mark.integration
+def test_agent_command_on_the_synthetic_walk_up(tmp_path):
+    env = {
+        **os.environ,
+        "MASKGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "MASKGATE_PATHS__SNAPSHOTS": str(tmp_path / "snaps"),
+        "MASKGATE_PATHS__ACTIVE_MODEL": str(MODEL),
+    }
+    maskgate = str(Path(sys.executable).parent / "maskgate")
+    subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+    result = subprocess.run(
+        [maskgate, "agent", "--source", "synthetic", "--no-mqtt"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " track " in line]
+    assert [line.split(": ")[1].split()[0] for line in lines] == ["ALLOW", "DENY", "WARN"]
+    assert "frames at" in result.stdout and "detect" in result.stdout
+
+
+def test_agent_command_refuses_a_bad_model(tmp_path):
+    env = {**os.environ, "MASKGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    maskgate = str(Path(sys.executable).parent / "maskgate")
+    subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+    result = subprocess.run(
+        [maskgate, "agent", "--no-mqtt", "--model", str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "not a model folder" in result.stderr
