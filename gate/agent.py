@@ -89,6 +89,7 @@ class Agent:
         self.stats = AgentStats()
         self._decided: dict[int, Decision] = {}  # latest decision per live track, for annotation
         self._stop = threading.Event()
+        self._live = False  # frames of a live source carry wall-clock capture times
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,6 +97,7 @@ class Agent:
     def run(self, capture: Capture, max_frames: int | None = None) -> AgentStats:
         """Process frames until the source ends, `max_frames` were processed, or :meth:`stop`."""
         self.stats = AgentStats()
+        self._live = capture.reader.live
         try:
             while not self._stop.is_set():
                 frame = capture.next_frame(timeout=0.5)
@@ -113,6 +115,7 @@ class Agent:
 
     def process(self, frame: Frame) -> list[Decision]:
         """Run one frame through every stage; returns the decisions it produced."""
+        started = time.monotonic()
         try:
             check_frame(frame.image)
         except InvalidFrameError as exc:
@@ -130,12 +133,13 @@ class Agent:
             self._decided.pop(track_id, None)
         with self.timings.measure("classify"):
             seen = self._classify(frame.image, update.tracks)
+        # Decision latency runs from the first sighting to now: for a live source the wall clock,
+        # for a recording its own clock plus the time this frame took to process.
+        now = time.monotonic() if self._live else frame.timestamp + (time.monotonic() - started)
         decisions = []
         with self.timings.measure("decide"):
             for track, classification in seen:
-                decision = self.policy.observe(
-                    track, classification, frame.timestamp, self.classifier.version
-                )
+                decision = self.policy.observe(track, classification, now, self.classifier.version)
                 if decision is not None:
                     self._deliver(frame, track, decision)
                     decisions.append(decision)

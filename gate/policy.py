@@ -49,9 +49,10 @@ class DecisionPolicy:
     ) -> Decision | None:
         """Add one frame's classification of `track`; return a Decision when one is due."""
         history = self._tracks.setdefault(track.track_id, _TrackHistory(deque(maxlen=self.config.window)))
-        if not self._is_evidence(track, classification):
-            return None
-        history.evidence.append(_Evidence(classification.label, track.face.box.side, classification))
+        if self._is_evidence(track, classification):
+            history.evidence.append(_Evidence(classification.label, track.face.box.side, classification))
+        if track.hits < self.config.min_track_hits:
+            return None  # evidence gathers while the tracker confirms the person; no decision yet
         verdict = self._verdict(history)
         if verdict is None:
             return None

@@ -118,6 +118,34 @@ class FolderReader:
         self._files = []
 
 
+class RealtimeReader:
+    """Plays a recording at its own frame rate as if it were a camera (frames drop when behind)."""
+
+    live = True
+
+    def __init__(self, recording: FrameReader, clock: Callable[[], float] = time.monotonic):
+        self.recording = recording
+        self.name = f"{recording.name} (real time)"
+        self.fps = recording.fps
+        self._clock = clock
+        self._next = 0.0
+
+    def open(self) -> None:
+        self.recording.open()
+        self._next = self._clock()
+
+    def read(self) -> np.ndarray | None:
+        image = self.recording.read()
+        delay = self._next - self._clock()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + 1 / self.fps, self._clock() - 1 / self.fps)
+        return image
+
+    def close(self) -> None:
+        self.recording.close()
+
+
 def open_reader(
     spec: str, camera: CameraConfig | None = None, detector: FaceDetector | None = None
 ) -> FrameReader:

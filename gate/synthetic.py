@@ -62,7 +62,7 @@ class SyntheticWalkUp:
         self,
         walkers: Sequence[Walker] = DEFAULT_WALKERS,
         size: tuple[int, int] = (640, 480),
-        fps: float = 15.0,
+        fps: float = 30.0,
         walk_s: float = 3.0,
         gap_s: float = 2.5,
         detector: FaceDetector | None = None,

@@ -1,8 +1,9 @@
 """Follows faces across frames: stable ids by IoU with optimal (Hungarian) assignment.
 
 A track counts (is *confirmed*) once it was seen in `min_hits` frames, so a single false
-detection never becomes a person. A track survives `max_age_s` without detections, so a person
-who turns away for a moment keeps their id (and their evidence) when they turn back.
+detection never becomes a person (the policy decides only for confirmed tracks). A track
+survives `max_age_s` without detections, so a person who turns away for a moment keeps their
+id (and their evidence) when they turn back.
 """
 
 from __future__ import annotations
@@ -58,10 +59,19 @@ class _TrackState:
 
 @dataclass
 class TrackerUpdate:
-    """One frame's outcome: confirmed tracks seen in it (with the face each matched) and ended ids."""
+    """One frame's outcome: the tracks seen in it (with the face each matched) and ended ids.
+
+    `tracks` includes tracks not yet confirmed, so that evidence about a person can gather
+    while the tracker is still making sure they are one; `confirmed` are those that count.
+    """
 
     tracks: list[Track] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    min_hits: int = 1
+
+    @property
+    def confirmed(self) -> list[Track]:
+        return [track for track in self.tracks if track.hits >= self.min_hits]
 
 
 class Tracker:
@@ -72,7 +82,7 @@ class Tracker:
 
     def update(self, faces: list[Face], timestamp: float) -> TrackerUpdate:
         """Associate this frame's faces with the live tracks; start new tracks, end stale ones."""
-        update = TrackerUpdate()
+        update = TrackerUpdate(min_hits=self.config.min_hits)
         matches, unmatched_faces = self._associate(faces, timestamp)
         for track, face in matches:
             track.moved_to(face, timestamp)
@@ -86,7 +96,7 @@ class Tracker:
                     update.ended.append(track.track_id)
                 continue
             alive.append(track)
-            if track.last_seen == timestamp and track.hits >= self.config.min_hits:
+            if track.last_seen == timestamp:
                 update.tracks.append(track.snapshot())
         self._tracks = alive
         return update

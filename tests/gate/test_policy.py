@@ -75,6 +75,14 @@ def test_small_faces_low_scores_and_unsure_classifications_are_not_evidence(poli
     assert feed(policy, [probs(W, confidence=0.4)] * 30, track(track_id=3)) == []
 
 
+def test_evidence_gathers_before_the_track_is_confirmed_but_no_decision_is_made(policy):
+    for hits in (1, 2):
+        unconfirmed = Track(1, Face(Box(0, 0, 150, 150), 0.99), hits, first_seen=0.0, last_seen=0.0)
+        assert feed(policy, [W] * 10, unconfirmed) == []
+    decisions = feed(policy, [W], track(1))  # confirmed now: the evidence already there counts
+    assert [d.label for d in decisions] == [W]
+
+
 def test_tracks_are_independent_and_forgotten(policy):
     feed(policy, [W] * 10, track(1))
     assert [d.label for d in feed(policy, [WO] * 10, track(2))] == [WO]

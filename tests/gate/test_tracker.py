@@ -20,7 +20,8 @@ def run(tracker: Tracker, frames: list[list[Face]], start: int = 0):
 
 
 def ids(update) -> list[int]:
-    return sorted(track.track_id for track in update.tracks)
+    """The confirmed tracks of an update: the people who count."""
+    return sorted(track.track_id for track in update.confirmed)
 
 
 def test_a_track_counts_only_after_min_hits():
@@ -29,10 +30,16 @@ def test_a_track_counts_only_after_min_hits():
     assert [ids(u) for u in updates] == [[], [], [1], [1]]
 
 
+def test_unconfirmed_tracks_are_reported_apart():
+    tracker = Tracker(TrackerConfig(min_hits=3))
+    update = run(tracker, [[face(100)]])[0]
+    assert [(t.track_id, t.hits) for t in update.tracks] == [(1, 1)] and update.confirmed == []
+
+
 def test_a_single_false_detection_never_counts_or_ends_as_a_person():
     tracker = Tracker(TrackerConfig(min_hits=3, max_age_s=0.5))
     updates = run(tracker, [[face(400)]] + [[]] * 10)
-    assert all(u.tracks == [] and u.ended == [] for u in updates)
+    assert all(u.confirmed == [] and u.ended == [] for u in updates)
     assert tracker.active == 0
 
 
@@ -41,8 +48,8 @@ def test_two_people_crossing_keep_their_ids():
     frames = [[face(100 + 30 * n), face(500 - 30 * n)] for n in range(14)]
     tracker = Tracker(TrackerConfig(min_hits=2))
     updates = run(tracker, frames)
-    first_ids = {t.track_id: t.face.box.x1 for t in updates[2].tracks}
-    last = {t.track_id: t.face.box.x1 for t in updates[-1].tracks}
+    first_ids = {t.track_id: t.face.box.x1 for t in updates[2].confirmed}
+    last = {t.track_id: t.face.box.x1 for t in updates[-1].confirmed}
     assert set(first_ids) == set(last) == {1, 2}
     left_start = min(first_ids, key=first_ids.get)
     assert last[left_start] > 400  # the one who started on the left ends on the right
@@ -68,7 +75,7 @@ def test_occlusion_of_one_person_does_not_swap_ids():
     frames = [[face(100), face(400)]] * 4 + [[face(400)]] * 5 + [[face(100), face(400)]] * 2
     tracker = Tracker(TrackerConfig(min_hits=3))
     updates = run(tracker, frames)
-    by_id = {t.track_id: t.face.box.x1 for t in updates[-1].tracks}
+    by_id = {t.track_id: t.face.box.x1 for t in updates[-1].confirmed}
     assert by_id == {1: 100, 2: 400}
 
 
