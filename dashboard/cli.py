@@ -1,11 +1,78 @@
-"""The dashboard's subcommand: `dashboard`."""
+"""The dashboard's subcommand: `maskgate dashboard [--host H] [--port P]`.
+
+Serves the app with waitress (one process, a pool of threads) and runs the retraining
+scheduler in that same process, the only place a scheduler is started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
 
-from maskgate.cli import add_planned
+from maskgate.config import Config
+from maskgate.const import EXIT_OK, EXIT_RUNTIME
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THREADS = 8
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    add_planned(commands, "dashboard", "serve the dashboard and its scheduler", 6)
+    summary = "serve the dashboard and its scheduler"
+    parser = commands.add_parser(
+        "dashboard",
+        help=summary,
+        description=f"{summary}. Needs dashboard.secret_key; run `maskgate db upgrade` first.",
+    )
+    parser.add_argument("--host", help="address to listen on (default: dashboard.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: dashboard.port)")
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help=f"request threads (default {DEFAULT_THREADS})"
+    )
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
+    from maskgate.dashboard.app import DashboardConfigError, check_config
+
+    try:
+        check_config(config)
+    except DashboardConfigError as exc:
+        raise UsageError(f"cannot serve the dashboard: {exc}") from None
+
+    import waitress
+
+    from maskgate.dashboard.app import create_app, services
+    from maskgate.dashboard.jobs import load_trainer
+    from maskgate.store import make_engine, migrate
+
+    engine = make_engine(config.database_url)
+    migrate.require_head(engine)
+    app = create_app(config, engine=engine, trainer=load_trainer())
+    host = args.host or config.dashboard.host
+    port = config.dashboard.port if args.port is None else args.port
+    if config.dashboard.secure_cookies:
+        log.info("secure cookies are on: serve over HTTPS (a reverse proxy), or sign-in will not stick")
+    scheduler = services(app).scheduler
+    scheduler.start()
+    signal.signal(signal.SIGTERM, _stop)  # systemd stops with SIGTERM: shut down the scheduler cleanly
+    next_run = scheduler.next_run_at()
+    print(f"maskgate dashboard on http://{host}:{port}/ (next retraining {next_run})", flush=True)
+    try:
+        waitress.serve(app, host=host, port=port, threads=args.threads, ident="maskgate")
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        print(f"maskgate dashboard: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        scheduler.shutdown()
+        engine.dispose()
+    return EXIT_OK
+
+
+def _stop(_signum, _frame) -> None:
+    raise KeyboardInterrupt

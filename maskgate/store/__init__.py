@@ -3,6 +3,17 @@
 from maskgate.store.db import DatabaseUnavailable, DatabaseUrlError, StoreError, make_engine
 from maskgate.store.events import CountRow, EventFilter, EventPage, EventStore, Gate, InvalidCursorError
 from maskgate.store.migrate import SchemaError
+from maskgate.store.outbox import Outbox, OutboxCounts, OutboxKind, OutboxMessage, OutgoingMessage
+from maskgate.store.registry import (
+    ModelRegistry,
+    ModelStatus,
+    ModelVersion,
+    RegistryError,
+    RunStatus,
+    RunTrigger,
+    TrainingRun,
+    TrainingRuns,
+)
 from maskgate.store.users import User, UserError, UserStore
 
 __all__ = [
@@ -14,8 +25,21 @@ __all__ = [
     "EventStore",
     "Gate",
     "InvalidCursorError",
+    "ModelRegistry",
+    "ModelStatus",
+    "ModelVersion",
+    "Outbox",
+    "OutboxCounts",
+    "OutboxKind",
+    "OutboxMessage",
+    "OutgoingMessage",
+    "RegistryError",
+    "RunStatus",
+    "RunTrigger",
     "SchemaError",
     "StoreError",
+    "TrainingRun",
+    "TrainingRuns",
     "User",
     "UserError",
     "UserStore",

@@ -1,0 +1,112 @@
+"""The state changes an admin makes, shared by the HTML pages and the JSON API.
+
+Each takes core types and returns core types; errors are :class:`ActionError` subclasses
+that carry the HTTP status the caller should answer with.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import Callable
+
+from maskgate.core import Event, Label, Review, UnknownLabelError, utcnow
+from maskgate.dashboard.scheduler import DashboardScheduler, RunInProgress, SchedulerNotRunning
+from maskgate.store import EventStore, ModelRegistry, ModelVersion, RegistryError, TrainingRun, User
+
+log = logging.getLogger(__name__)
+
+MAX_NOTE_CHARS = 2000
+
+
+class ActionError(Exception):
+    status = 400
+
+
+class NotFound(ActionError):
+    status = 404
+
+
+class Conflict(ActionError):
+    status = 409
+
+
+class Unavailable(ActionError):
+    status = 503
+
+
+class ReviewKind(enum.StrEnum):
+    CONFIRM = "confirm"  # the classifier's label is right: the crop joins the pool as it is
+    RELABEL = "relabel"  # the true class is another: the crop joins the pool with that label
+    FALSE_POSITIVE = "false_positive"  # no real incident (not a face, a glitch): nothing to learn
+
+
+def parse_review_kind(value: str | None) -> ReviewKind:
+    try:
+        return ReviewKind(value or "")
+    except ValueError:
+        choices = ", ".join(kind.value for kind in ReviewKind)
+        raise ActionError(f"unknown review action {str(value)[:40]!r}: choose {choices}") from None
+
+
+def review_event(
+    store: EventStore,
+    event_id: uuid.UUID,
+    kind: ReviewKind,
+    user: User,
+    true_label: str | None = None,
+    note: str = "",
+) -> Event:
+    """Record an admin's review. Confirmed and relabelled events are pinned: they are training data."""
+    event = store.get_event(event_id)
+    if event is None:
+        raise NotFound(f"no event {event_id}")
+    note = (note or "").strip()[:MAX_NOTE_CHARS]
+    now = utcnow()
+    if kind is ReviewKind.FALSE_POSITIVE:
+        review = Review(user.username, now, false_positive=True, note=note)
+        return store.review_event(event_id, review)
+    label = event.label if kind is ReviewKind.CONFIRM else _label(true_label)
+    review = Review(user.username, now, true_label=label, note=note)
+    log.info("event %s reviewed by %s: %s -> %s", event_id, user.username, kind.value, label.value)
+    return store.review_event(event_id, review, pinned=True)
+
+
+def _label(value: str | None) -> Label:
+    if not value:
+        raise ActionError("relabel needs the true label")
+    try:
+        return Label.parse(value)
+    except UnknownLabelError:
+        raise ActionError(f"unknown label {value[:40]!r}") from None
+
+
+ModelHook = Callable[[ModelVersion], None]
+
+
+def promote(registry: ModelRegistry, version: str, on_change: ModelHook) -> ModelVersion:
+    try:
+        model = registry.promote(version)
+    except RegistryError as exc:
+        raise NotFound(str(exc)) from None
+    on_change(model)
+    return model
+
+
+def rollback(registry: ModelRegistry, on_change: ModelHook) -> ModelVersion:
+    try:
+        model = registry.rollback()
+    except RegistryError as exc:
+        raise Conflict(str(exc)) from None
+    on_change(model)
+    return model
+
+
+def run_now(scheduler: DashboardScheduler) -> TrainingRun:
+    try:
+        return scheduler.run_now()
+    except RunInProgress as exc:
+        raise Conflict(str(exc)) from None
+    except SchedulerNotRunning as exc:
+        raise Unavailable(str(exc)) from None

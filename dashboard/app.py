@@ -1,0 +1,214 @@
+"""The Flask app factory: configuration, the services the views share, guards and headers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from sqlalchemy import Engine
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from maskgate import __version__
+from maskgate.config import Config, ConfigError
+from maskgate.core import utcnow
+from maskgate.dashboard import security
+from maskgate.dashboard.actions import ActionError
+from maskgate.dashboard.jobs import RetrainingJob, Trainer, no_trainer
+from maskgate.dashboard.queries import BadFilter, PastDayCounts
+from maskgate.dashboard.scheduler import DashboardScheduler
+from maskgate.store import EventStore, ModelRegistry, ModelVersion, TrainingRuns, User, UserStore, make_engine
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_KEY_CHARS = 16
+MAX_REQUEST_BYTES = 64 * 1024  # forms and JSON bodies are tiny; anything bigger is refused (413)
+SESSION_LIFETIME = timedelta(hours=8)  # one shift
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health"})
+
+
+class DashboardConfigError(ConfigError):
+    """The dashboard cannot be served with this configuration."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the views share; one per app, found with :func:`services`."""
+
+    config: Config
+    engine: Engine
+    events: EventStore
+    users: UserStore
+    models: ModelRegistry
+    runs: TrainingRuns
+    scheduler: DashboardScheduler
+    throttle: security.LoginThrottle
+    on_model_change: Callable[[ModelVersion], None]  # e.g. publish maskgate/models/active
+    clock: Callable[[], datetime]
+    past_days: PastDayCounts  # the overview's counts of complete days, briefly cached
+
+
+def services(app: Flask | None = None) -> Services:
+    return (app or current_app).extensions["maskgate"]
+
+
+def _log_model_change(model: ModelVersion) -> None:
+    log.info("model %s is now active", model.version)
+
+
+def create_app(
+    config: Config,
+    *,
+    engine: Engine | None = None,
+    trainer: Trainer = no_trainer,
+    on_model_change: Callable[[ModelVersion], None] = _log_model_change,
+    throttle: security.LoginThrottle | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Flask:
+    """The dashboard for `config`. Its scheduler is built but not started: `maskgate dashboard` does that."""
+    check_config(config)
+    engine = engine or make_engine(config.database_url)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=config.dashboard.secret_key,
+        SESSION_COOKIE_NAME="maskgate_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=config.dashboard.secure_cookies,
+        # Lax keeps the cookie off cross-site POSTs; every state change also needs the CSRF token.
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES,
+    )
+    if config.dashboard.proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=config.dashboard.proxy_hops, x_proto=config.dashboard.proxy_hops
+        )
+    runs = TrainingRuns(engine)
+    app.extensions["maskgate"] = Services(
+        config=config,
+        engine=engine,
+        events=EventStore(engine),
+        users=UserStore(engine),
+        models=ModelRegistry(engine),
+        runs=runs,
+        scheduler=DashboardScheduler(config.dashboard.retrain_cron, RetrainingJob(runs, trainer)),
+        throttle=throttle or security.LoginThrottle(),
+        on_model_change=on_model_change,
+        clock=clock,
+        past_days=PastDayCounts(),
+    )
+    _install_guards(app)
+    _install_templates(app)
+    _install_error_pages(app)
+    _register_blueprints(app)
+    return app
+
+
+def check_config(config: Config) -> None:
+    """Refuse a configuration the dashboard must not be served with."""
+    key = config.dashboard.secret_key
+    if not key:
+        raise DashboardConfigError(
+            "dashboard.secret_key is not set: sessions cannot be signed. Set it in the config file or "
+            "MASKGATE_DASHBOARD__SECRET_KEY, e.g. to the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    if len(key) < MIN_SECRET_KEY_CHARS:
+        raise DashboardConfigError(f"dashboard.secret_key is too short: use at least {MIN_SECRET_KEY_CHARS}")
+    try:
+        from maskgate.dashboard.scheduler import parse_cron
+
+        parse_cron(config.dashboard.retrain_cron)
+    except ValueError as exc:
+        raise DashboardConfigError(str(exc)) from None
+
+
+def _register_blueprints(app: Flask) -> None:
+    from maskgate.dashboard.blueprints import api, auth, events, gates, models, overview, schedule
+
+    for module in (auth, overview, events, gates, models, schedule, api):
+        app.register_blueprint(module.blueprint)
+    app.add_url_rule("/healthz", "health", lambda: {"status": "ok", "version": __version__})
+
+
+# -- guards ------------------------------------------------------------------------------------
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _install_guards(app: Flask) -> None:
+    @app.before_request
+    def guard():
+        g.user = _session_user()
+        if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
+            if wants_json():
+                return jsonify(error="sign in first"), 401
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        if request.method not in security.SAFE_METHODS:
+            security.check_csrf()
+        return None
+
+    app.after_request(security.set_security_headers)
+
+
+def _session_user() -> User | None:
+    """The signed-in user, read again from the database so that a changed role applies at once."""
+    username = session.get("user")
+    if not username:
+        return None
+    user = services().users.get(username)
+    if user is None:
+        session.clear()
+    return user
+
+
+# -- templates ---------------------------------------------------------------------------------
+
+
+def _install_templates(app: Flask) -> None:
+    app.jinja_env.globals.update(csrf_token=security.csrf_token, version=__version__)
+    app.jinja_env.filters.update(when=format_time, ago=format_age)
+
+
+def format_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "–"
+
+
+def format_age(value: datetime | None) -> str:
+    """'12 s ago', '5 min ago', '3 h ago', '2 d ago'."""
+    if value is None:
+        return "never"
+    seconds = max(0, int((services().clock() - value).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _install_error_pages(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(BadFilter)
+    def bad_filter(exc: BadFilter):
+        return _error(400, str(exc))
+
+    @app.errorhandler(ActionError)
+    def action_error(exc: ActionError):
+        return _error(exc.status, str(exc))
+
+
+def _error(status: int, message: str):
+    if wants_json():
+        return jsonify(error=message), status
+    return render_template("error.html", status=status, message=message), status

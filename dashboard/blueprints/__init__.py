@@ -1,0 +1,1 @@
+"""The dashboard's blueprints: one per area (auth, pages, the JSON API)."""

@@ -1,0 +1,62 @@
+"""Model versions: card metrics and plots, which one is active, promote and roll back (admins)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, send_file, url_for
+
+from maskgate.dashboard import actions
+from maskgate.dashboard.app import services
+from maskgate.dashboard.files import (
+    PLOT_CONTENT_SECURITY_POLICY,
+    flat_metrics,
+    plot_file,
+    plot_names,
+    read_card,
+)
+from maskgate.dashboard.security import admin_required
+
+blueprint = Blueprint("models", __name__)
+
+CARD_FIELDS = ("architecture", "labels", "input_size", "created", "created_at", "dataset_sha256", "data_hash")
+
+
+@blueprint.get("/models")
+def index():
+    versions = services().models.list_versions()
+    cards = {model.version: read_card(model) for model in versions}
+    return render_template(
+        "models.html",
+        versions=versions,
+        cards=cards,
+        card_fields=CARD_FIELDS,
+        plots={model.version: plot_names(model) for model in versions},
+        flat_metrics=flat_metrics,
+        can_roll_back=any(model.is_active for model in versions),
+    )
+
+
+@blueprint.get("/models/<version>/files/<name>")
+def plot(version: str, name: str):
+    model = services().models.get(version)
+    path = plot_file(model, name) if model else None
+    if path is None:
+        abort(404, description="no such plot")
+    response = send_file(path, max_age=300, conditional=True)
+    response.headers["Content-Security-Policy"] = PLOT_CONTENT_SECURITY_POLICY
+    return response
+
+
+@blueprint.post("/models/<version>/promote")
+@admin_required
+def promote(version: str):
+    model = actions.promote(services().models, version, services().on_model_change)
+    flash(f"Model {model.version} is now active.")
+    return redirect(url_for("models.index"))
+
+
+@blueprint.post("/models/rollback")
+@admin_required
+def rollback():
+    model = actions.rollback(services().models, services().on_model_change)
+    flash(f"Rolled back: model {model.version} is active again.")
+    return redirect(url_for("models.index"))

@@ -1,0 +1,87 @@
+"""Files the dashboard serves from disk: face snapshots and model cards and plots.
+
+A path comes from the database (written by the agent or the training job), never from the
+URL, and is still checked: after resolving symbolic links it must lie inside its folder
+and be an image, so a stored ``../../etc/passwd`` or a link out of the folder serves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from maskgate.store import ModelVersion
+
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".svg": "image/svg+xml"}
+SNAPSHOT_TYPES = {key: value for key, value in IMAGE_TYPES.items() if key != ".svg"}
+PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+CARD_FILE = "card.json"
+MAX_CARD_BYTES = 1_000_000
+
+# A plot opened on its own (not through <img>) could run script if it is SVG: forbid it.
+PLOT_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+
+def inside(folder: Path, stored: str | Path, types: Mapping[str, str]) -> Path | None:
+    """`stored` (relative to `folder`, or absolute) if it resolves to an image file inside `folder`."""
+    try:
+        root = folder.resolve()
+        candidate = Path(stored)
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        if not resolved.is_relative_to(root) or resolved == root:
+            return None
+        if resolved.suffix.lower() not in types or not resolved.is_file():
+            return None
+    except (OSError, ValueError):  # a NUL byte, a loop of links, an unreadable folder
+        return None
+    return resolved
+
+
+def snapshot_file(snapshots: Path, stored: str | None) -> Path | None:
+    """The event's face snapshot, or None if it has none, it is gone or it points outside the folder."""
+    return inside(snapshots, stored, SNAPSHOT_TYPES) if stored else None
+
+
+def read_card(model: ModelVersion) -> dict[str, Any] | None:
+    """The model's card.json, or None when it is missing or unreadable (the page says so)."""
+    path = Path(model.path) / CARD_FILE
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            return None
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def plot_names(model: ModelVersion) -> list[str]:
+    """The image files in the model's folder (confusion matrix, curves...), by name."""
+    folder = Path(model.path)
+    try:
+        names = sorted(entry.name for entry in folder.iterdir())
+    except OSError:
+        return []
+    return [name for name in names if plot_file(model, name) is not None]
+
+
+def plot_file(model: ModelVersion, name: str) -> Path | None:
+    """One plot of the model, by file name only; anything else (a path, a non-image) is None."""
+    if not PLOT_NAME.match(name) or name.startswith("."):
+        return None
+    found = inside(Path(model.path), name, IMAGE_TYPES)
+    return found if found is not None and found.parent == Path(model.path).resolve() else None
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested metrics as (dotted name, value) pairs for a table: {"recall": {"x": 1}} -> ("recall.x", 1)."""
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flat_metrics(value, prefix=f"{name}.")
+        elif isinstance(value, list | tuple):
+            yield name, ", ".join(str(item) for item in value[:20])
+        else:
+            yield name, value

@@ -1,0 +1,144 @@
+"""Sign-in throttling, CSRF tokens, role checks and response headers.
+
+CSRF is a small synchronizer token rather than Flask-WTF: the dashboard has a handful of
+tiny forms and a JSON API, and one `before_request` check covers both in the same way
+(form field ``csrf_token`` or header ``X-CSRF-Token``) without pulling in WTForms.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flask import abort, g, request, session
+
+CSRF_SESSION_KEY = "csrf"
+CSRF_FORM_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Everything is served from this origin: no CDN, no inline script. Inline SVG charts use
+# presentation attributes, which CSP does not restrict.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, created on first use."""
+    token = session.get(CSRF_SESSION_KEY)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session[CSRF_SESSION_KEY] = token
+    return token
+
+
+def check_csrf() -> None:
+    """Abort with 400 unless the request carries this session's CSRF token."""
+    expected = session.get(CSRF_SESSION_KEY)
+    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FORM_FIELD)
+    if not expected or not sent or not hmac.compare_digest(str(expected), str(sent)):
+        abort(400, description="missing or invalid CSRF token: reload the page and try again")
+
+
+def admin_required(view: Callable) -> Callable:
+    """Only admins may call `view` (reviews, relabels, promotions, jobs); others get 403."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if g.get("user") is None or g.user.role != "admin":
+            abort(403, description="this needs the admin role")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class _Failures:
+    times: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Locks a user name, or a client address, after repeated failed sign-ins.
+
+    A user name is locked after `max_per_user` failures within `window_s`, an address after
+    `max_per_ip` (higher: many people may share one NAT). A lock lasts `lockout_s`. Locked
+    attempts are refused before the password is checked, so guessing gains nothing, and no
+    thread sleeps (a sleeping waitress thread would be a cheap way to starve the server).
+    State is per process, which is what `maskgate dashboard` runs: one waitress process.
+    """
+
+    def __init__(
+        self,
+        max_per_user: int = 5,
+        max_per_ip: int = 20,
+        window_s: float = 900.0,
+        lockout_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ):
+        self.max_per_user, self.max_per_ip = max_per_user, max_per_ip
+        self.window_s, self.lockout_s = window_s, lockout_s
+        self.clock, self.max_keys = clock, max_keys
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+
+    def retry_after(self, username: str, address: str) -> float:
+        """Seconds until this user name and address may try again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            waits = [
+                entry.locked_until - now
+                for key in (_user_key(username), _ip_key(address))
+                if (entry := self._failures.get(key)) is not None
+            ]
+        return max([0.0, *waits])
+
+    def failed(self, username: str, address: str) -> None:
+        now = self.clock()
+        with self._lock:
+            self._record(_user_key(username), self.max_per_user, now)
+            self._record(_ip_key(address), self.max_per_ip, now)
+
+    def succeeded(self, username: str) -> None:
+        with self._lock:
+            self._failures.pop(_user_key(username), None)
+
+    def _record(self, key: str, limit: int, now: float) -> None:
+        entry = self._failures.pop(key, None) or _Failures()
+        self._failures[key] = entry  # most recently used last, so eviction drops the stalest
+        entry.times.append(now)
+        while entry.times and entry.times[0] < now - self.window_s:
+            entry.times.popleft()
+        if len(entry.times) >= limit:
+            entry.locked_until = now + self.lockout_s
+            entry.times.clear()
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+
+def _user_key(username: str) -> str:
+    return "user:" + username.strip().lower()
+
+
+def _ip_key(address: str) -> str:
+    return "ip:" + address
+
+
+def set_security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "static":
+        # Pages show personal data: keep them out of shared caches and the back-forward cache.
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -1,0 +1,257 @@
+"""The outbox: MQTT messages stored with their event, published later, retried until sent or expired.
+
+DESIGN ("MQTT contract"): the agent writes the event to SQL first, then publishes. The event
+row and its messages are inserted in **one transaction** (:meth:`Outbox.record_event`), so
+a crash can lose neither the event nor the news of it. A publisher drains the pending rows
+(door commands first, then in insertion order), marks them sent once the broker
+acknowledged them, and expires door commands whose ``expires_at`` passed before they
+could be sent: such an event gets ``DoorStatus.EXPIRED`` (an incident), never a late
+opening. Event messages carry no expiry and wait as long as it takes (at least once).
+
+One publisher per gate database: rows are not locked against a second publisher.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from maskgate.core import DoorStatus, Event
+from maskgate.store.events import _dialect_insert, _event_from_row, _event_values, _gate_values
+from maskgate.store.schema import EventRow, GateRow, OutboxRow
+
+
+class OutboxKind(enum.StrEnum):
+    """What an outbox row carries; door commands are published before anything else."""
+
+    DOOR_COMMAND = "door_command"
+    EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to enqueue: the exact payload that will be published."""
+
+    kind: OutboxKind
+    topic: str
+    payload: str
+    qos: int = 1
+    expires_at: datetime | None = None  # never published after this (door commands)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A stored outbox row."""
+
+    id: int
+    event_id: uuid.UUID | None
+    kind: OutboxKind
+    topic: str
+    payload: str
+    qos: int
+    created_at: datetime
+    expires_at: datetime | None
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+    expired_at: datetime | None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCounts:
+    pending: int
+    sent: int
+    expired: int
+
+
+_PENDING = OutboxRow.sent_at.is_(None) & OutboxRow.expired_at.is_(None)
+
+
+class Outbox:
+    """The repository over the ``outbox`` table. Thread-safe: each call uses its own transaction."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        dialect_insert = _dialect_insert(engine.dialect.name)
+        # The same statements as EventStore.record_event, so that an event recorded here is
+        # exactly the event recorded there (idempotent on its uuid).
+        self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
+        self._insert_event = (
+            dialect_insert(EventRow)
+            .on_conflict_do_nothing(index_elements=[EventRow.id])
+            .returning(EventRow.id)
+        )
+        self._insert_message = insert(OutboxRow)
+
+    def record_event(self, event: Event, messages: Sequence[OutgoingMessage], now: datetime) -> bool:
+        """Store `event` and enqueue its `messages` in one transaction.
+
+        Returns False (and enqueues nothing) when the event's uuid was already stored, so a
+        retried submit neither duplicates the event nor sends its messages twice.
+        """
+        with self.engine.begin() as connection:
+            connection.execute(self._insert_gate, _gate_values(event.gate_id, None))
+            if connection.execute(self._insert_event, _event_values(event)).scalar() is None:
+                return False
+            rows = [_message_values(m, event.event_id, now) for m in messages]
+            if rows:
+                connection.execute(self._insert_message, rows)
+        return True
+
+    def enqueue(self, messages: Sequence[OutgoingMessage], now: datetime) -> None:
+        """Enqueue messages that belong to no event."""
+        if messages:
+            with self.engine.begin() as connection:
+                connection.execute(self._insert_message, [_message_values(m, None, now) for m in messages])
+
+    def pending(self, limit: int = 100) -> list[OutboxMessage]:
+        """Unsent, unexpired messages: door commands first (they are urgent), then oldest first."""
+        urgent_first = case((OutboxRow.kind == OutboxKind.DOOR_COMMAND.value, 0), else_=1)
+        query = select(OutboxRow).where(_PENDING).order_by(urgent_first, OutboxRow.id).limit(limit)
+        with self._session() as session:
+            return [_message_from_row(row) for row in session.scalars(query)]
+
+    def mark_sent(self, ids: Collection[int], at: datetime) -> None:
+        """The broker acknowledged these messages."""
+        if ids:
+            statement = (
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(list(ids)))
+                .values(sent_at=at, attempts=OutboxRow.attempts + 1)
+            )
+            with self.engine.begin() as connection:
+                connection.execute(statement)
+
+    def mark_failed(self, message_id: int, error: str) -> None:
+        """An attempt that did not reach the broker; the message stays pending."""
+        statement = (
+            update(OutboxRow)
+            .where(OutboxRow.id == message_id)
+            .values(attempts=OutboxRow.attempts + 1, last_error=error[:1000])
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def expire_due(self, now: datetime, exclude: Collection[int] = ()) -> list[Event]:
+        """Expire pending messages past their ``expires_at``; `exclude` are in flight right now.
+
+        A door command that expires unsent gives its event ``DoorStatus.EXPIRED`` (unless an
+        ack already set a status). Returns those events, updated.
+        """
+        due = _PENDING & OutboxRow.expires_at.is_not(None) & (OutboxRow.expires_at <= now)
+        if exclude:
+            due &= OutboxRow.id.not_in(list(exclude))
+        with self._session() as session:
+            # A read first: most calls find nothing, and a write transaction on SQLite would
+            # take the database's write lock for nothing.
+            rows = session.execute(select(OutboxRow.id, OutboxRow.kind, OutboxRow.event_id).where(due)).all()
+        if not rows:
+            return []
+        expired_events: list[Event] = []
+        with self._session() as session, session.begin():
+            ids = [row.id for row in rows]
+            session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids), _PENDING).values(expired_at=now))
+            for row in rows:
+                if row.kind == OutboxKind.DOOR_COMMAND.value and row.event_id is not None:
+                    event = _set_door_status_if_unset(session, row.event_id, DoorStatus.EXPIRED, now)
+                    if event is not None:
+                        expired_events.append(event)
+        return expired_events
+
+    def unacknowledged_commands(self, sent_before: datetime) -> list[uuid.UUID]:
+        """Events whose door command was sent before `sent_before` and never got a door status.
+
+        After a restart the acks a previous process waited for are gone: these become NO_ACK.
+        """
+        query = (
+            select(OutboxRow.event_id)
+            .join(EventRow, EventRow.id == OutboxRow.event_id)
+            .where(
+                OutboxRow.kind == OutboxKind.DOOR_COMMAND.value,
+                OutboxRow.sent_at.is_not(None),
+                OutboxRow.sent_at < sent_before,
+                EventRow.door_status.is_(None),
+            )
+            .order_by(OutboxRow.id)
+        )
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def counts(self) -> OutboxCounts:
+        query = select(
+            func.count().filter(_PENDING),
+            func.count().filter(OutboxRow.sent_at.is_not(None)),
+            func.count().filter(OutboxRow.expired_at.is_not(None)),
+        )
+        with self._session() as session:
+            pending, sent, expired = session.execute(query).one()
+        return OutboxCounts(int(pending), int(sent), int(expired))
+
+    def purge(self, before: datetime) -> int:
+        """Delete rows sent or expired before `before` (the event keeps the outcome). Returns the count."""
+        done_before = or_(OutboxRow.sent_at < before, OutboxRow.expired_at < before)
+        with self.engine.begin() as connection:
+            return connection.execute(delete(OutboxRow).where(done_before)).rowcount
+
+    def get(self, message_id: int) -> OutboxMessage | None:
+        with self._session() as session:
+            row = session.get(OutboxRow, message_id)
+            return _message_from_row(row) if row else None
+
+    def for_event(self, event_id: uuid.UUID) -> list[OutboxMessage]:
+        query = select(OutboxRow).where(OutboxRow.event_id == event_id).order_by(OutboxRow.id)
+        with self._session() as session:
+            return [_message_from_row(row) for row in session.scalars(query)]
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+
+def _set_door_status_if_unset(
+    session: Session, event_id: uuid.UUID, status: DoorStatus, at: datetime
+) -> Event | None:
+    row = session.get(EventRow, event_id)
+    if row is None or row.door_status is not None:
+        return None
+    row.door_status, row.door_at, row.door_rtt_ms = status.value, at, None
+    row.incident = _event_from_row(row).is_incident
+    return _event_from_row(row)
+
+
+def _message_values(message: OutgoingMessage, event_id: uuid.UUID | None, now: datetime) -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "kind": message.kind.value,
+        "topic": message.topic,
+        "payload": message.payload,
+        "qos": message.qos,
+        "created_at": now,
+        "expires_at": message.expires_at,
+        "attempts": 0,
+    }
+
+
+def _message_from_row(row: OutboxRow) -> OutboxMessage:
+    return OutboxMessage(
+        id=row.id,
+        event_id=row.event_id,
+        kind=OutboxKind(row.kind),
+        topic=row.topic,
+        payload=row.payload,
+        qos=row.qos,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        sent_at=row.sent_at,
+        expired_at=row.expired_at,
+    )

@@ -1,0 +1,193 @@
+"""Signing in and out, the login throttle, session cookies, and that every route needs a login."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from maskgate.config import ConfigError
+from maskgate.dashboard.app import create_app, services
+from maskgate.dashboard.security import LoginThrottle
+
+from .conftest import PASSWORD, dashboard_config
+
+PUBLIC = {"/login", "/healthz", "/static/<path:filename>"}
+
+
+def _login_form(client, next_url: str | None = None):
+    page = client.get("/login" + (f"?next={next_url}" if next_url else ""))
+    assert page.status_code == 200
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+def _login(client, username="alice", password=PASSWORD, next_url="", token=None, environ=None):
+    token = token or _login_form(client)
+    data = {"csrf_token": token, "username": username, "password": password, "next": next_url}
+    return client.post("/login", data=data, environ_base=environ or {})
+
+
+def sample_url(rule) -> str:
+    """`rule` with a made-up value for each of its variables."""
+    samples = {
+        "<uuid:event_id>": str(uuid.uuid4()),
+        "<int:run_id>": "1",
+        "<version>": "v1",
+        "<name>": "p.png",
+    }
+    url = rule.rule
+    for variable, value in samples.items():
+        url = url.replace(variable, value)
+    assert "<" not in url, f"no sample value for a variable of {rule.rule}"
+    return url
+
+
+def _routes(app):
+    for rule in app.url_map.iter_rules():
+        if rule.rule in PUBLIC:
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method
+
+
+def test_every_route_requires_login(app, anonymous):
+    checked = 0
+    for rule, method in _routes(app):
+        url = sample_url(rule)
+        response = anonymous.open(url, method=method)
+        if rule.rule.startswith("/api/"):
+            assert response.status_code == 401, (method, url)
+            assert response.json == {"error": "sign in first"}
+        else:
+            assert response.status_code == 302, (method, url)
+            assert response.headers["Location"].startswith("/login?next="), (method, url)
+        checked += 1
+    assert checked >= 30
+
+
+def test_login_then_pages_open(app, anonymous):
+    response = _login(anonymous, next_url="/gates")
+    assert response.status_code == 302 and response.headers["Location"] == "/gates"
+    assert anonymous.get("/gates").status_code == 200
+    assert anonymous.get("/api/v1/me").json["username"] == "alice"
+
+
+def test_session_cookie_flags(app, anonymous):
+    response = _login(anonymous)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # the test config turns secure cookies off
+
+
+def test_secure_cookies_are_marked_secure(migrated_engine, users, tmp_path):
+    config = dashboard_config("sqlite://", tmp_path)
+    config = replace(config, dashboard=replace(config.dashboard, secure_cookies=True))
+    app = create_app(config, engine=migrated_engine)
+    client = app.test_client()
+    response = client.get("/login", base_url="https://localhost")
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_sign_in_rotates_the_csrf_token(app, anonymous):
+    before = _login_form(anonymous)
+    _login(anonymous, token=before)
+    after = anonymous.get("/api/v1/me").json["csrf_token"]
+    assert after != before
+
+
+def test_wrong_password_and_unknown_user(app, anonymous):
+    assert _login(anonymous, password="wrong password").status_code == 401
+    assert _login(anonymous, username="mallory").status_code == 401
+    assert anonymous.get("/api/v1/me").status_code == 401
+
+
+def test_login_without_csrf_token_is_refused(app, anonymous):
+    anonymous.get("/login")
+    response = anonymous.post("/login", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 400
+    assert "CSRF" in response.text
+
+
+def test_login_does_not_redirect_off_site(app, anonymous):
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        response = _login(anonymous, next_url=target)
+        assert response.headers["Location"] == "/", target
+
+
+def test_repeated_failures_lock_the_user(app, anonymous):
+    for _ in range(5):
+        assert _login(anonymous, password="wrong password").status_code == 401
+    locked = _login(anonymous)  # even the right password is refused while locked
+    assert locked.status_code == 429
+    assert "Too many failed sign-ins" in locked.text
+    other = app.test_client()
+    assert _login(other, username="victor").status_code == 302  # another user is not locked
+
+
+def test_repeated_failures_lock_the_address(app):
+    services(app).throttle.max_per_ip = 3
+    client = app.test_client()
+    for name in ("a1", "a2", "a3"):
+        _login(client, username=name, password="wrong password", environ={"REMOTE_ADDR": "10.0.0.9"})
+    assert _login(client, environ={"REMOTE_ADDR": "10.0.0.9"}).status_code == 429
+    assert _login(app.test_client(), environ={"REMOTE_ADDR": "10.0.0.10"}).status_code == 302
+
+
+def test_throttle_lock_expires_and_success_resets():
+    now = [0.0]
+    throttle = LoginThrottle(max_per_user=3, max_per_ip=100, window_s=60, lockout_s=300, clock=lambda: now[0])
+    for _ in range(2):
+        throttle.failed("alice", "1.2.3.4")
+    throttle.succeeded("alice")
+    throttle.failed("alice", "1.2.3.4")
+    assert throttle.retry_after("alice", "1.2.3.4") == 0  # the success cleared earlier failures
+    throttle.failed("Alice", "1.2.3.4")
+    throttle.failed("alice ", "1.2.3.4")
+    assert throttle.retry_after("ALICE", "5.6.7.8") == 300  # names compare case-insensitively
+    now[0] = 301
+    assert throttle.retry_after("alice", "1.2.3.4") == 0
+
+
+def test_throttle_failures_outside_the_window_do_not_count():
+    now = [0.0]
+    throttle = LoginThrottle(max_per_user=3, window_s=60, clock=lambda: now[0])
+    for step in range(6):
+        now[0] = step * 40.0  # never three within 60 s
+        throttle.failed("bob", "1.1.1.1")
+    assert throttle.retry_after("bob", "1.1.1.1") == 0
+
+
+def test_throttle_memory_is_bounded():
+    throttle = LoginThrottle(max_keys=100)
+    for i in range(1000):
+        throttle.failed(f"user{i}", "1.1.1.1")
+    assert len(throttle._failures) <= 100
+
+
+def test_logout_needs_post_and_csrf(admin):
+    assert admin.client.get("/logout").status_code == 405
+    assert admin.client.post("/logout").status_code == 400
+    assert admin.post("/logout").status_code == 302
+    assert admin.get("/").status_code == 302
+
+
+def test_a_session_for_a_removed_user_is_signed_out(app):
+    from .conftest import signed_in
+
+    ghost = signed_in(app, "ghost")
+    assert ghost.get("/api/v1/me").status_code == 401
+
+
+def test_app_refuses_to_build_without_a_secret(tmp_path):
+    config = dashboard_config("sqlite://", tmp_path)
+    for key, message in (("", "secret_key is not set"), ("abc", "too short")):
+        with pytest.raises(ConfigError, match=message):
+            create_app(replace(config, dashboard=replace(config.dashboard, secret_key=key)))
+
+
+def test_app_refuses_a_bad_cron_line(tmp_path):
+    config = dashboard_config("sqlite://", tmp_path, retrain_cron="every night")
+    with pytest.raises(ConfigError, match="not a crontab line"):
+        create_app(config)
