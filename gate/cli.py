@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from maskgate.cli import UsageError, add_planned
+from maskgate.cli import UsageError
 from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
@@ -21,11 +21,45 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_agent_arguments(agent)
     agent.set_defaults(handler=run_agent)
-    add_planned(commands, "door-sim", "run the reference door controller for one gate", 5)
+    door_sim = commands.add_parser(
+        "door-sim",
+        help="run the reference door controller for one gate",
+        description="Run the reference door controller: validate the gate's door commands (schema, "
+        "signature, replay, expiry), drive a virtual relay, ack. Runs until SIGINT/SIGTERM.",
+    )
+    add_door_sim_arguments(door_sim)
+    door_sim.set_defaults(handler=run_door_sim)
     demo = commands.add_parser(
         "demo", help="run the whole system locally on the synthetic walk-up", description="Run the demo."
     )
     demo.set_defaults(handler=run_demo)
+
+
+def add_door_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gate", required=True, metavar="ID", help="the gate whose door this controls")
+    parser.add_argument(
+        "--open-s", type=float, default=3.0, metavar="S", help="how long the relay stays open (default 3)"
+    )
+    parser.add_argument(
+        "--max-skew-s",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="how far issued_at may be ahead of this clock (default 0.5); expiry is checked strictly",
+    )
+
+
+def run_door_sim(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.gate.comms import MqttConfigError
+    from maskgate.gate.comms.topics import TopicError
+    from maskgate.gate.doorsim import run_door_sim as run
+
+    if args.open_s < 0 or args.max_skew_s < 0:
+        raise UsageError("--open-s and --max-skew-s must not be negative")
+    try:
+        return run(config, args.gate, open_s=args.open_s, max_skew_s=args.max_skew_s)
+    except (MqttConfigError, TopicError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +72,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="write an annotated video")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file or the walk-up at its frame rate, as a camera would",
+    )
+    parser.add_argument(
         "--no-mqtt", action="store_true", help="run without a broker: record and print decisions"
     )
 
@@ -46,7 +85,7 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, not at registration: `maskgate --help` must stay quick.
     from maskgate.gate.agent import StoreSink
     from maskgate.gate.build import make_agent, make_detector
-    from maskgate.gate.sources import Capture, SourceError, open_reader
+    from maskgate.gate.sources import Capture, RealtimeReader, SourceError, open_reader
     from maskgate.modelcard import ModelFileError
     from maskgate.store import EventStore, make_engine, migrate
 
@@ -61,6 +100,8 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     try:
         detector = make_detector(config)
         reader = open_reader(args.source or config.camera.source, config.camera, detector)
+        if args.realtime and not reader.live:
+            reader = RealtimeReader(reader)
         agent = make_agent(config, sink, detector, args.model, args.annotate, reader.fps)
     except (ModelFileError, SourceError) as exc:
         print(f"maskgate agent: {exc}", file=sys.stderr)
@@ -98,6 +139,6 @@ def _print_decision(decision, event) -> None:
 def run_demo(args: argparse.Namespace, config: Config) -> int:
     """The whole system on the synthetic walk-up (SQLite file, default model, no broker yet)."""
     demo_args = argparse.Namespace(
-        source="synthetic", model=None, annotate=None, max_frames=None, no_mqtt=True
+        source="synthetic", model=None, annotate=None, max_frames=None, no_mqtt=True, realtime=True
     )
     return run_agent(demo_args, config)

@@ -1,0 +1,283 @@
+"""DoorLink -> real Mosquitto (127.0.0.1:1883) -> door controller -> ack -> the event in the store.
+
+The `store` fixture runs each test on SQLite and on the real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from maskgate.config import Config
+from maskgate.core import Action, DoorStatus, Event, Label
+from maskgate.gate.comms import (
+    ActiveModel,
+    DoorLink,
+    MqttClient,
+    publish_active_model,
+    subscribe_active_model,
+)
+from maskgate.gate.comms.client import BrokerSettings
+from maskgate.gate.comms.payloads import parse_door_command
+from maskgate.gate.doorsim import DoorSimulator
+from maskgate.store import EventStore
+from tests.gate.comms.brokers import ROOT, SYSTEM_PORT, Spy, make_config, make_decision, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRET = "gate-secret-for-tests"
+
+
+@pytest.fixture
+def gate_id() -> str:
+    return f"g{uuid.uuid4().hex[:8]}"
+
+
+Start = Callable[..., tuple[DoorLink, DoorSimulator | None]]
+
+
+@pytest.fixture
+def start(store: EventStore, prefix: str, gate_id: str) -> Iterator[Start]:
+    """Start a door link (and by default a door controller) for this test's gate; stopped after."""
+    running: list[DoorLink | DoorSimulator] = []
+
+    def starter(
+        door: bool = True, door_secret: str | None = None, hooks: dict | None = None, **mqtt
+    ) -> tuple[DoorLink, DoorSimulator | None]:
+        config = make_config(prefix, gate_id, **mqtt)
+        controller = None
+        if door:
+            door_config = (
+                config if door_secret is None else make_config(prefix, gate_id, command_secret=door_secret)
+            )
+            controller = DoorSimulator(door_config, gate_id, open_s=0.2)
+            controller.start()
+            running.append(controller)
+            assert controller.client.wait_connected(5)
+        link = DoorLink(config, store, **(hooks or {}))
+        link.start()
+        running.append(link)
+        assert link.client.wait_connected(5)
+        wait_until(lambda: False, timeout=0.1)  # subscriptions settle
+        return link, controller
+
+    yield starter
+    for part in reversed(running):
+        part.stop()
+
+
+def door_status(store: EventStore, event: Event, timeout: float = 5.0) -> Event:
+    wait_until(lambda: store.get_event(event.event_id).door_status is not None, timeout)
+    return store.get_event(event.event_id)
+
+
+def test_submit_to_door_to_ack_recorded_on_the_event(start, store, spy, prefix, gate_id):
+    seen: list[Event] = []
+    link, door = start(command_secret=SECRET, hooks={"on_door_status": seen.append})
+    outcomes, submitted = {}, {}
+    for label in Label:
+        event = link.submit(make_decision(gate_id, label=label), snapshot_path=None)
+        assert event.door_status is None  # returned at once; the door answers later
+        submitted[event.event_id] = event
+        outcomes[label] = door_status(store, event)
+    opened = outcomes[Label.WITH_MASK]
+    assert opened.door_status is DoorStatus.OPENED and not opened.is_incident
+    assert 0 < opened.door_rtt_ms < 1000 and opened.door_at is not None
+    assert outcomes[Label.WITHOUT_MASK].door_status is DoorStatus.REFUSED
+    assert outcomes[Label.IMPROPER_MASK].door_status is DoorStatus.REFUSED
+    assert door.relay.openings == 1 and door.outcomes["opened"] == 1 and door.outcomes["refused"] == 2
+    assert wait_until(lambda: len(seen) == 3)
+    assert {e.event_id for e in seen} == {e.event_id for e in outcomes.values()}
+
+    commands = spy.wait_for(f"{prefix}/{gate_id}/door/command", 3)
+    for message in commands:
+        assert not message.retain  # a retained "open" would be an unlocked door
+        command = parse_door_command(message.payload, SECRET)  # signed
+        assert 1 <= message.properties.MessageExpiryInterval <= 3
+        assert message.properties.ResponseTopic == f"{prefix}/{gate_id}/door/ack"
+        assert message.properties.CorrelationData == str(command.decision_id).encode()
+    events = spy.wait_for(f"{prefix}/{gate_id}/events", 3)
+    published = {json.loads(m.payload)["event_id"]: json.loads(m.payload) for m in events}
+    assert published == {str(event_id): event.to_json() for event_id, event in submitted.items()}
+    acks = spy.wait_for(f"{prefix}/{gate_id}/door/ack", 3)
+    assert {json.loads(m.payload)["reason"] for m in acks} == {"opened", "denied", "warned"}
+    assert link.wait_idle(2) and link.outbox.counts().pending == 0
+
+
+def test_no_door_controller_is_a_no_ack_incident(start, store, gate_id):
+    link, _ = start(door=False, ack_timeout_s=0.5)
+    event = link.submit(make_decision(gate_id, action=Action.ALLOW))
+    stored = door_status(store, event, timeout=5)
+    assert stored.door_status is DoorStatus.NO_ACK and stored.door_rtt_ms is None
+    assert stored.is_incident
+    assert link.outbox.counts().sent == 2  # it was sent; nobody answered
+
+
+def test_a_forged_command_is_refused_and_the_door_stays_shut(start, store, gate_id, caplog):
+    # The controller holds another secret: to it the gate's commands look forged.
+    link, door = start(command_secret=SECRET, door_secret="not-the-gate-secret", ack_timeout_s=0.7)
+    with caplog.at_level(logging.WARNING):
+        event = link.submit(make_decision(gate_id, action=Action.ALLOW))
+        stored = door_status(store, event)
+    assert door.relay.openings == 0 and door.outcomes["refused"] == 1
+    # Its "refused" ack is signed with its own secret, which the gate rejects in turn: no_ack.
+    assert stored.door_status is DoorStatus.NO_ACK
+    assert any("bad signature" in r.getMessage() and "door command" in r.getMessage() for r in caplog.records)
+    assert any("bad signature" in r.getMessage() and "door ack" in r.getMessage() for r in caplog.records)
+
+
+def test_resubmitting_a_decision_stores_and_sends_it_once(start, store, spy, prefix, gate_id):
+    link, door = start()
+    decision = make_decision(gate_id)
+    first = link.submit(decision)
+    door_status(store, first)
+    again = link.submit(decision)
+    assert again.door_status is DoorStatus.OPENED  # the stored event, with its outcome
+    assert link.wait_idle(2)
+    assert len(spy.wait_for(f"{prefix}/{gate_id}/door/command", 1)) == 1
+    assert door.relay.openings == 1
+
+
+def test_a_decision_for_another_gate_is_refused(start, gate_id):
+    link, _ = start(door=False)
+    with pytest.raises(ValueError, match="submitted to gate"):
+        link.submit(make_decision("other-gate"))
+
+
+def test_availability_state_and_clean_stop(start, store, prefix, gate_id):
+    link, _ = start(door=False)
+    availability, state_topic = f"{prefix}/{gate_id}/availability", f"{prefix}/{gate_id}/state"
+    watcher = Spy(SYSTEM_PORT, [availability, state_topic])
+    try:
+        (online,) = watcher.wait_for(availability)
+        assert online.payload == b"online" and online.retain
+        state = link.publish_state(camera_ok=True, fps=14.2, model_version="m-7")
+        assert state.outbox_pending == 0
+        assert json.loads(watcher.wait_for(state_topic)[-1].payload)["fps"] == 14.2
+        link.stop()
+        assert watcher.wait_for(availability, 2)[-1].payload == b"stopped"
+    finally:
+        watcher.close()
+    late_joiner = Spy(SYSTEM_PORT, [availability, state_topic])
+    try:
+        (stopped,) = late_joiner.wait_for(availability)
+        (retained_state,) = late_joiner.wait_for(state_topic)
+        assert stopped.retain and stopped.payload == b"stopped"
+        assert retained_state.retain and json.loads(retained_state.payload)["model_version"] == "m-7"
+    finally:
+        late_joiner.close()
+
+
+def test_the_broker_publishes_offline_when_the_gate_dies(tmp_path, prefix, gate_id):
+    availability = f"{prefix}/{gate_id}/availability"
+    watcher = Spy(SYSTEM_PORT, [availability])
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from maskgate.config import Config, MqttConfig
+        from maskgate.gate.comms import DoorLink
+        from maskgate.store import EventStore, make_engine, migrate
+        engine = make_engine("sqlite:///{tmp_path}/gate.sqlite")
+        migrate.upgrade(engine)
+        config = Config(gate_id="{gate_id}", mqtt=MqttConfig(topic_prefix="{prefix}", keepalive_s=2))
+        link = DoorLink(config, EventStore(engine))
+        link.start()
+        assert link.client.wait_connected(5)
+        time.sleep(0.3)
+        os._exit(9)  # no clean disconnect: the broker sends the Last Will
+        """
+    )
+    try:
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60, check=False)
+        payloads = [m.payload for m in watcher.wait_for(availability, 2, timeout=10)]
+        assert payloads[:2] == [b"online", b"offline"]
+    finally:
+        watcher.close()
+
+
+def test_home_assistant_discovery_is_resent_when_home_assistant_comes_online(start, gate_id, caplog):
+    discovery = f"homeassistant/sensor/maskgate_{gate_id}/+/config"
+    watcher = Spy(SYSTEM_PORT, [discovery])
+    try:
+        start(door=False, homeassistant_discovery=True)
+        assert wait_until(lambda: len(watcher.messages) == 5)
+        with caplog.at_level(logging.WARNING):
+            watcher.publish("homeassistant/status", b"rebooting")  # not a status: logged, ignored
+        watcher.publish("homeassistant/status", b"online")
+        assert wait_until(lambda: len(watcher.messages) == 10)
+        config = json.loads(watcher.messages[-1].payload)
+        assert config["device"]["identifiers"] == [f"maskgate_{gate_id}"]
+        assert not any(m.retain for m in watcher.messages)
+        assert any("homeassistant status" in r.getMessage() for r in caplog.records)
+    finally:
+        watcher.close()
+
+
+def test_active_model_announcement_reaches_gates(start, prefix, gate_id, caplog):
+    received: list[ActiveModel] = []
+    start(door=False, hooks={"on_active_model": received.append})
+    other: list[ActiveModel] = []
+    config = make_config(prefix, gate_id)
+    listener = MqttClient(BrokerSettings.from_config(config.mqtt), f"listener-{gate_id}")
+    subscribe_active_model(listener, prefix, other.append)
+    listener.start()
+    try:
+        assert listener.wait_connected(5)
+        model = ActiveModel("2026.05.01-2", "b" * 64, "models/2026.05.01-2")
+        publish_active_model(config, model)
+        assert wait_until(lambda: received and other)
+        assert received[-1].version == other[-1].version == "2026.05.01-2"
+        with caplog.at_level(logging.WARNING):
+            spy = Spy(SYSTEM_PORT)
+            spy.publish(f"{prefix}/models/active", b'{"v":1,"version":"x"}', retain=True)
+            spy.close()
+            assert wait_until(lambda: any("active model" in r.getMessage() for r in caplog.records))
+        assert len(received) == 1  # the broken announcement was not passed on
+    finally:
+        listener.stop()
+
+
+def test_garbage_on_every_subscribed_topic_is_logged_and_survived(start, store, prefix, gate_id, caplog):
+    link, door = start(homeassistant_discovery=True)
+    garbage = [
+        b"",
+        b"\x00\xff",
+        b"{",
+        b"[]",
+        b'{"v":1}',
+        b"x" * 70_000,
+        json.dumps({"decision_id": 5}).encode(),
+    ]
+    topics = [f"{prefix}/{gate_id}/door/command", f"{prefix}/{gate_id}/door/ack", "homeassistant/status"]
+    spy = Spy(SYSTEM_PORT)
+    with caplog.at_level(logging.WARNING):
+        for topic in topics:
+            for payload in garbage:
+                spy.publish(topic, payload)
+        assert wait_until(lambda: sum("REJECTED" in r.getMessage() for r in caplog.records) >= 6)
+    spy.close()
+    assert link.connected and door.client.connected
+    event = link.submit(make_decision(gate_id))
+    assert door_status(store, event).door_status is DoorStatus.OPENED  # both still work
+
+
+def test_config_errors_are_clear(store):
+    from maskgate.config import MqttConfig
+    from maskgate.gate.comms import MqttConfigError
+
+    for mqtt, message in [
+        (MqttConfig(url="http://broker"), "use mqtt://"),
+        (MqttConfig(url="mqtt://user:pw@broker"), "credentials"),
+        (MqttConfig(url="mqtts://broker", ca_file="/nonexistent/ca.crt"), "no file"),
+        (MqttConfig(door_command_ttl_s=0), "door_command_ttl_s"),
+        (MqttConfig(door_command_ttl_s=120), "door_command_ttl_s"),
+    ]:
+        with pytest.raises(MqttConfigError, match=message):
+            DoorLink(Config(mqtt=mqtt), store)
