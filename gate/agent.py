@@ -94,12 +94,26 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self, capture: Capture, max_frames: int | None = None) -> AgentStats:
-        """Process frames until the source ends, `max_frames` were processed, or :meth:`stop`."""
+    def run(
+        self,
+        capture: Capture,
+        max_frames: int | None = None,
+        heartbeat: Callable[[AgentStats], None] | None = None,
+        heartbeat_s: float = 5.0,
+    ) -> AgentStats:
+        """Process frames until the source ends, `max_frames` were processed, or :meth:`stop`.
+
+        `heartbeat` is called at the start and then every `heartbeat_s`, frames or not (a dead
+        camera must still be reported).
+        """
         self.stats = AgentStats()
         self._live = capture.reader.live
+        next_beat = time.monotonic()
         try:
             while not self._stop.is_set():
+                if heartbeat is not None and time.monotonic() >= next_beat:
+                    heartbeat(self.stats)
+                    next_beat = time.monotonic() + heartbeat_s
                 frame = capture.next_frame(timeout=0.5)
                 if frame is None:
                     if capture.finished:

@@ -1,4 +1,4 @@
-"""The agent's subcommands: `agent`, `door-sim`, `demo`."""
+"""The agent's subcommands: `agent`, `door-sim`."""
 
 from __future__ import annotations
 
@@ -29,10 +29,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_door_sim_arguments(door_sim)
     door_sim.set_defaults(handler=run_door_sim)
-    demo = commands.add_parser(
-        "demo", help="run the whole system locally on the synthetic walk-up", description="Run the demo."
-    )
-    demo.set_defaults(handler=run_demo)
 
 
 def add_door_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,15 +90,13 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     engine = make_engine(config.database_url)
     migrate.require_head(engine)
     store = EventStore(engine)
-    if not args.no_mqtt:
-        raise UsageError("the MQTT link is not built yet: run with --no-mqtt")
-    sink = StoreSink(store)
+    link = None if args.no_mqtt else _door_link(config, store)
     try:
         detector = make_detector(config)
         reader = open_reader(args.source or config.camera.source, config.camera, detector)
         if args.realtime and not reader.live:
             reader = RealtimeReader(reader)
-        agent = make_agent(config, sink, detector, args.model, args.annotate, reader.fps)
+        agent = make_agent(config, link or StoreSink(store), detector, args.model, args.annotate, reader.fps)
     except (ModelFileError, SourceError) as exc:
         print(f"maskgate agent: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -110,11 +104,26 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     capture = Capture(reader, config.camera).start()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())
-    print(f"gate {config.gate_id}: watching {reader.name} with model {agent.classifier.version}", flush=True)
+    heartbeat = None
+    if link is not None:
+        link.start()
+
+        def heartbeat(stats) -> None:
+            link.publish_state(
+                camera_ok=capture.status.ok, fps=stats.fps, model_version=agent.classifier.version
+            )
+
+    where = "no broker" if link is None else f"door over {config.mqtt.url}"
+    print(
+        f"gate {config.gate_id}: watching {reader.name} with model {agent.classifier.version}, {where}",
+        flush=True,
+    )
     try:
-        stats = agent.run(capture, args.max_frames)
+        stats = agent.run(capture, args.max_frames, heartbeat=heartbeat)
     finally:
         capture.stop()
+        if link is not None:
+            link.stop()
     print(
         f"gate {config.gate_id}: {stats.frames} frames at {stats.fps:.1f} fps, "
         f"{len(stats.decisions)} decisions, {stats.bad_frames} bad frames; "
@@ -127,6 +136,23 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _door_link(config: Config, store):
+    """The MQTT link to the door; config mistakes in it are usage errors (exit 2)."""
+    from maskgate.gate.comms import MqttConfigError
+    from maskgate.gate.comms.link import DoorLink
+    from maskgate.gate.comms.topics import TopicError
+
+    try:
+        return DoorLink(config, store, on_door_status=_print_door_status)
+    except (MqttConfigError, TopicError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _print_door_status(event) -> None:
+    rtt = f" in {event.door_rtt_ms:.0f} ms" if event.door_rtt_ms is not None else ""
+    print(f"    door for track {event.track_id}: {event.door_status.value}{rtt}", flush=True)
+
+
 def _print_decision(decision, event) -> None:
     print(
         f"{decision.decided_at:%H:%M:%S} track {decision.track_id}: {decision.action.value.upper()} "
@@ -134,11 +160,3 @@ def _print_decision(decision, event) -> None:
         + (f", snapshot {event.snapshot_path}" if event.snapshot_path else ""),
         flush=True,
     )
-
-
-def run_demo(args: argparse.Namespace, config: Config) -> int:
-    """The whole system on the synthetic walk-up (SQLite file, default model, no broker yet)."""
-    demo_args = argparse.Namespace(
-        source="synthetic", model=None, annotate=None, max_frames=None, no_mqtt=True, realtime=True
-    )
-    return run_agent(demo_args, config)

@@ -18,7 +18,7 @@ log = logging.getLogger("maskgate")
 
 # Each part registers its own subcommands: a module with `register(commands)`. Registration
 # imports nothing heavy; handlers import what they need when they run.
-COMMAND_MODULES = ("maskgate.gate.cli", "maskgate.training.cli", "maskgate.dashboard.cli")
+COMMAND_MODULES = ("maskgate.gate.cli", "maskgate.training.cli", "maskgate.dashboard.cli", "maskgate.demo")
 
 Handler = Callable[[argparse.Namespace, Config], int]
 

@@ -42,20 +42,22 @@ class UserStore:
             raise UserError(f"invalid username {username!r}: 1-64 letters, digits or _ . @ -")
         if role not in USER_ROLES:
             raise UserError(f"invalid role {role!r}: choose one of {', '.join(USER_ROLES)}")
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise UserError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
-        row = UserRow(
-            username=username,
-            password_hash=generate_password_hash(password, method="scrypt"),
-            role=role,
-            created_at=utcnow(),
-        )
+        row = UserRow(username=username, password_hash=_hash(password), role=role, created_at=utcnow())
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(row)
         except IntegrityError:
             raise UserError(f"user {username!r} already exists") from None
         return _user(row)
+
+    def set_password(self, username: str, password: str) -> None:
+        """Replace a user's password (a forgotten one, or the demo's fresh one each run)."""
+        password_hash = _hash(password)
+        with Session(self.engine) as session, session.begin():
+            row = session.scalar(select(UserRow).where(UserRow.username == username))
+            if row is None:
+                raise UserError(f"no user {username!r}")
+            row.password_hash = password_hash
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password matches, else None (same work either way, against timing probes)."""
@@ -71,6 +73,12 @@ class UserStore:
         with Session(self.engine) as session:
             row = session.scalar(select(UserRow).where(UserRow.username == username))
             return _user(row) if row else None
+
+
+def _hash(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    return generate_password_hash(password, method="scrypt")
 
 
 _DUMMY_HASH = generate_password_hash("not a real password", method="scrypt")

@@ -43,3 +43,14 @@ def test_duplicate_user(users):
 def test_invalid_users(users, username, password, role, message):
     with pytest.raises(UserError, match=message):
         users.add(username, password, role)
+
+
+def test_set_password(users):
+    users.add("carol", "the first password", "viewer")
+    users.set_password("carol", "the second password")
+    assert users.authenticate("carol", "the first password") is None
+    assert users.authenticate("carol", "the second password").username == "carol"
+    with pytest.raises(UserError, match="too short"):
+        users.set_password("carol", "short")
+    with pytest.raises(UserError, match="no user"):
+        users.set_password("nobody", "a long enough password")
