@@ -66,6 +66,7 @@ def review_event(
     now = utcnow()
     if kind is ReviewKind.FALSE_POSITIVE:
         review = Review(user.username, now, false_positive=True, note=note)
+        log.info("event %s reviewed by %s: %s", event_id, user.username, kind.value)
         return store.review_event(event_id, review)
     label = event.label if kind is ReviewKind.CONFIRM else _label(true_label)
     review = Review(user.username, now, true_label=label, note=note)
@@ -76,6 +77,8 @@ def review_event(
 def _label(value: str | None) -> Label:
     if not value:
         raise ActionError("relabel needs the true label")
+    if not isinstance(value, str):  # a JSON number or list; Label.parse would fail on .strip()
+        raise ActionError("the true label must be a label name")
     try:
         return Label.parse(value)
     except UnknownLabelError:
@@ -85,28 +88,32 @@ def _label(value: str | None) -> Label:
 ModelHook = Callable[[ModelVersion], None]
 
 
-def promote(registry: ModelRegistry, version: str, on_change: ModelHook) -> ModelVersion:
+def promote(registry: ModelRegistry, version: str, on_change: ModelHook, user: User) -> ModelVersion:
     try:
         model = registry.promote(version)
     except RegistryError as exc:
         raise NotFound(str(exc)) from None
+    log.info("model %s promoted by %s", model.version, user.username)
     on_change(model)
     return model
 
 
-def rollback(registry: ModelRegistry, on_change: ModelHook) -> ModelVersion:
+def rollback(registry: ModelRegistry, on_change: ModelHook, user: User) -> ModelVersion:
     try:
         model = registry.rollback()
     except RegistryError as exc:
         raise Conflict(str(exc)) from None
+    log.info("rolled back to model %s by %s", model.version, user.username)
     on_change(model)
     return model
 
 
-def run_now(scheduler: DashboardScheduler) -> TrainingRun:
+def run_now(scheduler: DashboardScheduler, user: User) -> TrainingRun:
     try:
-        return scheduler.run_now()
+        run = scheduler.run_now()
     except RunInProgress as exc:
         raise Conflict(str(exc)) from None
     except SchedulerNotRunning as exc:
         raise Unavailable(str(exc)) from None
+    log.info("training run %s started by %s", run.run_id, user.username)
+    return run

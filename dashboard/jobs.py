@@ -116,14 +116,21 @@ class RetrainingJob:
         if result.status is RunStatus.RUNNING:
             result = RunResult(RunStatus.FAILED, reason="the trainer returned without finishing the run")
         run_log(f"run {run_id} {result.status.value}" + (f": {result.reason}" if result.reason else ""))
-        return self.runs.finish(
-            run_id,
-            result.status,
-            candidate_version=result.candidate_version,
-            metrics=result.metrics,
-            reason=result.reason or None,
-            log=run_log.text(),
-        )
+        try:
+            return self.runs.finish(
+                run_id,
+                result.status,
+                candidate_version=result.candidate_version,
+                metrics=result.metrics,
+                reason=result.reason or None,
+                log=run_log.text(),
+            )
+        except Exception as exc:  # e.g. numpy numbers in the metrics: JSON cannot store them
+            # The run must not stay "running": that would hold the lock for DEFAULT_STALE_AFTER.
+            log.exception("training run %s: its result could not be recorded", run_id)
+            run_log(f"the result could not be recorded: {type(exc).__name__}: {exc}")
+            reason = f"the trainer's result could not be recorded ({type(exc).__name__})"
+            return self.runs.finish(run_id, RunStatus.FAILED, reason=reason, log=run_log.text())
 
     def run_scheduled(self) -> TrainingRun | None:
         """The nightly job: start and execute, or skip when a run is already going somewhere."""

@@ -52,27 +52,23 @@ def parse_event_filter(args: Mapping[str, str]) -> EventFilter:
 
 
 def parse_limit(value: str | None) -> int:
-    if not value:
-        return PAGE_SIZE
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadFilter(f"limit must be a number, got {value[:40]!r}") from None
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise BadFilter(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-    return limit
+    return _whole_number(value, "limit", default=PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def parse_days(value: str | None) -> int:
+    return _whole_number(value, "days", default=DEFAULT_CHART_DAYS, maximum=MAX_CHART_DAYS)
+
+
+def _whole_number(value: str | None, name: str, *, default: int, maximum: int) -> int:
+    """`value` as a number from 1 to `maximum`, `default` when absent."""
     if not value:
-        return DEFAULT_CHART_DAYS
-    try:
-        days = int(value)
-    except ValueError:
-        raise BadFilter(f"days must be a number, got {value[:40]!r}") from None
-    if not 1 <= days <= MAX_CHART_DAYS:
-        raise BadFilter(f"days must be between 1 and {MAX_CHART_DAYS}")
-    return days
+        return default
+    if not value.isascii() or not value.isdigit():
+        raise BadFilter(f"{name} must be a number, got {value[:40]!r}")
+    number = int(value) if len(value) <= len(str(maximum)) else 0  # int() refuses 4,300+ digits
+    if not 1 <= number <= maximum:
+        raise BadFilter(f"{name} must be between 1 and {maximum}")
+    return number
 
 
 INCIDENT_STATUSES = {"open": False, "reviewed": True, "all": None}  # -> EventFilter.reviewed
@@ -89,7 +85,7 @@ def parse_incident_status(value: str | None) -> bool | None:
 def parse_run_id(value: str | None, name: str = "before") -> int | None:
     if not value:
         return None
-    if not value.isdigit() or len(value) > 18:
+    if not value.isascii() or not value.isdigit() or len(value) > 18:  # int("²") fails
         raise BadFilter(f"{name} must be a run id, got {value[:40]!r}")
     return int(value)
 
@@ -126,9 +122,9 @@ def _time(value: str | None, name: str, *, end_of_day: bool) -> datetime | None:
             day = date.fromisoformat(value)
             return datetime.combine(day + timedelta(days=end_of_day), time(), UTC)
         when = datetime.fromisoformat(value)
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31 plus a day, 0001-01-01 minus an hour
         raise BadFilter(f"{name} must be a date (YYYY-MM-DD) or an ISO time, got {value[:40]!r}") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _yes_no(value: str | None, name: str) -> bool | None:
@@ -142,17 +138,31 @@ def _yes_no(value: str | None, name: str) -> bool | None:
 
 
 def filter_args(filters: EventFilter) -> dict[str, str]:
-    """The query-string values that give back `filters` (for links and the filter form)."""
+    """The query-string values that give back `filters` (for links and the filter form).
+
+    Whole days are written back as dates, as the form sends them: `to=2026-03-01` means until
+    2026-03-02 00:00, and writing that instant would show the form's date input a day late.
+    """
     args = {
         "gate": filters.gate_id,
         "label": filters.label.value if filters.label else None,
         "decision": filters.action.value if filters.action else None,
-        "from": filters.since.isoformat() if filters.since else None,
-        "to": filters.until.isoformat() if filters.until else None,
+        "from": _time_text(filters.since, end_of_day=False),
+        "to": _time_text(filters.until, end_of_day=True),
         "reviewed": _yes_no_text(filters.reviewed),
         "incident": _yes_no_text(filters.incident),
     }
     return {key: value for key, value in args.items() if value is not None}
+
+
+def _time_text(value: datetime | None, *, end_of_day: bool) -> str | None:
+    """The inverse of `_time`: a date when `value` is a UTC midnight, else the ISO time."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC)
+    if value.time() != time():
+        return value.isoformat()
+    return (value.date() - timedelta(days=end_of_day)).isoformat()
 
 
 def _yes_no_text(value: bool | None) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -82,12 +82,16 @@ class DashboardScheduler:
                 _started = None
 
     def next_run_at(self, now: datetime | None = None) -> datetime | None:
-        """When the nightly job fires next (from the cron line, whether or not this process runs it)."""
+        """When the nightly job fires next, in UTC (from the cron line, whether or not this process runs it).
+
+        The cron line is in the server's local time, and so is what APScheduler answers.
+        """
         job = self._scheduler.get_job(NIGHTLY_JOB_ID) if self.running else None
         if job is not None:
-            return job.next_run_time
-        now = (now or utcnow()).astimezone(self.trigger.timezone)
-        return self.trigger.get_next_fire_time(None, now)
+            when = job.next_run_time
+        else:
+            when = self.trigger.get_next_fire_time(None, (now or utcnow()).astimezone(self.trigger.timezone))
+        return when.astimezone(UTC) if when is not None else None
 
     def run_now(self) -> TrainingRun:
         """Start a manual run in the background; its id comes back at once."""

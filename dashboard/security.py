@@ -121,7 +121,17 @@ class LoginThrottle:
         if len(entry.times) >= limit:
             entry.locked_until = now + self.lockout_s
             entry.times.clear()
-        while len(self._failures) > self.max_keys:
+        if len(self._failures) > self.max_keys:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Forget the stalest entries, locked ones last: otherwise failing with many made-up
+        names (from many addresses) would push a locked name out and unlock it."""
+        unlocked = [key for key, entry in self._failures.items() if entry.locked_until <= now]
+        excess = len(self._failures) - self.max_keys
+        for key in unlocked[:excess]:
+            del self._failures[key]
+        while len(self._failures) > self.max_keys:  # everything is locked: the stalest goes
             self._failures.popitem(last=False)
 
 

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, g, jsonify, request, send_file, stream_with_context
+from flask import Blueprint, Response, abort, g, request, send_file, stream_with_context
 
 from maskgate.core import Action
 from maskgate.dashboard import actions
@@ -26,16 +26,11 @@ from maskgate.dashboard.queries import (
     parse_run_id,
 )
 from maskgate.dashboard.security import admin_required, csrf_token
-from maskgate.store import EventFilter, Gate, InvalidCursorError, ModelVersion, TrainingRun
+from maskgate.store import EventFilter, Gate, ModelVersion, TrainingRun
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
 OPENAPI_FILE = Path(__file__).parents[1] / "openapi.yaml"
-
-
-@blueprint.errorhandler(InvalidCursorError)
-def invalid_cursor(exc: InvalidCursorError):
-    return jsonify(error=str(exc)), 400
 
 
 @blueprint.get("/openapi.yaml")
@@ -103,10 +98,10 @@ def review(event_id: uuid.UUID):
     reviewed = actions.review_event(
         services().events,
         event_id,
-        actions.parse_review_kind(body.get("action")),
+        actions.parse_review_kind(_text_field(body, "action")),
         g.user,
-        true_label=body.get("true_label"),
-        note=str(body.get("note") or ""),
+        true_label=_text_field(body, "true_label"),
+        note=_text_field(body, "note") or "",
     )
     return event_json(reviewed)
 
@@ -135,13 +130,13 @@ def models():
 @blueprint.post("/models/<version>/promote")
 @admin_required
 def promote(version: str):
-    return _model_json(actions.promote(services().models, version, services().on_model_change))
+    return _model_json(actions.promote(services().models, version, services().on_model_change, g.user))
 
 
 @blueprint.post("/models/rollback")
 @admin_required
 def rollback():
-    return _model_json(actions.rollback(services().models, services().on_model_change))
+    return _model_json(actions.rollback(services().models, services().on_model_change, g.user))
 
 
 @blueprint.get("/schedule")
@@ -160,7 +155,7 @@ def schedule():
 @blueprint.post("/schedule/run")
 @admin_required
 def run_now():
-    return _run_json(actions.run_now(services().scheduler)), 202
+    return _run_json(actions.run_now(services().scheduler, g.user)), 202
 
 
 @blueprint.get("/runs")
@@ -187,6 +182,14 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         abort(400, description="expected a JSON object body (Content-Type: application/json)")
     return body
+
+
+def _text_field(body: dict, name: str) -> str | None:
+    """A text member of a JSON body; anything else (a number, a list, a NUL inside) is a 400."""
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or "\x00" in value):
+        abort(400, description=f"{name} must be text")
+    return value
 
 
 def _iso(value) -> str | None:

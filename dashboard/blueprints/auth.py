@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
-from maskgate.dashboard.app import services
+from maskgate.dashboard.app import SIGNED_IN_AT, services
 from maskgate.dashboard.security import csrf_token
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def login():
     session.clear()  # a fresh session (and CSRF token) on every sign-in: no session fixation
     session.permanent = True
     session["user"] = user.username
+    session[SIGNED_IN_AT] = services().clock().timestamp()  # the session ends 8 h after this, however busy
     csrf_token()
     log.info("%s signed in from %s", user.username, address)
     return redirect(next_url)
@@ -51,7 +53,20 @@ def logout():
 
 
 def _safe_next(value: str | None) -> str:
-    """Only a path on this site: `//evil.example` or `https://...` would be an open redirect."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Only a path on this site: `//evil.example` or `https://...` would be an open redirect.
+
+    Whitespace and control characters are refused too: URL parsers (Python's, the browser's)
+    drop tabs and newlines, so `/<TAB>/evil.example` would become `//evil.example` on the way out.
+    """
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(char.isspace() or not char.isprintable() for char in value)
+    ):
+        return url_for("overview.index")
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
         return url_for("overview.index")
     return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, send_file, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, send_file, url_for
 
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
@@ -42,6 +42,8 @@ def plot(version: str, name: str):
     if path is None:
         abort(404, description="no such plot")
     response = send_file(path, max_age=300, conditional=True)
+    response.cache_control.public = False  # send_file said public: no shared cache may keep it
+    response.cache_control.private = True
     response.headers["Content-Security-Policy"] = PLOT_CONTENT_SECURITY_POLICY
     return response
 
@@ -49,7 +51,7 @@ def plot(version: str, name: str):
 @blueprint.post("/models/<version>/promote")
 @admin_required
 def promote(version: str):
-    model = actions.promote(services().models, version, services().on_model_change)
+    model = actions.promote(services().models, version, services().on_model_change, g.user)
     flash(f"Model {model.version} is now active.")
     return redirect(url_for("models.index"))
 
@@ -57,6 +59,6 @@ def promote(version: str):
 @blueprint.post("/models/rollback")
 @admin_required
 def rollback():
-    model = actions.rollback(services().models, services().on_model_change)
+    model = actions.rollback(services().models, services().on_model_change, g.user)
     flash(f"Rolled back: model {model.version} is active again.")
     return redirect(url_for("models.index"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
@@ -42,6 +42,6 @@ def run(run_id: int):
 @blueprint.post("/schedule/run")
 @admin_required
 def run_now():
-    started = actions.run_now(services().scheduler)
+    started = actions.run_now(services().scheduler, g.user)
     flash(f"Training run {started.run_id} started.")
     return redirect(url_for("schedule.run", run_id=started.run_id))

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from maskgate.config import Config, DashboardConfig, PathsConfig
 from maskgate.core import utcnow
-from maskgate.dashboard.app import create_app, services
+from maskgate.dashboard.app import SIGNED_IN_AT, create_app, services
 from maskgate.dashboard.security import CSRF_HEADER, LoginThrottle
 from maskgate.store import UserStore
 
@@ -92,13 +92,17 @@ class Session:
         return self.client.post(url, json=json if json is not None else {}, headers=headers, **kwargs)
 
 
-def signed_in(app: Flask, username: str) -> Session:
-    """A client whose session says `username` signed in (the sign-in form has its own tests)."""
+def signed_in(app: Flask, username: str, at: datetime | None = None) -> Session:
+    """A client whose session says `username` signed in (now by the app's clock, or `at`).
+
+    The sign-in form has its own tests.
+    """
     client = app.test_client()
     token = uuid.uuid4().hex
     with client.session_transaction() as session:
         session["user"] = username
         session["csrf"] = token
+        session[SIGNED_IN_AT] = (at or services(app).clock()).timestamp()
     return Session(client, token)
 
 

@@ -7,10 +7,12 @@ import io
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 from openapi_spec_validator import validate
 
 from maskgate.core import Label
+from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
 from maskgate.dashboard.queries import csv_lines
 from maskgate.store import EventFilter
@@ -116,6 +118,27 @@ def test_review_through_the_api(admin, store, make_event):
     not_json = admin.client.post(url, data="action=confirm", headers={"X-CSRF-Token": admin.csrf})
     assert not_json.status_code == 400
     assert admin.api_post(url, json=["confirm"]).status_code == 400
+
+
+def test_review_fields_must_be_text(admin, store, make_event):
+    event = make_event(Label.WITHOUT_MASK)
+    store.record_event(event)
+    url = f"/api/v1/events/{event.event_id}/review"
+    bodies = [
+        {"action": "relabel", "true_label": 5},
+        {"action": "relabel", "true_label": ["with_mask"]},
+        {"action": "confirm", "note": {"a": 1}},
+        {"action": "confirm", "note": "a\x00b"},  # PostgreSQL refuses NUL in text
+        {"action": ["confirm"]},
+    ]
+    for body in bodies:
+        response = admin.api_post(url, json=body)
+        assert response.status_code == 400, body
+        assert "error" in response.json
+    assert store.get_event(event.event_id).review is None
+    alice = services(admin.client.application).users.get("alice")
+    with pytest.raises(actions.ActionError, match="must be a label name"):  # other callers than the API
+        actions.review_event(store, event.event_id, actions.ReviewKind.RELABEL, alice, true_label=5)
 
 
 def test_incidents(viewer, store, make_event):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
 from maskgate.config import ConfigError
-from maskgate.dashboard.app import create_app, services
+from maskgate.dashboard.app import SESSION_LIFETIME, SIGNED_IN_AT, create_app, services
 from maskgate.dashboard.security import LoginThrottle
 
-from .conftest import PASSWORD, dashboard_config
+from .conftest import PASSWORD, dashboard_config, signed_in
 
 PUBLIC = {"/login", "/healthz", "/static/<path:filename>"}
 
@@ -110,10 +111,57 @@ def test_login_without_csrf_token_is_refused(app, anonymous):
     assert "CSRF" in response.text
 
 
-def test_login_does_not_redirect_off_site(app, anonymous):
-    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        response = _login(anonymous, next_url=target)
+def test_login_does_not_redirect_off_site(app):
+    targets = [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example",  # URL parsers drop the tab: it would leave as //evil.example
+        "/\n/evil.example",
+        "/\r\nSet-Cookie: x=1",
+        " //evil.example",
+        "javascript:alert(1)",
+    ]
+    for target in targets:
+        response = _login(app.test_client(), next_url=target)
+        assert response.status_code == 302, target
         assert response.headers["Location"] == "/", target
+
+
+def test_login_keeps_a_local_next_with_its_query(app, anonymous):
+    response = _login(anonymous, next_url="/events?gate=north&label=with_mask")
+    assert response.headers["Location"] == "/events?gate=north&label=with_mask"
+
+
+def test_a_session_ends_eight_hours_after_sign_in_even_while_polling(app, anonymous, clock):
+    _login(anonymous)
+    start = clock.now
+    for minutes in (1, 60, 7 * 60, 8 * 60 - 1):  # the live events list polls all day
+        clock.now = start + timedelta(minutes=minutes)
+        response = anonymous.get("/api/v1/events")
+        assert response.status_code == 200, minutes
+        assert "maskgate_session=" in response.headers.get("Set-Cookie", "")  # Flask renews the cookie
+    clock.now = start + SESSION_LIFETIME
+    assert anonymous.get("/api/v1/events").status_code == 401
+    assert anonymous.get("/").status_code == 302
+
+
+def test_a_session_without_its_sign_in_time_is_signed_out(app, clock):
+    stale = signed_in(app, "alice", at=clock.now - SESSION_LIFETIME - timedelta(seconds=1))
+    assert stale.get("/api/v1/me").status_code == 401
+    legacy = signed_in(app, "alice")
+    with legacy.client.session_transaction() as session:
+        del session[SIGNED_IN_AT]
+    assert legacy.get("/api/v1/me").status_code == 401
+
+
+def test_nul_characters_are_refused_before_reaching_the_database(app, admin, anonymous):
+    token = _login_form(anonymous)
+    response = anonymous.post("/login", data={"csrf_token": token, "username": "al\x00ice", "password": "x"})
+    assert response.status_code == 400
+    for url in ("/events?gate=%00", "/api/v1/events?gate=a%00b", "/models/v%001/files/p.png", "/?x=%00"):
+        assert admin.get(url).status_code == 400, url
+    assert admin.api_post("/api/v1/models/v%001/promote").status_code == 400
 
 
 def test_repeated_failures_lock_the_user(app, anonymous):
@@ -164,6 +212,17 @@ def test_throttle_memory_is_bounded():
     for i in range(1000):
         throttle.failed(f"user{i}", "1.1.1.1")
     assert len(throttle._failures) <= 100
+
+
+def test_throttle_does_not_forget_a_lock_to_make_room():
+    throttle = LoginThrottle(max_per_user=5, max_per_ip=1000, max_keys=50)
+    for i in range(5):
+        throttle.failed("alice", f"10.0.0.{i}")
+    assert throttle.retry_after("alice", "10.9.9.9") > 0
+    for i in range(500):  # made-up names, to push alice's entry out
+        throttle.failed(f"guess{i}", f"10.1.{i // 250}.{i % 250}")
+    assert len(throttle._failures) <= 50
+    assert throttle.retry_after("alice", "10.9.9.9") > 0
 
 
 def test_logout_needs_post_and_csrf(admin):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from werkzeug.exceptions import InternalServerError
 
+from .conftest import signed_in
 from .test_auth import PUBLIC, sample_url
 
 
@@ -71,14 +73,35 @@ def test_oversized_bodies_are_refused(admin, store, make_event):
     assert store.get_event(event.event_id).review is None
 
 
-@pytest.mark.parametrize("path", ["/", "/events", "/login", "/api/v1/me"])
+@pytest.mark.parametrize(
+    "path", ["/", "/events", "/login", "/api/v1/me", "/no-such-page", "/api/v1/events/not-a-uuid", "/?days=x"]
+)
 def test_security_headers(admin, path):
     response = admin.get(path)
     csp = response.headers["Content-Security-Policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp and "object-src 'none'" in csp
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_errors_show_no_traceback(app):
+    app.config["TESTING"] = False  # let the error handler answer, as in production
+
+    def boom():
+        raise RuntimeError("secret detail")
+
+    urls = ("/boom", "/api/v1/boom")  # routes added for this test only, before its first request
+    for url in urls:
+        app.add_url_rule(url, url, boom)
+    admin = signed_in(app, "alice")
+    for url in urls:
+        response = admin.get(url)
+        assert response.status_code == 500
+        assert "secret detail" not in response.text and "Traceback" not in response.text
+    assert admin.get("/api/v1/boom").json == {"error": InternalServerError.description}
 
 
 def test_static_files_are_served_locally(admin):

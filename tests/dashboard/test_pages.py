@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -48,9 +48,18 @@ def test_overview_counts_chart_gates_and_incidents(admin, store, make_event, clo
     assert data["open_incidents"] == {"count": 2, "more": False}
 
 
+def test_times_are_shown_in_utc():
+    from maskgate.dashboard.app import format_time
+
+    paris = timezone(timedelta(hours=1))
+    assert format_time(datetime(2026, 3, 1, 15, 5, 9, tzinfo=paris)) == "2026-03-01 14:05:09Z"
+    assert format_time(None) == "–"
+
+
 def test_overview_days_must_be_sane(admin):
-    assert admin.get("/?days=1000").status_code == 400
-    assert admin.get("/?days=abc").status_code == 400
+    for days in ("1000", "abc", "0", "-1", "²", "9" * 5000):
+        assert admin.get("/", query_string={"days": days}).status_code == 400, days[:10]
+    assert admin.get("/?days=7").status_code == 200
 
 
 def test_open_incident_count_is_capped(app, store, make_event):
@@ -102,6 +111,40 @@ def test_events_keyset_pagination(admin, store, make_event):
             break
         url = older.group(1).replace("&amp;", "&")
     assert seen == [str(e.event_id) for e in events]
+
+
+def test_older_pages_keep_a_date_filter_as_the_same_dates(admin, store, make_event):
+    events = [make_event() for _ in range(60)]
+    for event in events:
+        store.record_event(event)
+    first, last = events[-1].occurred_at.date(), events[0].occurred_at.date()
+    page = admin.get(f"/events?from={first}&to={last}").text
+    older = re.search(r'rel="next" href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    assert f"from={first}" in older and f"to={last}" in older  # not the next midnight
+    second = admin.get(older).text
+    assert f'name="from" type="date" value="{first}"' in second
+    assert f'name="to" type="date" value="{last}"' in second  # the form would otherwise move a day on
+    assert _rows(page) + _rows(second) == [str(e.event_id) for e in events]
+    newest = re.search(r'href="([^"]+)">Newest', second).group(1).replace("&amp;", "&")
+    assert _rows(admin.get(newest).text) == _rows(page)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/events?to=9999-12-31",
+        "/events?from=0001-01-01T00:00:00%2B01:00",
+        "/incidents?cursor=bogus",
+        "/schedule?before=%C2%B2",
+        "/api/v1/events?to=9999-12-31",
+        "/api/v1/incidents?cursor=bogus",
+        "/api/v1/runs?before=%C2%B2",
+        "/api/v1/events?limit=%C2%B2",
+    ],
+)
+def test_odd_parameters_are_400_not_500(admin, url):
+    response = admin.get(url)
+    assert response.status_code == 400, response.text[:200]
 
 
 @pytest.mark.parametrize(
@@ -324,6 +367,23 @@ def test_models_page_shows_metrics_card_and_plots(admin, model_folders):
     plot = admin.get("/models/m1/files/confusion.png")
     assert plot.status_code == 200 and plot.mimetype == "image/png"
     assert "sandbox" in plot.headers["Content-Security-Policy"]
+    assert plot.cache_control.private and not plot.cache_control.public  # behind a login
+
+
+def test_plot_file_takes_a_file_name_in_the_models_own_folder_only(model_folders, tmp_path):
+    from maskgate.dashboard.files import plot_file
+
+    model = model_folders.get("m1")
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "models" / "m1" / "link.png")
+    assert plot_file(model, "confusion.png") == (tmp_path / "models" / "m1" / "confusion.png").resolve()
+    for name in (
+        "../elsewhere.png",
+        "../m2/confusion.png",
+        str(tmp_path / "elsewhere.png"),
+        "link.png",
+        "..",
+    ):
+        assert plot_file(model, name) is None, name
 
 
 @pytest.mark.parametrize(

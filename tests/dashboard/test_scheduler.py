@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -81,6 +82,17 @@ def test_a_crashing_trainer_is_recorded_as_failed_with_its_traceback(migrated_en
     assert runs.running() is None  # the lock is released
 
 
+def test_a_result_that_cannot_be_stored_still_releases_the_lock(migrated_engine):
+    import numpy as np
+
+    runs = TrainingRuns(migrated_engine)
+    metrics = {"macro_f1": np.float32(0.9)}  # DESIGN's trap: JSON cannot encode numpy numbers
+    run = RetrainingJob(runs, lambda run, log: RunResult(RunStatus.SUCCEEDED, "m2", metrics)).run_scheduled()
+    assert run.status is RunStatus.FAILED and "could not be recorded" in run.reason
+    assert "float32" in run.log
+    assert runs.running() is None and runs.try_start(RunTrigger.MANUAL) is not None
+
+
 def test_a_trainer_that_forgets_to_finish_is_failed(migrated_engine):
     runs = TrainingRuns(migrated_engine)
     run = RetrainingJob(runs, lambda run, log: RunResult(RunStatus.RUNNING)).run_scheduled()
@@ -94,10 +106,18 @@ def test_the_nightly_job_skips_while_another_run_holds_the_lock(migrated_engine)
     assert [r.run_id for r in runs.list_runs()] == [holder.run_id]
 
 
-def test_jobs_have_fixed_ids_and_one_scheduler_per_process(app, started, migrated_engine):
+def test_jobs_have_fixed_ids_and_one_scheduler_per_process(admin, app, started, migrated_engine):
     assert started.running
     assert [job.id for job in started._scheduler.get_jobs()] == [NIGHTLY_JOB_ID]
-    assert MANUAL_JOB_ID == "retrain-manual"
+    started._scheduler.pause()  # keep the manual job queued, to see its id
+    release = threading.Event()
+    started.job.trainer = lambda run, log: release.wait(10) and RunResult(RunStatus.SUCCEEDED)
+    response = admin.api_post("/api/v1/schedule/run")
+    assert response.status_code == 202
+    assert {job.id for job in started._scheduler.get_jobs()} == {NIGHTLY_JOB_ID, MANUAL_JOB_ID}
+    started._scheduler.resume()
+    release.set()
+    assert _wait_finished(services(app).runs, response.json["run_id"]).status is RunStatus.SUCCEEDED
     other = DashboardScheduler("0 3 * * *", RetrainingJob(TrainingRuns(migrated_engine)))
     with pytest.raises(RuntimeError, match="already runs in this process"):
         other.start()
@@ -112,6 +132,14 @@ def test_next_run_follows_the_cron_line(migrated_engine):
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     when = scheduler.next_run_at(now)
     assert when > now and when.minute == 30 and when.astimezone(scheduler.trigger.timezone).hour == 2
+    assert when.tzinfo is UTC  # the cron line is local time; what the dashboard shows and serves is UTC
+    assert when - now <= timedelta(days=1)
+
+
+def test_next_run_of_a_running_scheduler_is_utc(admin, started):
+    when = started.next_run_at()
+    assert when.tzinfo is UTC and when.astimezone(started.trigger.timezone).hour == 2
+    assert admin.get("/api/v1/schedule").json["next_run_at"].endswith("+00:00")
 
 
 def test_bad_cron_lines_are_explained():

@@ -126,6 +126,41 @@ def test_concurrent_promotions_leave_one_active(database_url, migrated_engine):
     assert _active_count(migrated_engine) == 1
 
 
+def test_concurrent_promotions_and_rollbacks_leave_one_active(database_url, migrated_engine):
+    registry = ModelRegistry(migrated_engine)
+    versions = [f"v{i}" for i in range(6)]
+    _register(registry, *versions)
+    start = utcnow()
+    for i, version in enumerate(versions[:3]):  # a history to roll back through
+        registry.promote(version, now=start + timedelta(seconds=i))
+    calls = [lambda r: r.promote("v3"), lambda r: r.promote("v4"), lambda r: r.promote("v5")]
+    calls += [lambda r: r.rollback()] * 3
+    engines = [make_engine(database_url) for _ in calls]
+    barrier = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def call(engine, change):
+        barrier.wait()
+        try:
+            change(ModelRegistry(engine))
+        except RegistryError:
+            pass  # a rollback may find nothing earlier: that is an answer, not a race
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=pair) for pair in zip(engines, calls, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    assert _active_count(migrated_engine) == 1
+    active = registry.active()
+    assert active is not None and active.retired_at is None and active.promoted_at is not None
+
+
 def test_run_lifecycle(runs):
     run = runs.try_start(RunTrigger.MANUAL)
     assert run is not None and run.is_running and run.trigger is RunTrigger.MANUAL
