@@ -1,0 +1,145 @@
+"""The agent's Prometheus metrics and health check, served on one small HTTP port.
+
+    GET /metrics   Prometheus text format
+    GET /healthz   JSON; 200 when the camera, the database and (with MQTT) the broker are fine,
+                   503 otherwise, naming what is wrong
+
+Each agent owns its own registry, so that tests and several agents in one process never mix
+their numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from maskgate.core import Decision
+
+log = logging.getLogger(__name__)
+
+# Stage times are a few milliseconds; a slow detector on a busy box reaches a few hundred.
+STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+LATENCY_BUCKETS_S = (0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Health:
+    """What the health check reports; each check is a callable so it is read when asked."""
+
+    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+    def report(self) -> tuple[bool, dict[str, bool]]:
+        results = {}
+        for name, check in self.checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:  # a failing check is an unhealthy answer, never a crashed endpoint
+                log.exception("health check %s failed", name)
+                results[name] = False
+        return all(results.values()), results
+
+
+class AgentMetrics:
+    def __init__(self, gate_id: str):
+        self.registry = CollectorRegistry()
+        self.frames = Counter("maskgate_frames", "Frames processed", registry=self.registry)
+        self.bad_frames = Counter("maskgate_bad_frames", "Frames skipped as unusable", registry=self.registry)
+        self.fps = Gauge("maskgate_fps", "Frames per second processed", registry=self.registry)
+        self.stage_seconds = Histogram(
+            "maskgate_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "maskgate_decisions", "Decisions issued", ["label", "action"], registry=self.registry
+        )
+        self.decision_latency = Histogram(
+            "maskgate_decision_latency_seconds",
+            "First sighting to decision",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.camera_ok = Gauge(
+            "maskgate_camera_ok", "1 while the camera delivers frames", registry=self.registry
+        )
+        self.broker_connected = Gauge(
+            "maskgate_broker_connected", "1 while connected to the MQTT broker", registry=self.registry
+        )
+        self.database_ok = Gauge(
+            "maskgate_database_ok", "1 while the database answers", registry=self.registry
+        )
+        self.outbox_pending = Gauge(
+            "maskgate_outbox_pending", "Messages waiting in the outbox", registry=self.registry
+        )
+        self.model = Info("maskgate_model", "The classifier model in use", registry=self.registry)
+        self.gate = Info("maskgate_gate", "This gate", registry=self.registry)
+        self.gate.info({"gate_id": gate_id})
+
+    def observe_stage(self, stage: str, milliseconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(milliseconds / 1000)
+
+    def observe_decision(self, decision: Decision) -> None:
+        self.decisions.labels(decision.label.value, decision.action.value).inc()
+        self.decision_latency.observe(decision.latency_ms / 1000)
+
+    def set_model(self, version: str) -> None:
+        self.model.info({"version": version})
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on `host:port` from a daemon thread (port 0: any free port)."""
+
+    def __init__(self, metrics: AgentMetrics, health: Health, host: str = "127.0.0.1", port: int = 9108):
+        handler = _handler(metrics, health)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(metrics: AgentMetrics, health: Health) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            if self.path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, metrics.exposition())
+            elif self.path == "/healthz":
+                healthy, checks = health.report()
+                body = json.dumps({"healthy": healthy, "checks": checks, "time": time.time()}).encode()
+                self._send(200 if healthy else 503, "application/json", body)
+            else:
+                self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: keep quiet
+            log.debug("metrics: " + format, *args)
+
+    return Handler

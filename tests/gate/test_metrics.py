@@ -1,0 +1,68 @@
+"""The agent's metrics and health endpoint, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from maskgate.core import Action, Decision, Label
+from maskgate.gate.metrics import AgentMetrics, Health, MetricsServer
+
+
+@pytest.fixture
+def served():
+    metrics = AgentMetrics("gate-7")
+    state = {"camera": True, "database": True}
+    health = Health({name: (lambda name=name: state[name]) for name in state})
+    server = MetricsServer(metrics, health, port=0).start()
+    yield metrics, state, f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_are_exposed(served):
+    metrics, _, base = served
+    metrics.frames.inc(3)
+    metrics.observe_stage("detect", 12.0)
+    probabilities = {label: 1 / 3 for label in Label}
+    metrics.observe_decision(
+        Decision("gate-7", 1, Action.DENY, Label.WITHOUT_MASK, 0.9, probabilities, "v1", 180)
+    )
+    metrics.set_model("v1")
+    status, text = get(f"{base}/metrics")
+    assert status == 200
+    assert "maskgate_frames_total 3.0" in text
+    assert 'maskgate_stage_seconds_bucket{le="0.02",stage="detect"} 1.0' in text
+    assert 'maskgate_decisions_total{action="deny",label="without_mask"} 1.0' in text
+    assert 'maskgate_decision_latency_seconds_bucket{le="0.2"} 1.0' in text
+    assert 'maskgate_model_info{version="v1"} 1.0' in text and 'gate_id="gate-7"' in text
+
+
+def test_health_names_what_is_wrong(served):
+    _, state, base = served
+    status, body = get(f"{base}/healthz")
+    assert status == 200 and json.loads(body)["healthy"] is True
+    state["camera"] = False
+    status, body = get(f"{base}/healthz")
+    assert status == 503 and json.loads(body)["checks"] == {"camera": False, "database": True}
+
+
+def test_a_crashing_check_is_unhealthy_not_an_error():
+    def broken() -> bool:
+        raise RuntimeError("database gone")
+
+    assert Health({"database": broken}).report() == (False, {"database": False})
+
+
+def test_unknown_paths_are_404(served):
+    assert get(f"{served[2]}/admin")[0] == 404
