@@ -1,0 +1,76 @@
+"""Model folders and their cards: written with hashes, refused when missing or altered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maskgate.core import LABELS
+from maskgate.crop import CropSpec
+from maskgate.modelcard import CARD_FILE, ModelCard, ModelFileError, load_card, sha256_file, write_card
+
+
+def make_folder(folder: Path) -> ModelCard:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.tflite").write_bytes(b"tflite bytes")
+    (folder / "model.keras").write_bytes(b"keras bytes")
+    (folder / "plot.png").write_bytes(b"png")
+    card = ModelCard(
+        version="m-1",
+        labels=LABELS,
+        crop=CropSpec(size=64),
+        arch="compact",
+        created="2026-01-01T00:00:00+00:00",
+        parameters=1234,
+        metrics={"test": {"all": {"accuracy": 0.9}}},
+        data=[{"name": "scenes/fmd", "licence": "CC0 1.0"}],
+        data_hash="abc",
+        training={"epochs_run": 3},
+    )
+    return write_card(folder, card)
+
+
+def test_write_card_lists_every_file_with_its_sha256_and_loads_back(tmp_path: Path):
+    written = make_folder(tmp_path)
+    assert set(written.files) == {"model.tflite", "model.keras", "plot.png"}
+    assert written.sha256 == sha256_file(tmp_path / "model.tflite")
+    loaded = load_card(tmp_path)
+    assert loaded == written and loaded.crop == CropSpec(size=64) and loaded.labels == LABELS
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "model.keras").unlink(), r"model\.keras is missing"),
+        (lambda f: (f / "model.tflite").write_bytes(b"other"), r"model\.tflite does not match the sha256"),
+        (lambda f: (f / CARD_FILE).unlink(), "not a model folder"),
+        (lambda f: (f / CARD_FILE).write_text("{not json"), "invalid model card"),
+    ],
+)
+def test_a_damaged_folder_fails_with_a_clear_message(tmp_path: Path, damage, message: str):
+    make_folder(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ModelFileError, match=message):
+        load_card(tmp_path)
+
+
+def test_verification_can_be_skipped_and_formats_are_checked(tmp_path: Path):
+    make_folder(tmp_path)
+    (tmp_path / "plot.png").write_bytes(b"changed")
+    assert load_card(tmp_path, verify=False).version == "m-1"
+    data = json.loads((tmp_path / CARD_FILE).read_text())
+    (tmp_path / CARD_FILE).write_text(json.dumps({**data, "format": 99}))
+    with pytest.raises(ModelFileError, match="unsupported card format"):
+        load_card(tmp_path)
+
+
+def test_a_folder_without_runtime_model_cannot_get_a_card(tmp_path: Path):
+    (tmp_path / "model.keras").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match=r"no model\.tflite"):
+        write_card(tmp_path, make_card_only())
+
+
+def make_card_only() -> ModelCard:
+    return ModelCard("v", LABELS, CropSpec(), "compact", "2026-01-01T00:00:00+00:00")

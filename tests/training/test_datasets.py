@@ -1,0 +1,258 @@
+"""The three dataset layouts on real samples, and the VOC quirks on XML the tests write."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskgate.core import LABELS, Box, Face, Label
+from maskgate.crop import CropSpec, crop_face
+from maskgate.training import cropset
+from maskgate.training.datasets import (
+    DataSpec,
+    DataSpecError,
+    Layout,
+    is_non_commercial,
+    licence_of,
+    parse_voc,
+    resolve_voc_image,
+    scan,
+)
+from tests.training.conftest import make_faces_folder, sample_files
+
+SPEC = CropSpec(size=32)
+
+
+# -- data specs ------------------------------------------------------------------------------------
+
+
+def test_spec_guesses_layout_and_finds_relative_paths_under_the_datasets_root(datasets: Path):
+    voc = DataSpec.parse("scenes/fmd", datasets)
+    assert (voc.layout, voc.name) == (Layout.VOC, "scenes/fmd")
+    faces = DataSpec.parse("folders/chandrikadeb7", datasets)
+    assert faces.layout is Layout.FACES
+    photos = DataSpec.parse("folders/comp6721:photos", datasets)
+    assert (photos.layout, str(photos)) == (Layout.PHOTOS, "folders/comp6721:photos")
+
+
+def test_spec_errors_name_the_problem(tmp_path: Path):
+    with pytest.raises(DataSpecError, match="no such folder"):
+        DataSpec.parse("nowhere", tmp_path)
+    with pytest.raises(DataSpecError, match="unknown layout 'coco'"):
+        DataSpec.parse(f"{tmp_path}:coco")
+
+
+def test_licences_come_from_the_datasets_readme(datasets: Path):
+    fmd = DataSpec.parse("scenes/fmd", datasets)
+    assert licence_of(fmd, datasets) == "CC0 1.0"
+    nc = DataSpec.parse("noncommercial/maskedfacenet", datasets)
+    assert is_non_commercial(nc, licence_of(nc, datasets))
+    assert not is_non_commercial(fmd, licence_of(fmd, datasets))
+
+
+# -- folder per class of face photos ---------------------------------------------------------------
+
+
+def test_faces_layout_crops_whole_photos_and_counts_bad_input(datasets: Path, tmp_path: Path):
+    root = make_faces_folder(tmp_path / "faces", per_class=3)
+    (root / "with_mask" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (root / "sunglasses").mkdir()
+    shutil.copy(
+        sample_files(datasets / "folders/chandrikadeb7/without_mask", 1)[0], root / "sunglasses/a.jpg"
+    )
+    spec = DataSpec.parse(str(root))
+    images, report = scan(spec)
+    crops = cropset.extract(spec, images, report, SPEC, progress=False)
+    assert crops.counts() == {"with_mask": 3, "without_mask": 3, "improper_mask": 3}
+    assert crops.crops.shape == (9, 32, 32, 3) and crops.crops.dtype == np.uint8
+    assert report.unreadable == ["with_mask/broken.jpg"]
+    assert report.unknown_labels == {"sunglasses": 1}
+    assert "1 unreadable" in report.summary() and "sunglasses" in report.summary()
+    # The photo is the face: its largest centred square, no margin, by the shared crop function.
+    for index in range(len(crops)):
+        photo = cv2.cvtColor(cv2.imread(str(root / crops.images[index])), cv2.COLOR_BGR2RGB)
+        h, w = photo.shape[:2]
+        side = min(h, w)
+        box = Box((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        assert np.array_equal(crops.crops[index], crop_face(photo, box, CropSpec(size=32, margin=0.0)))
+        assert crops.sides[index] == side
+
+
+# -- image-level photos: the detector finds the face ----------------------------------------------
+
+
+class FakeDetector:
+    """Returns prepared faces per call, so the largest-face rule and misses can be checked."""
+
+    def __init__(self, answers: list[list[Face]]):
+        self.answers = list(answers)
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        return self.answers.pop(0)
+
+
+def test_photos_layout_takes_the_largest_face_and_counts_photos_without_one(datasets: Path, tmp_path: Path):
+    root = tmp_path / "photos"
+    (root / "with_mask").mkdir(parents=True)
+    for file in sample_files(datasets / "folders/comp6721/with_mask", 2):
+        shutil.copy(file, root / "with_mask" / file.name)
+    spec = DataSpec.parse(f"{root}:photos")
+    images, report = scan(spec)
+    small, large = Face(Box(0, 0, 20, 20), 0.99), Face(Box(10, 10, 70, 80), 0.95)
+    locate = cropset.largest_face_locator(FakeDetector([[small, large], []]))
+    crops = cropset.extract(spec, images, report, SPEC, locate, progress=False)
+    assert len(crops) == 1 and crops.sides[0] == 70
+    image = cv2.cvtColor(cv2.imread(str(root / images[0].path)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(crops.crops[0], crop_face(image, large.box, SPEC))
+    assert report.no_face == [images[1].path]
+    assert "1 photos without a detected face" in report.summary()
+
+
+def test_photos_layout_needs_a_detector(datasets: Path, tmp_path: Path):
+    spec = DataSpec(tmp_path, Layout.PHOTOS, "x")
+    with pytest.raises(ValueError, match="detector"):
+        cropset.extract(spec, [], scan_report(spec), SPEC)
+
+
+def scan_report(spec: DataSpec):
+    from maskgate.training.datasets import SourceReport
+
+    return SourceReport(spec.name, spec.layout.value)
+
+
+@pytest.mark.slow
+def test_photos_layout_with_the_gates_mtcnn_on_real_photos(datasets: Path, tmp_path: Path):
+    root = tmp_path / "photos"
+    (root / "without_mask").mkdir(parents=True)
+    for file in sample_files(datasets / "folders/comp6721/without_mask", 3):
+        shutil.copy(file, root / "without_mask" / file.name)
+    spec = DataSpec.parse(f"{root}:photos")
+    crops, report, _ = cropset.load_source(
+        spec, SPEC, None, cropset.detector_factory(cropset.photo_detector_config()), progress=False
+    )
+    assert len(crops) + len(report.no_face) == 3
+    assert len(crops) >= 2  # plain faces in portraits: MTCNN finds them
+    assert set(crops.labels.tolist()) == {LABELS.index(Label.WITHOUT_MASK)}
+
+
+# -- PASCAL VOC and its quirks -----------------------------------------------------------------------
+
+
+def voc_xml(filename: str, objects: list[tuple[str, tuple[float, float, float, float]]]) -> str:
+    body = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for name, b in objects
+    )
+    return f"<annotation><folder>images</folder><filename>{filename}</filename>{body}</annotation>"
+
+
+@pytest.fixture
+def voc_source(datasets: Path, tmp_path: Path) -> Path:
+    """Two real fmd scenes under new names, with annotations written here to exercise the quirks."""
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    fmd = datasets / "scenes/fmd/images"
+    shutil.copy(fmd / "maksssksksss0.jpg", root / "images/scene_a.jpg")
+    shutil.copy(fmd / "maksssksksss1.jpg", root / "images/scene_b.JPEG")
+    # <filename> names a file that does not exist: fall back to the annotation's own name.
+    (root / "annotations/scene_a.xml").write_text(
+        voc_xml(
+            "IMG_0001.png",
+            [
+                ("with_mask", (185, 100, 226, 144)),
+                ("Mask_Weared_Incorrect", (-10, -5, 30, 40)),  # alias, any case; leaves the image
+                ("WITH_IMPROPER_MASK", (490, 300, 600, 420)),  # leaves on the right and bottom
+                ("hat", (10, 10, 50, 50)),  # unknown label
+                ("without_mask", (900, 900, 950, 950)),  # entirely outside the 512x366 image
+            ],
+        )
+    )
+    (root / "annotations/scene_b.xml").write_text(
+        voc_xml("scene_b.jpg", [("without_mask", (10, 10, 60, 70))])
+    )
+    (root / "annotations/orphan.xml").write_text(voc_xml("orphan.jpg", [("with_mask", (1, 1, 9, 9))]))
+    (root / "annotations/broken.xml").write_text("<annotation><object>")
+    return root
+
+
+def test_voc_quirks_are_tolerated_and_counted(voc_source: Path):
+    spec = DataSpec.parse(str(voc_source))
+    assert spec.layout is Layout.VOC
+    images, report = scan(spec)
+    assert sorted(i.path for i in images) == ["images/scene_a.jpg", "images/scene_b.JPEG"]
+    assert report.missing_images == ["orphan.xml"]
+    assert len(report.bad_annotations) == 1 and "broken.xml" in report.bad_annotations[0]
+    assert report.unknown_labels == {"hat": 1}
+    crops = cropset.extract(spec, images, report, SPEC, progress=False)
+    assert report.empty_boxes == 1  # the box outside the image
+    assert crops.counts() == {"with_mask": 1, "without_mask": 1, "improper_mask": 2}
+    # Sizes are measured on the clipped box: (-10,-5,30,40) -> 30x40, (490,300,600,420) -> 22x66
+    # in the 512x366 image; the others are 41x44 and 50x60.
+    assert sorted(crops.sides.tolist()) == [40.0, 44.0, 60.0, 66.0]
+    # A face at the border is padded by the shared crop function, not shifted.
+    image = cv2.cvtColor(cv2.imread(str(voc_source / "images/scene_a.jpg")), cv2.COLOR_BGR2RGB)
+    index = next(i for i, s in enumerate(crops.sides) if s == 40.0)
+    assert np.array_equal(crops.crops[index], crop_face(image, Box(-10, -5, 30, 40), SPEC))
+
+
+def test_voc_parse_and_filename_fallback(tmp_path: Path):
+    annotation = parse_voc(voc_xml("a/b\\c.jpg", [("with_mask", (1, 2, 3, 4))]).encode())
+    assert annotation.objects == (("with_mask", Box(1, 2, 3, 4)),)
+    (tmp_path / "c.jpg").write_bytes(b"x")
+    (tmp_path / "stem.png").write_bytes(b"x")
+    assert resolve_voc_image(tmp_path, "a/b\\c.jpg", "zzz") == tmp_path / "c.jpg"
+    assert resolve_voc_image(tmp_path, "other.jpg", "stem") == tmp_path / "stem.png"
+    assert resolve_voc_image(tmp_path, "other.jpg", "none") is None
+    with pytest.raises(ValueError, match="incomplete"):
+        parse_voc(b"<annotation><object><name>x</name><bndbox><xmin>1</xmin></bndbox></object></annotation>")
+
+
+def test_crops_are_cached_by_content(voc_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = DataSpec.parse(str(voc_source))
+    cache = tmp_path / "cache"
+    first, report, _ = cropset.load_source(spec, SPEC, cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(cropset, "extract", no_extraction)
+    again, report_again, _ = cropset.load_source(spec, SPEC, cache, progress=False)
+    assert np.array_equal(first.crops, again.crops) and report_again.to_json() == report.to_json()
+    monkeypatch.undo()
+    # Another box in an annotation is other data: a new key, a new extraction.
+    xml = voc_source / "annotations/scene_b.xml"
+    xml.write_text(voc_xml("scene_b.jpg", [("without_mask", (10, 10, 60, 80))]))
+    cropset.load_source(spec, SPEC, cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_detections_are_remembered_per_photo_and_the_detector_built_only_on_a_miss(
+    datasets: Path, tmp_path: Path
+):
+    root = tmp_path / "photos"
+    (root / "with_mask").mkdir(parents=True)
+    for file in sample_files(datasets / "folders/comp6721/with_mask", 2):
+        shutil.copy(file, root / "with_mask" / file.name)
+    spec = DataSpec.parse(f"{root}:photos")
+    images, _ = scan(spec)
+    built = []
+
+    def factory():
+        built.append(1)
+        return FakeDetector([[Face(Box(5, 5, 45, 50), 0.9)], []])
+
+    memo = cropset.DetectionMemo(tmp_path / "memo.json", factory)
+    first = cropset.extract(spec, images, scan_report(spec), SPEC, memo, progress=False)
+    memo.save()
+    again = cropset.DetectionMemo(tmp_path / "memo.json", lambda: pytest.fail("detector built again"))
+    report = scan_report(spec)
+    second = cropset.extract(spec, images, report, SPEC, again, progress=False)
+    assert built == [1] and len(first) == len(second) == 1 and len(report.no_face) == 1
+    assert np.array_equal(first.crops, second.crops)

@@ -1,0 +1,103 @@
+"""`maskgate evaluate` in both modes, its JSON schema, and the command line around training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskgate.cli import main
+from maskgate.config import DetectorConfig
+from maskgate.core import Face
+from maskgate.training import evaluate
+from maskgate.training.datasets import DataSpec, parse_voc
+
+BANDS = {"all", "<32", "32-96", ">=96", ">=32"}
+
+
+def test_cli_registers_train_and_evaluate(capsys: pytest.CaptureFixture[str]):
+    for command in ("train", "evaluate"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--arch {compact,seed}" in text and "--mode {crops,scenes}" in text
+
+
+def test_train_refuses_non_commercial_data_unless_asked(datasets: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(datasets))
+    code = main(["train", "--data", "noncommercial/maskedfacenet", "--out", str(tmp_path / "m")])
+    assert code == 2 and "non-commercial" in capsys.readouterr().err
+    assert main(["train", "--data", "no/such/folder", "--out", str(tmp_path / "m")]) == 2
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert main(["train", "--data", "scenes/fmd", "--out", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_model: Path, tmp_path: Path):
+    out = tmp_path / "crops.json"
+    faces = tiny_model.parent / "faces"
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(faces), "--split", "test",
+                 "--json", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["schema"] == 1 and report["mode"] == "crops" and report["split"] == "test"
+    assert report["model"]["sha256"] and set(report["bands"]) == BANDS
+    band = report["bands"]["all"]
+    assert band["count"] == report["faces"] == 18  # 25 % of the 72 images, by image
+    assert set(band) == {"count", "accuracy", "macro_f1", "per_class", "confusion"}
+    assert sum(map(sum, band["confusion"])) == 18
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_model_folder_with_an_altered_file(tiny_model: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "altered"
+    shutil.copytree(tiny_model, copy)
+    with (copy / "model.tflite").open("ab") as stream:
+        stream.write(b"\0")
+    code = main(["evaluate", "--model", str(copy), "--data", str(tiny_model.parent / "faces"), "--quiet"])
+    assert code == 1 and "does not match the sha256" in capsys.readouterr().err
+
+
+class OracleDetector:
+    """Finds exactly the annotated faces of each scene (in scan order): isolates the classifier."""
+
+    def __init__(self, boxes: list[list]):
+        self.boxes = list(boxes)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return [Face(box, 1.0) for box in self.boxes.pop(0)]
+
+
+@pytest.mark.slow
+def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, datasets: Path, tmp_path: Path):
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    names = ["maksssksksss0", "maksssksksss1", "maksssksksss2"]
+    boxes = []
+    for name in names:
+        shutil.copy(datasets / f"scenes/fmd/images/{name}.jpg", root / "images")
+        xml = datasets / f"scenes/fmd/annotations/{name}.xml"
+        shutil.copy(xml, root / "annotations")
+        boxes.append([box for _, box in parse_voc(xml.read_bytes()).objects])
+    spec = DataSpec.parse(str(root))
+    report = evaluate.evaluate_scenes(
+        tiny_model, [spec], "all", DetectorConfig(), progress=False, detector=OracleDetector(boxes)
+    )
+    assert report["mode"] == "scenes" and report["images"] == 3 and set(report["bands"]) == BANDS
+    everything = report["bands"]["all"]
+    faces = sum(len(b) for b in boxes)
+    assert sum(everything["ground_truth"].values()) == faces == everything["matched_faces"]
+    assert everything["detection_recall"]["all"] == 1.0 and everything["detection_precision"]["all"] == 1.0
+    assert 0.0 <= everything["map50"] <= 1.0
+    assert "mAP50" in evaluate.format_report(report)
+
+
+def test_evaluate_scenes_needs_voc(tmp_path: Path):
+    (tmp_path / "with_mask").mkdir()
+    with pytest.raises(evaluate.EvaluationError, match="needs VOC"):
+        evaluate.evaluate_scenes(tmp_path, [DataSpec.parse(str(tmp_path))], "all", DetectorConfig())

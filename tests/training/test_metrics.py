@@ -1,0 +1,123 @@
+"""Metrics against values computed by hand (the arithmetic is in the comments)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskgate.core import Box, Label
+from maskgate.training.metrics import (
+    Detection,
+    GroundTruth,
+    SceneResult,
+    average_precision,
+    band_mask,
+    crop_metrics,
+    crop_metrics_by_band,
+    scene_metrics,
+    voc_ap,
+)
+
+W, WO, IM = Label.WITH_MASK, Label.WITHOUT_MASK, Label.IMPROPER_MASK
+
+
+def test_crop_metrics_by_hand():
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    m = crop_metrics(y_true, y_pred)
+    assert m.confusion.tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    assert m.accuracy == 5 / 8
+    # with_mask: tp 2 of 3 predicted, 3 true; without: 1 of 2, 2; improper: 2 of 3, 3.
+    assert m.per_class[W].precision == pytest.approx(2 / 3) and m.per_class[W].recall == pytest.approx(2 / 3)
+    assert m.per_class[WO].f1 == pytest.approx(0.5)
+    assert m.per_class[IM].support == 3
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.5 + 2 / 3) / 3)
+
+
+def test_crop_metrics_conventions_for_absent_classes():
+    m = crop_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]))
+    assert m.per_class[IM].to_json() == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # improper occurs neither in truth nor predictions: macro-F1 over the other two (2/3 and 2/3).
+    assert m.macro_f1 == pytest.approx(2 / 3)
+    assert crop_metrics(np.array([], int), np.array([], int)).accuracy == 0.0
+
+
+def test_size_bands():
+    sides = np.array([10, 31.9, 32, 95.9, 96, 250])
+    assert band_mask(sides, "<32").tolist() == [True, True, False, False, False, False]
+    assert band_mask(sides, "32-96").tolist() == [False, False, True, True, False, False]
+    assert band_mask(sides, ">=96").tolist() == [False, False, False, False, True, True]
+    assert band_mask(sides, ">=32").sum() == 4
+    bands = crop_metrics_by_band(np.zeros(6, int), np.zeros(6, int), sides)
+    assert [bands[b].count for b in ("all", "<32", "32-96", ">=96", ">=32")] == [6, 2, 2, 2, 4]
+
+
+def test_voc_all_point_ap_by_hand():
+    # TP FP TP FP TP with 3 positives: recall 1/3 1/3 2/3 2/3 1, precision 1 .5 2/3 .5 .6.
+    # Envelope: 1, 2/3, .6 on the three recall steps -> AP = (1 + 2/3 + .6) / 3.
+    recall = np.array([1, 1, 2, 2, 3]) / 3
+    precision = np.array([1, 0.5, 2 / 3, 0.5, 0.6])
+    assert voc_ap(recall, precision) == pytest.approx((1 + 2 / 3 + 0.6) / 3)
+    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 1.0])) == pytest.approx(1.0)
+
+
+def det(box: tuple[float, float, float, float], score: float, *probs: float) -> Detection:
+    return Detection(Box(*box), score, probs)
+
+
+def scenes() -> list[SceneResult]:
+    """Image 1: A (with, 40 px) found twice, B (without, 20 px) missed, C (improper, 100 px) found,
+    one detection on nothing (50 px). Image 2: D (without, 50 px) found but called with_mask."""
+    one = SceneResult(
+        (
+            GroundTruth(Box(0, 0, 40, 40), W),
+            GroundTruth(Box(100, 100, 120, 120), WO),
+            GroundTruth(Box(200, 200, 300, 300), IM),
+        ),
+        (
+            det((0, 0, 40, 40), 0.9, 0.8, 0.1, 0.1),
+            det((2, 2, 40, 40), 0.8, 0.7, 0.2, 0.1),  # duplicate of A: false positive
+            det((200, 200, 300, 300), 0.95, 0.1, 0.2, 0.7),
+            det((400, 400, 450, 450), 0.5, 0.2, 0.7, 0.1),  # nothing there
+        ),
+    )
+    two = SceneResult((GroundTruth(Box(0, 0, 50, 50), WO),), (det((0, 0, 50, 50), 0.9, 0.6, 0.3, 0.1),))
+    return [one, two]
+
+
+def test_scene_metrics_by_hand():
+    m = scene_metrics(scenes())
+    assert m.truth == {W: 1, WO: 2, IM: 1}
+    assert m.detections == 5 and m.precision_all == pytest.approx(3 / 5)
+    assert m.recall == {W: 1.0, WO: 0.5, IM: 1.0} and m.recall_all == pytest.approx(3 / 4)
+    # Labelled with_mask: d1 (right), d2 (duplicate), d5 (wrong) -> 1/3; without: d4 (nothing) -> 0.
+    assert m.precision == pytest.approx({W: 1 / 3, WO: 0.0, IM: 1.0})
+    assert m.matched == 3 and m.face_accuracy == pytest.approx(2 / 3)
+    assert m.confusion.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
+    # AP with_mask: d1 (.72) is the only TP and ranks first -> 1. AP without: d4 .35 FP, d5 .27 TP
+    # (D), rest FP; 2 positives -> precision .5 at recall .5, never more -> .25. Improper: d3 first -> 1.
+    assert m.ap50 == pytest.approx({W: 1.0, WO: 0.25, IM: 1.0})
+    assert m.map50 == pytest.approx(0.75)
+
+
+def test_scene_metrics_in_size_bands_ignore_faces_outside_the_band():
+    small = scene_metrics(scenes(), "<32")  # only B (20 px): every detection is about other faces
+    assert small.truth == {W: 0, WO: 1, IM: 0} and small.detections == 0
+    assert small.recall_all == 0.0 and small.map50 == 0.0
+    assert average_precision(scenes(), WO, "<32") == (0.0, 1)
+    mid = scene_metrics(scenes(), "32-96")  # A and D; d2 (duplicate of A) and d4 (50 px) are FPs
+    assert mid.detections == 4 and mid.precision_all == pytest.approx(2 / 4)
+    assert mid.recall == {W: 1.0, WO: 1.0, IM: 0.0}
+    large = scene_metrics(scenes(), ">=96")
+    assert large.detections == 1 and large.ap50[IM] == 1.0 and large.face_accuracy == 1.0
+    assert set(large.to_json()) == {
+        "ground_truth",
+        "detections",
+        "detection_recall",
+        "detection_precision",
+        "ap50",
+        "map50",
+        "matched_faces",
+        "face_accuracy",
+        "confusion",
+    }

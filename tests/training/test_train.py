@@ -1,0 +1,62 @@
+"""A one-epoch training run on real faces produces a model folder the gate can load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskgate.core import LABELS, Classification
+from maskgate.modelcard import load_card
+from maskgate.training.export import TFLITE_TOLERANCE, keras_predict, tflite_predict
+from maskgate.training.split import MANIFEST_FILE, read_manifest
+from maskgate.training.train import class_weights
+
+pytestmark = pytest.mark.slow
+
+
+def test_class_weights_favour_the_rare_class():
+    labels = np.array([0] * 80 + [1] * 16 + [2] * 4)
+    balanced = class_weights(labels, 1.0)
+    assert balanced[2] / balanced[0] == pytest.approx(20)
+    assert balanced[labels].mean() == pytest.approx(1.0)
+    assert class_weights(labels, 0.0).tolist() == [1.0, 1.0, 1.0]
+    assert class_weights(labels, 0.5)[2] / class_weights(labels, 0.5)[0] == pytest.approx(20**0.5)
+
+
+def test_one_epoch_run_writes_a_complete_verified_model_folder(tiny_model: Path):
+    names = {p.name for p in tiny_model.iterdir()}
+    assert {"model.keras", "model.tflite", "card.json", MANIFEST_FILE} <= names
+    assert {"training_curves.png", "confusion_matrix.png"} <= names
+    card = load_card(tiny_model)  # verifies every file's sha256
+    assert set(card.files) == names - {"card.json"}
+    assert card.labels == LABELS and card.arch == "compact" and card.crop.size == 32
+    assert card.parameters > 0 and card.data_hash and card.training["epochs_run"] == 1
+    assert card.training["seconds"] > 0 and card.training["seed"] == 7 and card.training["flip_average"]
+    source = card.data[0]
+    assert source["layout"] == "faces" and source["faces"]["improper_mask"] == 24
+    test = card.metrics["test"]
+    assert set(test) == {"all", "<32", "32-96", ">=96", ">=32"}
+    assert set(test["all"]["per_class"]) == {label.value for label in LABELS}
+    assert card.metrics["tflite_keras_max_diff"] < TFLITE_TOLERANCE
+    rows = read_manifest(tiny_model / MANIFEST_FILE)
+    assert len(rows) == 72 and {r.split.value for r in rows} == {"train", "val", "test"}
+    assert json.loads((tiny_model / "card.json").read_text())["format"] == 1
+
+
+def test_the_gates_classifier_loads_it_and_tflite_agrees_with_keras(tiny_model: Path):
+    from maskgate.gate.classifier import MaskClassifier
+    from maskgate.training.layers import load_keras
+
+    classifier = MaskClassifier(tiny_model)
+    crops = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    results = classifier.classify(list(crops))
+    assert len(results) == 5 and all(isinstance(r, Classification) for r in results)
+    model = load_keras(tiny_model / "model.keras")
+    keras_probs = keras_predict(model, crops)
+    lite_probs = tflite_predict(tiny_model / "model.tflite", crops)
+    gate_probs = np.array([[r.probabilities[label] for label in LABELS] for r in results])
+    assert np.max(np.abs(keras_probs - lite_probs)) < TFLITE_TOLERANCE
+    assert np.max(np.abs(keras_probs - gate_probs)) < TFLITE_TOLERANCE

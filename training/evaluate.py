@@ -1,0 +1,223 @@
+"""``maskgate evaluate``: a model folder measured on labelled data, as the gate runs it.
+
+- ``crops``: the labelled faces of any layout, cropped with the model's crop spec and classified
+  by :class:`maskgate.gate.classifier.MaskClassifier` (the TFLite file via LiteRT);
+- ``scenes``: VOC scenes end to end: the gate's detector finds the faces, the classifier labels
+  them, and the result is matched to the annotations (detection recall and precision, AP@0.5
+  per class, mAP@0.5, per-face accuracy), all by face size.
+
+The JSON written by ``--json`` has the schema in docs/training.md (``schema`` = 1); tools
+parse it, so fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from maskgate.config import DetectorConfig
+from maskgate.core import LABELS, utcnow
+from maskgate.crop import EmptyCropError, crop_face
+from maskgate.modelcard import ModelCard, load_card
+from maskgate.training import cropset
+from maskgate.training.cropset import CropSet
+from maskgate.training.datasets import DataSpec, Layout, scan
+from maskgate.training.metrics import (
+    BAND_NAMES,
+    Detection,
+    GroundTruth,
+    SceneResult,
+    crop_metrics_by_band,
+    scene_metrics,
+)
+from maskgate.training.split import MANIFEST_FILE, read_manifest
+
+if TYPE_CHECKING:
+    from maskgate.gate.detector import FaceDetector
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+BATCH = 64
+
+
+class EvaluationError(ValueError):
+    """The evaluation asked for cannot be done (wrong layout, no manifest for a split, no data)."""
+
+
+def _split_filter(model_dir: Path, split: str) -> set[tuple[str, str]] | None:
+    """The (source, image path) pairs of `split` in the model's manifest; None for all images."""
+    if split == "all":
+        return None
+    manifest = model_dir / MANIFEST_FILE
+    if not manifest.is_file():
+        raise EvaluationError(f"{model_dir}: no {MANIFEST_FILE}, so there is no {split!r} split to select")
+    return {(row.source, row.path) for row in read_manifest(manifest) if row.split.value == split}
+
+
+def _model_json(model_dir: Path, card: ModelCard) -> dict[str, object]:
+    return {"folder": str(model_dir), "version": card.version, "arch": card.arch, "sha256": card.sha256}
+
+
+def classify_crops(classifier, crops: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Probabilities (N, labels) for `crops`, through the gate's classifier in batches."""
+    rows = []
+    for start in tqdm(range(0, len(crops), BATCH), desc="classify", disable=not progress, leave=False):
+        for c in classifier.classify(list(crops[start : start + BATCH])):
+            rows.append([c.probabilities[label] for label in LABELS])
+    return np.asarray(rows, np.float32).reshape(-1, len(LABELS))
+
+
+def evaluate_crops(
+    model_dir: Path, specs: Sequence[DataSpec], split: str, cache_dir: Path | None, progress: bool = True
+) -> dict[str, object]:
+    from maskgate.gate.classifier import MaskClassifier
+
+    classifier = MaskClassifier(model_dir)
+    card = classifier.card
+    keep = _split_filter(model_dir, split)
+    detector_config = cropset.photo_detector_config()
+    sets, reports = [], []
+    for spec in specs:
+        crops, report, _ = cropset.load_source(
+            spec,
+            card.crop,
+            cache_dir,
+            cropset.detector_factory(detector_config),
+            cropset.detector_id(detector_config),
+            progress,
+        )
+        if keep is not None:
+            crops = crops.subset(np.asarray([(spec.name, i) in keep for i in crops.images], bool))
+        sets.append(crops)
+        reports.append(report)
+    data = CropSet.concat(sets) if sets else CropSet.empty(card.crop)
+    if len(data) == 0:
+        raise EvaluationError(
+            f"no labelled faces to evaluate in {', '.join(map(str, specs))} (split {split})"
+        )
+    started = time.monotonic()
+    predicted = classify_crops(classifier, data.crops, progress).argmax(axis=1)
+    by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
+    return {
+        "schema": SCHEMA,
+        "mode": "crops",
+        "created": utcnow().isoformat(timespec="seconds"),
+        "model": _model_json(model_dir, card),
+        "split": split,
+        "data": [report.to_json() for report in reports],
+        "faces": len(data),
+        "seconds": round(time.monotonic() - started, 2),
+        "bands": {band: by_band[band].to_json() for band in BAND_NAMES},
+    }
+
+
+def evaluate_scenes(
+    model_dir: Path,
+    specs: Sequence[DataSpec],
+    split: str,
+    detector_config: DetectorConfig,
+    progress: bool = True,
+    detector: FaceDetector | None = None,
+) -> dict[str, object]:
+    """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`."""
+    from maskgate.gate.classifier import MaskClassifier
+
+    for spec in specs:
+        if spec.layout is not Layout.VOC:
+            raise EvaluationError(f"--mode scenes needs VOC scenes (images/ + annotations/), not {spec}")
+    card = load_card(model_dir)
+    classifier = MaskClassifier(model_dir)
+    detector = detector or cropset.make_detector(detector_config)
+    keep = _split_filter(model_dir, split)
+    results: list[SceneResult] = []
+    reports = []
+    started = time.monotonic()
+    for spec in specs:
+        images, report = scan(spec)  # counts missing images, bad XML and unknown labels
+        wanted = [img for img in images if keep is None or (spec.name, img.path) in keep]
+        for image in tqdm(wanted, desc=f"scenes {spec.name}", disable=not progress, leave=False):
+            rgb = cropset.read_rgb(spec.path / image.path)
+            if rgb is None:
+                report.unreadable.append(image.path)
+                continue
+            report.images += 1
+            height, width = rgb.shape[:2]
+            truth = tuple(
+                GroundTruth(f.box.clip(width, height), f.label)
+                for f in image.faces
+                if f.box is not None and f.box.clip(width, height).area >= 1
+            )
+            report.empty_boxes += len(image.faces) - len(truth)
+            for t in truth:
+                report.faces[t.label.value] += 1
+            results.append(SceneResult(truth, _detect_and_classify(rgb, detector, classifier, card)))
+        reports.append(report)
+    if not results:
+        raise EvaluationError(f"no scenes to evaluate in {', '.join(map(str, specs))} (split {split})")
+    return {
+        "schema": SCHEMA,
+        "mode": "scenes",
+        "created": utcnow().isoformat(timespec="seconds"),
+        "model": _model_json(model_dir, card),
+        "split": split,
+        "detector": asdict(detector_config),
+        "data": [report.to_json() for report in reports],
+        "images": len(results),
+        "seconds": round(time.monotonic() - started, 2),
+        "bands": {band: scene_metrics(results, band).to_json() for band in BAND_NAMES},
+    }
+
+
+def _detect_and_classify(rgb: np.ndarray, detector, classifier, card: ModelCard) -> tuple[Detection, ...]:
+    faces, crops = [], []
+    for face in detector.detect(rgb):
+        try:
+            crops.append(crop_face(rgb, face.box, card.crop))
+        except EmptyCropError:
+            continue
+        faces.append(face)
+    classes = classifier.classify(crops)  # one call per image, as the gate does per frame
+    return tuple(
+        Detection(face.box, face.score, tuple(c.probabilities[label] for label in LABELS))
+        for face, c in zip(faces, classes, strict=True)
+    )
+
+
+def format_report(report: dict) -> str:
+    """A readable table of an evaluation report (crops or scenes), one line per size band."""
+    lines = [f"{report['mode']} evaluation of {report['model']['version']} (split {report['split']})"]
+    for data in report["data"]:
+        lines.append(f"  data {data['source']}: {data}")
+    for band, m in report["bands"].items():
+        if report["mode"] == "crops":
+            per = "  ".join(
+                f"{k} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f} n={v['support']}"
+                for k, v in m["per_class"].items()
+            )
+            lines.append(
+                f"  {band:>6}: n={m['count']:5d} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} | {per}"
+            )
+        else:
+            recall = " ".join(f"{k} {v:.3f}" for k, v in m["detection_recall"].items())
+            ap = " ".join(f"{k} {v:.3f}" for k, v in m["ap50"].items())
+            lines.append(
+                f"  {band:>6}: gt {sum(m['ground_truth'].values()):5d} det {m['detections']:5d} "
+                f"recall [{recall}] precision {m['detection_precision']['all']:.3f} "
+                f"AP50 [{ap}] mAP50 {m['map50']:.3f} "
+                f"face-acc {m['face_accuracy']:.3f} (n={m['matched_faces']})"
+            )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,355 @@
+"""Training: data sources -> split by source image -> fit with early stopping -> model folder.
+
+The model folder (``maskgate.modelcard``) gets ``model.keras``, ``model.tflite`` (checked
+against Keras), ``manifest.csv.gz`` (every file, its hash and its split), the PNG plots and
+``card.json`` with the held-out metrics as measured on the TFLite model the gate runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from maskgate.core import LABELS
+from maskgate.crop import CropSpec
+from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, write_card
+from maskgate.training import cropset, plots
+from maskgate.training.archs import ARCHS, trainable_parameters, with_flip_average
+from maskgate.training.augment import AugmentConfig, augment_batch
+from maskgate.training.cropset import CropSet
+from maskgate.training.datasets import DataSpec, SourceImage, SourceReport, is_non_commercial, licence_of
+from maskgate.training.export import check_agreement, tflite_predict, to_tflite
+from maskgate.training.metrics import GATE_BAND, crop_metrics_by_band
+from maskgate.training.split import (
+    MANIFEST_FILE,
+    ManifestRow,
+    Split,
+    SplitConfig,
+    assign,
+    data_hash,
+    manifest_rows,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+KERAS_FILE = "model.keras"
+CURVES_FILE = "training_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+AGREEMENT_SAMPLE = 256  # crops on which Keras and TFLite must agree at export
+
+
+class TrainError(ValueError):
+    """A training run that cannot start as asked (no data for a split, an --out that is not a model)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "compact"
+    crop: CropSpec | None = None  # None: the architecture's own
+    epochs: int = 40
+    batch_size: int = 64
+    patience: int = 10  # epochs without a better validation loss before stopping
+    learning_rate: float | None = None  # None: the architecture's own
+    label_smoothing: float = 0.05
+    class_weight_power: float = 0.5  # 1: fully balanced; 0: none (sqrt tempers the rare class's noise)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    max_train: int | None = None  # a random subset of the training split (slow architectures on a CPU)
+    threads: int = 2
+    progress: bool = True
+
+    @property
+    def crop_spec(self) -> CropSpec:
+        return self.crop or ARCHS[self.arch].crop
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or ARCHS[self.arch].learning_rate
+
+
+@dataclass
+class PoolData:
+    """All crops of the requested sources, each with its split, and what was read from where."""
+
+    crops: CropSet
+    splits: np.ndarray  # str (N,), Split values
+    specs: list[DataSpec]
+    reports: list[SourceReport]
+    rows: list[ManifestRow]
+
+    def part(self, split: Split) -> CropSet:
+        return self.crops.subset(self.splits == split.value)
+
+
+def load_pool(
+    specs: Sequence[DataSpec],
+    crop: CropSpec,
+    split: SplitConfig,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> PoolData:
+    detector_config = cropset.photo_detector_config()
+    sets, reports = [], []
+    images: dict[str, Sequence[SourceImage]] = {}
+    for spec in specs:
+        crops, report, source_images = cropset.load_source(
+            spec,
+            crop,
+            cache_dir,
+            cropset.detector_factory(detector_config),
+            cropset.detector_id(detector_config),
+            progress,
+        )
+        log.info("%s", report.summary())
+        sets.append(crops)
+        reports.append(report)
+        images[spec.name] = source_images
+    by_image = assign(images, split)
+    crops = CropSet.concat(sets) if sets else CropSet.empty(crop)
+    splits = np.asarray(
+        [by_image[(s, i)].value for s, i in zip(crops.sources, crops.images, strict=True)], dtype="<U5"
+    )
+    return PoolData(crops, splits, list(specs), reports, manifest_rows(images, by_image))
+
+
+def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per-class loss weights ~ (n / (k * count)) ** power, normalised to a mean sample weight of 1."""
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
+    present = counts > 0
+    weights = np.zeros(len(LABELS))
+    weights[present] = (counts[present].sum() / (present.sum() * counts[present])) ** power
+    return weights / (weights[labels].mean() if len(labels) else 1.0)
+
+
+def make_dataset(
+    crops: CropSet,
+    batch_size: int,
+    weights: np.ndarray | None,
+    augment: AugmentConfig | None,
+    seed: int,
+    shuffle: bool,
+):
+    import tensorflow as tf
+
+    onehot = np.eye(len(LABELS), dtype=np.float32)[crops.labels]
+    sample_w = (weights[crops.labels] if weights is not None else np.ones(len(crops))).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((crops.crops, onehot, sample_w))
+    if shuffle:
+        ds = ds.shuffle(len(crops), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def prepare(x, y, w):
+        x = tf.cast(x, tf.float32)
+        if augment is not None:
+            x = augment_batch(x, augment)
+        return x, y, w
+
+    return ds.map(prepare, num_parallel_calls=1).prefetch(2)
+
+
+def learning_rate_schedule(peak: float, epochs: int, steps_per_epoch: int):
+    """Linear warm-up over the first epoch (batch norm statistics settle), then cosine decay to 1 %.
+
+    A fixed schedule rather than "reduce on plateau": the validation loss is noisy with ~50
+    improper faces in it, and a plateau rule cut the rate too early in our runs.
+    """
+    import keras
+
+    warmup = steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak * 0.1,
+        warmup_target=peak,
+        warmup_steps=warmup,
+        decay_steps=max(1, epochs * steps_per_epoch - warmup),
+        alpha=0.01,
+    )
+
+
+def save_keras(model, path: Path) -> None:
+    """Save weights and architecture without the optimizer state (a third of the size; the
+    retraining job compiles afresh)."""
+    import keras
+
+    # Rebuilt from its config: uncompiled, so no optimizer variables (clone_model keeps them).
+    plain = keras.Model.from_config(model.get_config())
+    plain.set_weights(model.get_weights())
+    plain.save(path)
+
+
+def _configure_tf(threads: int, seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        pass  # already initialised in this process (tests): keep its settings
+    keras.utils.set_random_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    folder: Path
+    card: ModelCard
+    seconds: float
+
+
+def train(
+    specs: Sequence[DataSpec],
+    out: Path,
+    config: TrainConfig,
+    cache_dir: Path | None,
+    datasets_root: Path | None = None,
+) -> TrainResult:
+    """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
+    started = time.monotonic()
+    _check_out(out)
+    _configure_tf(config.threads, config.split.seed)
+    pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress)
+    train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
+    if config.max_train and len(train_set) > config.max_train:
+        rng = np.random.default_rng(config.split.seed)
+        train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.max_train, replace=False)))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise TrainError(f"not enough data: {len(train_set)} training and {len(val_set)} validation crops")
+    log.info(
+        "split by source image: train %s, val %s, test %s",
+        *(p.counts() for p in (train_set, val_set, test_set)),
+    )
+    weights = class_weights(train_set.labels, config.class_weight_power)
+    log.info(
+        "class weights %s",
+        dict(zip((label.value for label in LABELS), weights.round(3).tolist(), strict=True)),
+    )
+
+    fit_started = time.monotonic()
+    model, history = _fit(config, train_set, val_set, weights)
+    fit_seconds = time.monotonic() - fit_started
+    arch = ARCHS[config.arch]
+    final = with_flip_average(model) if arch.flip_average else model
+
+    # Written beside the target and swapped in at the end: a gate never sees half a model.
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    save_keras(final, work / KERAS_FILE)
+    to_tflite(final, work / RUNTIME_FILE)
+    agreement = check_agreement(
+        final, work / RUNTIME_FILE, (test_set if len(test_set) else val_set).crops[:AGREEMENT_SAMPLE]
+    )
+    write_manifest(work / MANIFEST_FILE, pool.rows)
+    metrics: dict[str, object] = {"tflite_keras_max_diff": agreement}
+    for name, part in (("val", val_set), ("test", test_set)):
+        if len(part):
+            predicted = tflite_predict(work / RUNTIME_FILE, part.crops).argmax(axis=1)
+            metrics[name] = {
+                b: m.to_json() for b, m in crop_metrics_by_band(part.labels, predicted, part.sides).items()
+            }
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    plots.training_curves(history, work / CURVES_FILE, best_epoch)
+    shown = "test" if "test" in metrics else "val"
+    matrix = np.asarray(metrics[shown][GATE_BAND]["confusion"])  # type: ignore[index]
+    plots.confusion_plot(matrix, work / CONFUSION_FILE, f"{shown} split, faces >= 32 px (TFLite)")
+
+    created = datetime.now(UTC)
+    card = ModelCard(
+        version=f"{out.name}-{created:%Y%m%d-%H%M%S}",
+        labels=LABELS,
+        crop=config.crop_spec,
+        arch=config.arch,
+        created=created.isoformat(timespec="seconds"),
+        parameters=trainable_parameters(model),
+        metrics=metrics,
+        data=[
+            _source_json(spec, rep, datasets_root) for spec, rep in zip(pool.specs, pool.reports, strict=True)
+        ],
+        data_hash=data_hash(pool.rows),
+        training={
+            "epochs_run": len(history["loss"]),
+            "best_epoch": best_epoch,
+            "seconds": round(time.monotonic() - started, 1),
+            "fit_seconds": round(fit_seconds, 1),
+            "seed": config.split.seed,
+            "split": {"val": config.split.val, "test": config.split.test, "by": "source image"},
+            "crops": {s.value: pool.part(s).counts() for s in Split} | {"train_used": train_set.counts()},
+            "flip_average": arch.flip_average,
+            "batch_size": config.batch_size,
+            "learning_rate": config.lr,
+            "label_smoothing": config.label_smoothing,
+            "class_weights": {label.value: float(w) for label, w in zip(LABELS, weights, strict=True)},
+            "augment": config.augment.to_json() if config.augment else None,
+            "max_train": config.max_train,
+            "detector_for_photos": json.loads(cropset.detector_id(cropset.photo_detector_config())),
+            "history": {k: [round(float(v), 5) for v in values] for k, values in history.items()},
+        },
+    )
+    card = write_card(work, card)
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    return TrainResult(out, card, time.monotonic() - started)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a folder that holds something other than a model (e.g. `--out .`)."""
+    if out.exists() and any(out.iterdir()) and not (out / CARD_FILE).is_file():
+        raise TrainError(f"{out} exists and is not a model folder (no {CARD_FILE}): choose another --out")
+
+
+def _fit(config: TrainConfig, train_set: CropSet, val_set: CropSet, weights: np.ndarray):
+    """The compiled model fitted with early stopping (best weights restored) and its history."""
+    import keras
+
+    model = ARCHS[config.arch].build(config.crop_spec)
+    steps = -(-len(train_set) // config.batch_size)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate_schedule(config.lr, config.epochs, steps)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    seed = config.split.seed
+    history = model.fit(
+        make_dataset(train_set, config.batch_size, weights, config.augment, seed, shuffle=True),
+        validation_data=make_dataset(val_set, config.batch_size, None, None, seed, shuffle=False),
+        epochs=config.epochs,
+        callbacks=[keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)],
+        shuffle=False,  # the dataset shuffles itself (seeded)
+        verbose=(1 if sys.stderr.isatty() else 2) if config.progress else 0,
+    ).history
+    return model, history
+
+
+def _source_json(spec: DataSpec, report: SourceReport, root: Path | None) -> dict[str, object]:
+    licence = licence_of(spec, root)
+    return {
+        "name": spec.name,
+        "layout": spec.layout.value,
+        "licence": licence,
+        "non_commercial": is_non_commercial(spec, licence),
+        **{k: v for k, v in report.to_json().items() if k not in ("source", "layout")},
+    }
+
+
+def summary(card: ModelCard) -> str:
+    """The held-out metrics of a card as a short table (the `train` command prints it)."""
+    lines = [f"model {card.version}: {card.arch}, {card.parameters:,} parameters, crop {card.crop.to_json()}"]
+    test = card.metrics.get("test") or card.metrics.get("val") or {}
+    for band, m in test.items():
+        per = "  ".join(
+            f"{name} P {s['precision']:.3f} R {s['recall']:.3f} (n={s['support']})"
+            for name, s in m["per_class"].items()
+        )
+        lines.append(
+            f"  {band:>6}: n={m['count']:5d} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} | {per}"
+        )
+    return "\n".join(lines)
