@@ -100,6 +100,10 @@ def _add_db_commands(commands: argparse._SubParsersAction) -> None:
     stamp.set_defaults(handler=_db(lambda engine, args: migrate.stamp(engine, args.revision)))
     current = sub.add_parser("current", help="print the database's revision and whether it is the newest")
     current.set_defaults(handler=_db_current)
+    purge = sub.add_parser(
+        "purge", help="delete events past their retention ([retention]); pinned incidents are kept"
+    )
+    purge.set_defaults(handler=_db_purge)
 
 
 def _db(action: Callable[..., None]) -> Handler:
@@ -117,6 +121,20 @@ def _db_current(_args: argparse.Namespace, config: Config) -> int:
     head = migrate.head_revision()
     state = "up to date" if current == head else f"newest is {head}: run `maskgate db upgrade`"
     print(f"{current or 'base (empty)'} ({state})")
+    return EXIT_OK
+
+
+def _db_purge(_args: argparse.Namespace, config: Config) -> int:
+    from maskgate.store import EventStore
+
+    engine = make_engine(config.database_url)
+    migrate.require_head(engine)
+    retention = config.retention
+    deleted = EventStore(engine).purge(retention.events_days, retention.incidents_days)
+    print(
+        f"deleted {deleted} event(s): events older than {retention.events_days} days, "
+        f"incidents older than {retention.incidents_days} days (pinned ones kept)"
+    )
     return EXIT_OK
 
 

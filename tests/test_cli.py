@@ -119,3 +119,22 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "maskgate"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("maskgate ")
+
+
+def test_db_purge_applies_the_retention(db_env, monkeypatch, capsys, make_event):
+    from datetime import timedelta
+
+    from maskgate.core import Label, utcnow
+    from maskgate.store import EventStore
+
+    assert main(["db", "upgrade"]) == EXIT_OK
+    store = EventStore(make_engine(db_env))
+    now = utcnow()
+    store.record_event(make_event(Label.WITH_MASK, occurred_at=now - timedelta(days=10)))
+    store.record_event(make_event(Label.WITHOUT_MASK, occurred_at=now - timedelta(days=10)))
+    store.record_event(make_event(Label.WITH_MASK, occurred_at=now))
+    monkeypatch.setenv("MASKGATE_RETENTION__EVENTS_DAYS", "7")
+    capsys.readouterr()
+    assert main(["db", "purge"]) == EXIT_OK
+    assert "deleted 1 event(s)" in capsys.readouterr().out
+    assert len(store.list_events().events) == 2
