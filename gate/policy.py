@@ -1,7 +1,8 @@
 """One decision per person: per-track evidence, debounced (DESIGN.md, "Labels and decisions").
 
 For each confirmed track the policy keeps the last `window` classifications that count as
-evidence (face large and sharp enough to trust, classifier confident enough), weighted by face
+evidence (face large and sharp enough to trust, classifier confident enough, and more confident
+still for a label that opens the door), weighted by face
 size, since a larger face is a better look. Once there are `min_classifications` of them and one
 label holds a `majority` of the weight, that label is the track's verdict and one Decision is
 issued. The verdict may change later (the person pulls the mask up) but a new Decision is issued
@@ -73,10 +74,14 @@ class DecisionPolicy:
         self._tracks.pop(track_id, None)
 
     def _is_evidence(self, track: Track, classification: Classification) -> bool:
+        # Opening the door for the wrong person is the worst error a gate can make, so a label
+        # that opens it must be more certain than one that keeps it shut (fail closed).
+        opens = self.actions[classification.label] is Action.ALLOW
+        floor = self.config.allow_confidence_floor if opens else self.config.confidence_floor
         return (
             track.face.box.side >= self.config.min_face_size
             and track.face.score >= self.config.min_detector_score
-            and classification.confidence >= self.config.confidence_floor
+            and classification.confidence >= floor
         )
 
     def _verdict(self, history: _TrackHistory) -> Label | None:

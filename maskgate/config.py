@@ -77,6 +77,7 @@ class PolicyConfig:
     min_classifications: int = 5  # evidence needed before a decision
     majority: float = 0.7  # size-weighted share the winning label needs
     confidence_floor: float = 0.6  # classifications below this are not evidence
+    allow_confidence_floor: float = 0.85  # ...and for a label that opens the door, below this (fail closed)
     change_frames: int = 5  # a new verdict must hold this long to re-issue a decision
     window: int = 15  # classifications remembered per track
     with_mask: Literal["allow", "deny", "warn"] = "allow"
@@ -108,6 +109,48 @@ class DashboardConfig:
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
 
 
+# The permissive shared datasets models/default was trained on.
+PERMISSIVE_DATA = ("folders/chandrikadeb7", "folders/comp6721:photos", "scenes/fmd")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The nightly retraining job (`maskgate retrain`, the dashboard's scheduler)."""
+
+    base_data: tuple[str, ...] = PERMISSIVE_DATA  # PATH[:LAYOUT], relative to paths.datasets
+    eval_data: tuple[str, ...] = PERMISSIVE_DATA  # where the frozen evaluation images live
+    # The frozen evaluation set: the images of eval_data listed in this manifest under eval_split,
+    # matched by sha256. They are never trained on. "" = every image of eval_data.
+    eval_manifest: str = "models/default/manifest.csv.gz"
+    eval_split: Literal["train", "val", "test"] = "test"
+    arch: Literal["compact", "seed"] = "compact"
+    crop_size: int = 0  # 0: the architecture's own
+    epochs: int = 40
+    patience: int = 10
+    learning_rate: float = 0.0  # 0: the architecture's own
+    batch_size: int = 64
+    threads: int = 2
+    val_share: float = 0.1  # of the pool, for early stopping; no test split: the two sets below test
+    incident_days: int = 30  # incidents reviewed this recently may be held out to evaluate on
+    incident_holdout: float = 0.2  # share of those held out (by content hash: the same ones each night)
+    min_incident_faces: int = 20  # held-out incident faces needed before they can reject a candidate
+    tolerance_macro_f1: float = 0.01  # a candidate may be this much worse and still be promoted
+    tolerance_improper_recall: float = 0.02
+    work_dir: Path = Path("var/retrain")  # per-run pool folders (links to the data, incident crops)
+    cache: Path = Path("var/cache/crops")  # crop cache shared with `maskgate train`
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How a promoted model reaches the gates (retained `<prefix>/models/active`, then a fetch)."""
+
+    url: str = ""  # the dashboard as gates reach it; "" = announce the model folder's path instead
+    token: str = secret()  # bearer token gates send to download models; at least 16 characters
+    cache: Path = Path("var/models")  # gate: where fetched model folders are kept
+    timeout_s: float = 30.0  # gate: per download request
+    ca_file: str = ""  # gate: CA bundle for an https url (system store when empty)
+
+
 @dataclass(frozen=True)
 class Config:
     gate_id: str = "gate-1"
@@ -120,6 +163,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -219,6 +264,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: any number of one type
+            if not isinstance(items, list | tuple):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            args = (args[0],) * len(items)
         if not isinstance(items, list | tuple) or len(items) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         pairs = enumerate(zip(items, args, strict=True))

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ def test_demo_runs_the_whole_system(tmp_path):
         "MASKGATE_PATHS__SNAPSHOTS": str(tmp_path / "snapshots"),
         "MASKGATE_PATHS__ACTIVE_MODEL": str(ROOT / "models" / "default"),
         "MASKGATE_DASHBOARD__PORT": "0",
+        "MASKGATE_GATE_ID": f"demo-{uuid.uuid4().hex[:8]}",  # alone on the shared broker
     }
     maskgate = str(Path(sys.executable).parent / "maskgate")
     result = subprocess.run(

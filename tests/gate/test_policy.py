@@ -69,6 +69,13 @@ def test_lingering_never_repeats(policy):
     assert len(feed(policy, [W] * 1000)) == 1
 
 
+def test_opening_the_door_needs_more_certainty_than_keeping_it_shut(policy):
+    # A beard mistaken for a mask at 0.7 must not open the door; a 0.7 "no mask" may refuse.
+    assert feed(policy, [probs(W, confidence=0.7)] * 60) == []
+    assert [d.action for d in feed(policy, [probs(WO, confidence=0.7)] * 10, track(2))] == [Action.DENY]
+    assert [d.action for d in feed(policy, [probs(W, confidence=0.9)] * 10, track(3))] == [Action.ALLOW]
+
+
 def test_small_faces_low_scores_and_unsure_classifications_are_not_evidence(policy):
     assert feed(policy, [W] * 30, track(side=30)) == []
     assert feed(policy, [W] * 30, track(track_id=2, score=0.5)) == []
