@@ -52,6 +52,8 @@ def stock_pipeline(model_dir: Path) -> Callable[[np.ndarray], int]:
     import keras
     from mtcnn import MTCNN
 
+    import maskgate.training.layers  # noqa: F401  (registers the model's custom layers with Keras)
+
     detector = MTCNN()
     model = keras.models.load_model(model_dir / "model.keras")
     spec = MaskClassifier(model_dir).crop
