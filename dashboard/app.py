@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from flask import Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Flask, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -16,17 +16,27 @@ from maskgate import __version__
 from maskgate.config import Config, ConfigError
 from maskgate.core import utcnow
 from maskgate.dashboard import security
-from maskgate.dashboard.actions import ActionError
+from maskgate.dashboard.actions import ActionError, ModelHook
 from maskgate.dashboard.jobs import RetrainingJob, Trainer, no_trainer
 from maskgate.dashboard.queries import BadFilter, PastDayCounts
-from maskgate.dashboard.scheduler import DashboardScheduler
-from maskgate.store import EventStore, ModelRegistry, ModelVersion, TrainingRuns, User, UserStore, make_engine
+from maskgate.dashboard.scheduler import DashboardScheduler, parse_cron
+from maskgate.store import (
+    EventStore,
+    InvalidCursorError,
+    ModelRegistry,
+    ModelVersion,
+    TrainingRuns,
+    User,
+    UserStore,
+    make_engine,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_SECRET_KEY_CHARS = 16
 MAX_REQUEST_BYTES = 64 * 1024  # forms and JSON bodies are tiny; anything bigger is refused (413)
-SESSION_LIFETIME = timedelta(hours=8)  # one shift
+SESSION_LIFETIME = timedelta(hours=8)  # one shift, counted from sign-in (see _session_user)
+SIGNED_IN_AT = "signed_in_at"  # session key: when the user signed in (POSIX seconds)
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health"})
 
 
@@ -46,7 +56,7 @@ class Services:
     runs: TrainingRuns
     scheduler: DashboardScheduler
     throttle: security.LoginThrottle
-    on_model_change: Callable[[ModelVersion], None]  # e.g. publish maskgate/models/active
+    on_model_change: ModelHook  # e.g. publish maskgate/models/active
     clock: Callable[[], datetime]
     past_days: PastDayCounts  # the overview's counts of complete days, briefly cached
 
@@ -64,7 +74,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     trainer: Trainer = no_trainer,
-    on_model_change: Callable[[ModelVersion], None] = _log_model_change,
+    on_model_change: ModelHook = _log_model_change,
     throttle: security.LoginThrottle | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Flask:
@@ -120,17 +130,15 @@ def check_config(config: Config) -> None:
     if len(key) < MIN_SECRET_KEY_CHARS:
         raise DashboardConfigError(f"dashboard.secret_key is too short: use at least {MIN_SECRET_KEY_CHARS}")
     try:
-        from maskgate.dashboard.scheduler import parse_cron
-
         parse_cron(config.dashboard.retrain_cron)
     except ValueError as exc:
         raise DashboardConfigError(str(exc)) from None
 
 
 def _register_blueprints(app: Flask) -> None:
-    from maskgate.dashboard.blueprints import api, auth, events, gates, models, overview, schedule
+    from maskgate.dashboard.blueprints import api, auth, events, gates, models, overview, rollout, schedule
 
-    for module in (auth, overview, events, gates, models, schedule, api):
+    for module in (auth, overview, events, gates, models, schedule, api, rollout):
         app.register_blueprint(module.blueprint)
     app.add_url_rule("/healthz", "health", lambda: {"status": "ok", "version": __version__})
 
@@ -145,8 +153,10 @@ def wants_json() -> bool:
 def _install_guards(app: Flask) -> None:
     @app.before_request
     def guard():
+        if _has_nul():
+            abort(400, description="NUL characters are not allowed in a request")
         g.user = _session_user()
-        if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
+        if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None and not _gate_authorized():
             if wants_json():
                 return jsonify(error="sign in first"), 401
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
@@ -157,12 +167,36 @@ def _install_guards(app: Flask) -> None:
     app.after_request(security.set_security_headers)
 
 
+def _gate_authorized() -> bool:
+    """A gate downloading a model with the rollout token (it has no session; see blueprints/rollout.py)."""
+    from maskgate.dashboard.blueprints.rollout import gate_authorized
+
+    return gate_authorized()
+
+
+def _has_nul() -> bool:
+    """A NUL in the path, the query or a form field: no name, filter or note may hold one, and
+    PostgreSQL refuses them in text (a 500 rather than an answer)."""
+    fields = [*request.args.items(multi=True)]
+    if request.method not in security.SAFE_METHODS:
+        fields += request.form.items(multi=True)
+    return "\x00" in request.path or any("\x00" in key or "\x00" in value for key, value in fields)
+
+
 def _session_user() -> User | None:
-    """The signed-in user, read again from the database so that a changed role applies at once."""
+    """The signed-in user, read again from the database so that a changed role applies at once.
+
+    A session lasts SESSION_LIFETIME from sign-in. The cookie's own expiry is not enough: Flask
+    renews it on every request, so a page that polls (the live events list) would keep it forever.
+    """
     username = session.get("user")
     if not username:
         return None
-    user = services().users.get(username)
+    signed_in_at = session.get(SIGNED_IN_AT)
+    fresh = isinstance(signed_in_at, int | float) and (
+        services().clock().timestamp() - signed_in_at < SESSION_LIFETIME.total_seconds()
+    )
+    user = services().users.get(username) if fresh else None
     if user is None:
         session.clear()
     return user
@@ -177,7 +211,8 @@ def _install_templates(app: Flask) -> None:
 
 
 def format_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "–"
+    """An aware time as UTC, '2026-03-01 14:05:09Z'."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "–"
 
 
 def format_age(value: datetime | None) -> str:
@@ -200,7 +235,8 @@ def _install_error_pages(app: Flask) -> None:
         return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(BadFilter)
-    def bad_filter(exc: BadFilter):
+    @app.errorhandler(InvalidCursorError)
+    def bad_filter(exc: BadFilter | InvalidCursorError):
         return _error(400, str(exc))
 
     @app.errorhandler(ActionError)

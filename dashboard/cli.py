@@ -46,12 +46,15 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     import waitress
 
     from maskgate.dashboard.app import create_app, services
-    from maskgate.dashboard.jobs import load_trainer
     from maskgate.store import make_engine, migrate
+    from maskgate.training.retrain import Retrainer, model_announcer
 
     engine = make_engine(config.database_url)
     migrate.require_head(engine)
-    app = create_app(config, engine=engine, trainer=load_trainer())
+    # The retraining job and the announcement of promotions / roll backs to the gates (docs/retraining.md).
+    app = create_app(
+        config, engine=engine, trainer=Retrainer(config, engine), on_model_change=model_announcer(config)
+    )
     host = args.host or config.dashboard.host
     port = config.dashboard.port if args.port is None else args.port
     if config.dashboard.secure_cookies:

@@ -90,9 +90,30 @@ class Agent:
         self._decided: dict[int, Decision] = {}  # latest decision per live track, for annotation
         self._stop = threading.Event()
         self._live = False  # frames of a live source carry wall-clock capture times
+        self._swap_lock = threading.Lock()
+        self._next_classifier: MaskClassifier | None = None  # from a reload; used from the next frame
 
     def stop(self) -> None:
         self._stop.set()
+
+    def swap_classifier(self, classifier: MaskClassifier) -> None:
+        """Run `classifier` from the start of the next frame; safe from any thread.
+
+        The frame in progress finishes with the model it started with (its crops are cut to that
+        model's crop spec), so no frame is dropped or classified half by each. The policy's
+        evidence is kept: a person being decided on is decided on, with the new model's votes added.
+        """
+        with self._swap_lock:
+            self._next_classifier = classifier
+
+    def _apply_swap(self) -> None:
+        if self._next_classifier is None:  # the common case, without taking the lock
+            return
+        with self._swap_lock:
+            classifier, self._next_classifier = self._next_classifier, None
+        if classifier is not None:
+            log.info("classifier %s replaces %s", classifier.version, self.classifier.version)
+            self.classifier = classifier
 
     def run(
         self,
@@ -111,6 +132,7 @@ class Agent:
         next_beat = time.monotonic()
         try:
             while not self._stop.is_set():
+                self._apply_swap()  # also without frames (a dead camera), so the state reports the new model
                 if heartbeat is not None and time.monotonic() >= next_beat:
                     heartbeat(self.stats)
                     next_beat = time.monotonic() + heartbeat_s
@@ -130,6 +152,7 @@ class Agent:
     def process(self, frame: Frame) -> list[Decision]:
         """Run one frame through every stage; returns the decisions it produced."""
         started = time.monotonic()
+        self._apply_swap()  # between frames: this whole frame runs on one model
         try:
             check_frame(frame.image)
         except InvalidFrameError as exc:

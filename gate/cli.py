@@ -90,7 +90,8 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     engine = make_engine(config.database_url)
     migrate.require_head(engine)
     store = EventStore(engine)
-    link = None if args.no_mqtt else _door_link(config, store)
+    watcher = None if args.no_mqtt else _model_watcher(config)  # reloads models the dashboard announces
+    link = None if watcher is None else _door_link(config, store, watcher)
     try:
         detector = make_detector(config)
         reader = open_reader(args.source or config.camera.source, config.camera, detector)
@@ -101,6 +102,9 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         print(f"maskgate agent: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     agent.on_decision = _print_decision
+    if watcher is not None:
+        watcher.attach(agent)
+        watcher.start()
     capture = Capture(reader, config.camera).start()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())
@@ -124,6 +128,8 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         capture.stop()
         if link is not None:
             link.stop()
+        if watcher is not None:
+            watcher.stop()
     print(
         f"gate {config.gate_id}: {stats.frames} frames at {stats.fps:.1f} fps, "
         f"{len(stats.decisions)} decisions, {stats.bad_frames} bad frames; "
@@ -136,14 +142,24 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _door_link(config: Config, store):
+def _model_watcher(config: Config):
+    from maskgate.gate.reload import ModelWatcher
+
+    return ModelWatcher(config.rollout, on_refused=_print_refusal)
+
+
+def _print_refusal(refusal) -> None:
+    print(f"maskgate agent: model {refusal.version} refused: {refusal.reason}", file=sys.stderr, flush=True)
+
+
+def _door_link(config: Config, store, watcher):
     """The MQTT link to the door; config mistakes in it are usage errors (exit 2)."""
     from maskgate.gate.comms import MqttConfigError
     from maskgate.gate.comms.link import DoorLink
     from maskgate.gate.comms.topics import TopicError
 
     try:
-        return DoorLink(config, store, on_door_status=_print_door_status)
+        return DoorLink(config, store, on_door_status=_print_door_status, on_active_model=watcher.offer)
     except (MqttConfigError, TopicError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -1,12 +1,196 @@
-"""The training subcommands: `train`, `evaluate`."""
+"""The training subcommands: `train`, `evaluate`.
+
+Registration imports nothing heavy (``maskgate --help`` stays fast); the handlers import
+TensorFlow and the training modules when they run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from maskgate.cli import add_planned
+from maskgate.config import Config
+from maskgate.const import EXIT_OK, EXIT_RUNTIME
+
+DEFAULT_CACHE = Path("var/cache/crops")
+ARCH_CHOICES = ("compact", "seed")
+CACHE_HELP = f"crop cache folder (default {DEFAULT_CACHE})"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    add_planned(commands, "train", "train a mask classifier into a model folder", 3)
-    add_planned(commands, "evaluate", "evaluate a model on crops or on whole scenes", 3)
+    _register_train(commands)
+    _register_evaluate(commands)
+    commands.add_parser(
+        "retrain",
+        help="run the retraining job once: pool, train, compare with the active model, promote",
+        description="Run the retraining job once (docs/retraining.md), under the same lock as the "
+        "dashboard's scheduler: the [retrain] config section says what to train on and how to compare.",
+    ).set_defaults(handler=_retrain)
+
+
+def _data_help() -> str:
+    return (
+        "data source as PATH[:LAYOUT], repeatable; LAYOUT is faces (one folder per class of face photos), "
+        "voc (images/ + annotations/) or photos (one folder per class of photos of whole people: the "
+        "detector finds the largest face). Default: voc if PATH has annotations/, else faces. A relative "
+        "PATH is also looked up under paths.datasets (MASKGATE_PATHS__DATASETS)"
+    )
+
+
+def _register_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a mask classifier into a model folder",
+        description="Train a mask classifier into a model folder (model.keras, model.tflite, card, plots).",
+    )
+    p.add_argument("--data", metavar="SPEC", nargs="+", required=True, action="extend", help=_data_help())
+    p.add_argument("--arch", choices=ARCH_CHOICES, default="compact", help="network (default: compact)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/NAME")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping ends sooner)")
+    p.add_argument("--patience", type=int, default=10, help="epochs without a better validation loss")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--size", type=int, help="crop side in pixels (default: the architecture's)")
+    p.add_argument("--margin", type=float, help="crop margin per side, fraction of the box (default 0.2)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the architecture's)")
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none, 1 balanced (default 0.5)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--val", type=float, default=0.1, help="validation share of the source images")
+    p.add_argument("--test", type=float, default=0.2, help="held-out test share of the source images")
+    p.add_argument("--seed", type=int, default=1337, help="split and initialisation seed")
+    p.add_argument("--max-train", type=int, help="use at most this many training crops (slow archs)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
+    )
+    p.add_argument(
+        "--allow-non-commercial",
+        action="store_true",
+        help="accept sources licensed for non-commercial use only (never for the shipped default model)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train)
+
+
+def _register_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="evaluate a model on crops or on whole scenes",
+        description="Evaluate a model folder (its model.tflite, as the gate runs it) on labelled data.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--data", metavar="SPEC", nargs="+", required=True, action="extend", help=_data_help())
+    p.add_argument(
+        "--mode",
+        choices=("crops", "scenes"),
+        default="crops",
+        help="crops: classify labelled faces; scenes: detector + classifier end to end on VOC scenes",
+    )
+    p.add_argument(
+        "--split",
+        choices=("all", "train", "val", "test"),
+        default="all",
+        help="only images of this split in the model's manifest (default: all images)",
+    )
+    p.add_argument("--json", type=Path, help="write the metrics here (schema: docs/training.md)")
+    p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_evaluate)
+
+
+def _specs(args: argparse.Namespace, config: Config, allow_non_commercial: bool = True):
+    from maskgate.cli import UsageError
+    from maskgate.training.datasets import DataSpec, DataSpecError, is_non_commercial, licence_of
+
+    root = config.paths.datasets
+    try:
+        specs = [DataSpec.parse(text, root) for text in args.data]
+    except DataSpecError as exc:
+        raise UsageError(str(exc)) from None
+    if not allow_non_commercial:
+        for spec in specs:
+            if is_non_commercial(spec, licence_of(spec, root)):
+                raise UsageError(
+                    f"{spec.name} is licensed for non-commercial use only; pass --allow-non-commercial "
+                    "to train on it anyway (such a model must not ship)"
+                )
+    return specs
+
+
+def _train(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from maskgate.cli import UsageError
+    from maskgate.training.archs import ARCHS
+    from maskgate.training.augment import AugmentConfig
+    from maskgate.training.split import SplitConfig
+    from maskgate.training.train import TrainConfig, TrainError, summary, train
+
+    specs = _specs(args, config, args.allow_non_commercial)
+    crop = ARCHS[args.arch].crop
+    if args.size:
+        crop = replace(crop, size=args.size)
+    if args.margin is not None:
+        crop = replace(crop, margin=args.margin)
+    train_config = TrainConfig(
+        arch=args.arch,
+        crop=crop,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        learning_rate=args.lr,
+        class_weight_power=args.class_weight_power,
+        split=SplitConfig(val=args.val, test=args.test, seed=args.seed),
+        augment=None if args.no_augment else AugmentConfig(),
+        max_train=args.max_train,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    try:
+        result = train(specs, args.out, train_config, args.cache, config.paths.datasets)
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+    print(summary(result.card))
+    print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
+    return EXIT_OK
+
+
+def _retrain(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.training.retrain import command
+
+    return command(args, config)
+
+
+def _evaluate(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
+    from maskgate.modelcard import ModelFileError
+    from maskgate.training import evaluate
+
+    specs = _specs(args, config)
+    try:
+        if args.mode == "crops":
+            report = evaluate.evaluate_crops(args.model, specs, args.split, args.cache, not args.quiet)
+        else:
+            detector = config.detector
+            if args.min_face_size:
+                detector = replace_detector(detector, args.min_face_size)
+            report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
+    except ModelFileError as exc:
+        print(f"maskgate evaluate: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except evaluate.EvaluationError as exc:
+        raise UsageError(str(exc)) from None
+    print(evaluate.format_report(report))
+    if args.json:
+        evaluate.write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def replace_detector(detector, min_face_size: int):
+    from dataclasses import replace
+
+    return replace(detector, min_face_size=min_face_size)

@@ -249,8 +249,10 @@ def test_admin_workflow_in_chromium(page, world, server):
             break
         page.wait_for_timeout(250)
         page.reload()
-    expect(page.locator("#run-status")).to_have_text("failed")  # no trainer installed yet (issue 7)
-    expect(page.locator("pre.log")).to_contain_text("no retraining job installed")
+    # The real job ran in the server process; this test's models are stand-ins without a card,
+    # so it stops with that reason in its log.
+    expect(page.locator("#run-status")).to_have_text("failed")
+    expect(page.locator("pre.log")).to_contain_text("cannot be loaded to compare with")
     screenshot(page, "10-run")
     page.goto("/schedule")
     screenshot(page, "11-schedule")

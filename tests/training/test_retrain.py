@@ -422,6 +422,25 @@ def test_a_worse_candidate_is_rejected_with_its_reason_and_nothing_changes(world
 
 
 @needs_datasets
+def test_the_champion_is_the_registered_model_even_if_its_folder_is_replaced_during_the_run(world):
+    copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-good")
+    registry = ModelRegistry(world.engine)
+
+    class ReplacingTrain(FakeTrain):
+        def __call__(self, specs, out, train_config, cache, datasets):
+            # meanwhile someone ships another model into the champion's folder (same files, labels rotated)
+            folder = Path(registry.active().path)
+            write_card(folder, replace(load_card(folder), labels=ROTATED))
+            return super().__call__(specs, out, train_config, cache, datasets)
+
+    finished = run_job(world, Retrainer(world.config, world.engine, train_fn=ReplacingTrain(ROTATED)))
+    assert finished.status is RunStatus.REJECTED  # compared with the model that was registered
+    assert finished.metrics["frozen"]["champion"]["macro_f1"] > 0.5
+    # the starting model was registered as a copy under paths.models, not the folder it came from
+    assert Path(registry.get("start-good").path) == (world.tmp / "models" / "start-good").resolve()
+
+
+@needs_datasets
 def test_a_promotion_the_broker_did_not_take_says_so(world):
     copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-bad", ROTATED)
 
@@ -443,6 +462,19 @@ def test_an_active_model_that_cannot_be_loaded_fails_the_run_before_training(wor
     finished = run_job(world, Retrainer(world.config, world.engine, train_fn=train))
     assert finished.status is RunStatus.FAILED and train.specs == []
     assert finished.reason.startswith("the active model broken cannot be loaded")
+
+
+def test_bad_settings_fail_the_run_before_anything_else(world):
+    config = replace(
+        world.config, retrain=replace(world.config.retrain, val_share=0.0, tolerance_macro_f1=-1)
+    )
+    train = FakeTrain()
+    finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
+    assert finished.status is RunStatus.FAILED and train.specs == []
+    assert finished.reason == (
+        "retrain.val_share must be between 0 and 1; retrain.tolerance_macro_f1 must be between 0 and 1"
+    )
+    assert ModelRegistry(world.engine).active() is None  # not even the starting model was registered
 
 
 def test_missing_data_fails_the_run_with_the_key_named(world):
