@@ -76,17 +76,14 @@ def main() -> None:
     latencies = [ms for _, ms in decisions]
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     actions = " ".join(action for action, _ in decisions)
-    print(
-        f"\nagent on the synthetic walk-up ({len(decisions)} decisions in {args.runs} real-time runs at 30 fps)"
-    )
-    print(f"decisions:                      {actions}")
-    print(
-        f"start to first decision (s):    median {statistics.median(starts):.2f}, max {max(starts):.2f}  (goal <= 3)"
-    )
     p95 = statistics.quantiles(latencies, n=20, method="inclusive")[-1]
-    print(
-        f"decision latency (ms):          p50 {statistics.median(latencies):.0f}, p95 {p95:.0f}  (goal p95 <= 250)"
-    )
+    runs = f"{len(decisions)} decisions in {args.runs} real-time runs at 30 fps"
+    print(f"\nagent on the synthetic walk-up ({runs})")
+    print(f"decisions:                      {actions}")
+    start = f"median {statistics.median(starts):.2f}, max {max(starts):.2f}"
+    print(f"start to first decision (s):    {start}  (goal <= 3)")
+    latency = f"p50 {statistics.median(latencies):.0f}, p95 {p95:.0f}"
+    print(f"decision latency (ms):          {latency}  (goal p95 <= 250)")
     print(f"peak RSS of an agent (MB):      {peak_mb:.0f}  (goal <= 400)")
 
 
