@@ -108,14 +108,17 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     capture = Capture(reader, config.camera).start()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())
-    heartbeat = None
     if link is not None:
         link.start()
+    monitor = _monitor(config, agent, capture, engine, link)
 
-        def heartbeat(stats) -> None:
-            link.publish_state(
-                camera_ok=capture.status.ok, fps=stats.fps, model_version=agent.classifier.version
-            )
+    def heartbeat(stats) -> None:
+        version = agent.classifier.version
+        if link is not None:
+            link.publish_state(camera_ok=capture.status.ok, fps=stats.fps, model_version=version)
+        if monitor is not None:
+            connected = None if link is None else link.connected
+            monitor.heartbeat(stats, capture.status.ok, connected, version)
 
     where = "no broker" if link is None else f"door over {config.mqtt.url}"
     print(
@@ -130,6 +133,8 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
             link.stop()
         if watcher is not None:
             watcher.stop()
+        if monitor is not None:
+            monitor.stop()
     print(
         f"gate {config.gate_id}: {stats.frames} frames at {stats.fps:.1f} fps, "
         f"{len(stats.decisions)} decisions, {stats.bad_frames} bad frames; "
@@ -140,6 +145,38 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         print(f"maskgate agent: {capture.status.last_error}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _monitor(config: Config, agent, capture, engine, link):
+    """Prometheus metrics and /healthz for this agent, when `metrics_port` is set."""
+    if not config.metrics_port:
+        return None
+    from maskgate.gate.metrics import AgentMetrics, AgentMonitor, Health, MetricsServer
+    from maskgate.store.db import StoreError, check_connection
+
+    def database_ok() -> bool:
+        try:
+            check_connection(engine)
+        except StoreError:
+            return False
+        return True
+
+    metrics = AgentMetrics(config.gate_id)
+    agent.timings.listeners.append(metrics.observe_stage)
+    print_decision = agent.on_decision
+
+    def on_decision(decision, event) -> None:
+        metrics.observe_decision(decision)
+        if print_decision is not None:
+            print_decision(decision, event)
+
+    agent.on_decision = on_decision
+    checks = {"camera": lambda: capture.status.ok, "database": database_ok}
+    if link is not None:
+        checks["broker"] = lambda: link.connected
+    server = MetricsServer(metrics, Health(checks), config.metrics_host, config.metrics_port).start()
+    pending = None if link is None else (lambda: link.outbox.counts().pending)
+    return AgentMonitor(metrics, server, pending)
 
 
 def _model_watcher(config: Config):

@@ -143,3 +143,32 @@ def _handler(metrics: AgentMetrics, health: Health) -> type[BaseHTTPRequestHandl
             log.debug("metrics: " + format, *args)
 
     return Handler
+
+
+class AgentMonitor:
+    """Keeps one running agent's metrics current and serves them with its health check."""
+
+    def __init__(
+        self, metrics: AgentMetrics, server: MetricsServer, outbox_pending: Callable[[], int] | None
+    ):
+        self.metrics = metrics
+        self.server = server
+        self._outbox_pending = outbox_pending
+        self._frames = 0
+        self._bad_frames = 0
+
+    def heartbeat(self, stats, camera_ok: bool, broker_connected: bool | None, model_version: str) -> None:
+        """Bring the gauges and counters up to date (the agent calls this every few seconds)."""
+        self.metrics.frames.inc(stats.frames - self._frames)
+        self.metrics.bad_frames.inc(stats.bad_frames - self._bad_frames)
+        self._frames, self._bad_frames = stats.frames, stats.bad_frames
+        self.metrics.fps.set(stats.fps)
+        self.metrics.camera_ok.set(camera_ok)
+        if broker_connected is not None:
+            self.metrics.broker_connected.set(broker_connected)
+        if self._outbox_pending is not None:
+            self.metrics.outbox_pending.set(self._outbox_pending())
+        self.metrics.set_model(model_version)
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,6 +16,7 @@ class StageTimings:
     def __init__(self, window: int = 500):
         self.window = window
         self._samples: dict[str, deque[float]] = {}
+        self.listeners: list[Callable[[str, float], None]] = []  # e.g. the Prometheus histograms
 
     @contextmanager
     def measure(self, stage: str) -> Iterator[None]:
@@ -27,6 +28,8 @@ class StageTimings:
 
     def add(self, stage: str, milliseconds: float) -> None:
         self._samples.setdefault(stage, deque(maxlen=self.window)).append(milliseconds)
+        for listener in self.listeners:
+            listener(stage, milliseconds)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{stage: {"p50": ms, "p95": ms, "n": count}} over the current window."""

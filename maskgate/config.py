@@ -156,6 +156,8 @@ class Config:
     gate_id: str = "gate-1"
     database_url: str = secret("sqlite:///var/maskgate.sqlite")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_port: int = 0  # the agent serves /metrics and /healthz here; 0 = off
+    metrics_host: str = "127.0.0.1"
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)

@@ -66,3 +66,50 @@ def test_a_crashing_check_is_unhealthy_not_an_error():
 
 def test_unknown_paths_are_404(served):
     assert get(f"{served[2]}/admin")[0] == 404
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_running_agent_serves_its_metrics_and_health(tmp_path):
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "MASKGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "MASKGATE_PATHS__SNAPSHOTS": str(tmp_path / "snaps"),
+        "MASKGATE_PATHS__ACTIVE_MODEL": str(Path(__file__).parents[2] / "models" / "default"),
+        "MASKGATE_METRICS_PORT": str(port),
+    }
+    maskgate = str(Path(sys.executable).parent / "maskgate")
+    subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+    agent = subprocess.Popen(
+        [maskgate, "agent", "--source", "synthetic", "--no-mqtt", "--realtime"],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        frames, deadline = 0.0, time.monotonic() + 60
+        while frames == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                status, text = get(f"http://127.0.0.1:{port}/metrics")
+            except urllib.error.URLError:  # not listening yet: the agent is still starting
+                continue
+            found = re.search(r"^maskgate_frames_total (\S+)$", text, re.MULTILINE) if status == 200 else None
+            frames = float(found.group(1)) if found else 0.0
+        assert frames > 0
+        assert 'maskgate_stage_seconds_count{stage="detect"}' in text
+        status, body = get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["checks"] == {"camera": True, "database": True}
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
