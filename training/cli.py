@@ -15,12 +15,15 @@ from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
 DEFAULT_CACHE = Path("var/cache/crops")
 ARCH_CHOICES = ("compact", "seed")
+DETECTOR_CHOICES = ("mtcnn", "mtcnn-litert")
+DEFAULT_DETECTOR_OUT = Path("models/detector-mtcnn")
 CACHE_HELP = f"crop cache folder (default {DEFAULT_CACHE})"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     _register_train(commands)
     _register_evaluate(commands)
+    _register_export_detector(commands)
     commands.add_parser(
         "retrain",
         help="run the retraining job once: pool, train, compare with the active model, promote",
@@ -95,6 +98,12 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the metrics here (schema: docs/training.md)")
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
     p.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        help="scenes: detector implementation (default: config detector.kind); mtcnn is the TensorFlow "
+        "reference, mtcnn-litert the gate's",
+    )
+    p.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -165,6 +174,8 @@ def _retrain(args: argparse.Namespace, config: Config) -> int:
 
 
 def _evaluate(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
     from maskgate.cli import UsageError
     from maskgate.modelcard import ModelFileError
     from maskgate.training import evaluate
@@ -176,7 +187,9 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         else:
             detector = config.detector
             if args.min_face_size:
-                detector = replace_detector(detector, args.min_face_size)
+                detector = replace(detector, min_face_size=args.min_face_size)
+            if args.detector:
+                detector = replace(detector, kind=args.detector)
             report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)
@@ -190,7 +203,29 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def replace_detector(detector, min_face_size: int):
-    from dataclasses import replace
 
-    return replace(detector, min_face_size=min_face_size)
+def _register_export_detector(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export-detector",
+        help="export MTCNN's networks (mtcnn package weights) to TFLite for the gate",
+        description="Export the mtcnn package's P-, R- and O-nets to TFLite with a card (provenance, "
+        "licence, sha256 of each file): the folder LiteRtMtcnnDetector runs without TensorFlow. The "
+        "gate ships the result in maskgate/gate/assets/mtcnn-litert.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_DETECTOR_OUT,
+        help=f"detector folder to write (default {DEFAULT_DETECTOR_OUT})",
+    )
+    p.set_defaults(handler=_export_detector)
+
+
+def _export_detector(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.training.detector_export import export_detector
+
+    card = export_detector(args.out)
+    for name, digest in card["files"].items():
+        print(f"  {name}  sha256 {digest[:12]}  {(args.out / name).stat().st_size:,} bytes")
+    print(f"wrote {args.out} ({card['source']})")
+    return EXIT_OK

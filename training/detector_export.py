@@ -1,7 +1,8 @@
 """Export MTCNN's three networks (weights from the `mtcnn` package) to TFLite for the gate.
 
-Needs the training extra (TensorFlow, mtcnn). The result is a detector folder that
-:class:`maskgate.gate.mtcnn_litert.LiteRtMtcnnDetector` runs with LiteRT alone:
+``maskgate export-detector --out DIR`` runs it; it needs the training extra (TensorFlow, mtcnn).
+The result is a detector folder that :class:`maskgate.gate.mtcnn_litert.LiteRtMtcnnDetector` runs
+with LiteRT alone:
 
     pnet.tflite  (1, H, W, 3), H, W >= 12 -> box regression (1, h, w, 4), face prob (1, h, w, 2)
     rnet.tflite  (N, 24, 24, 3)           -> box offsets (N, 4), face prob (N, 2)
@@ -63,10 +64,3 @@ def export_detector(out: Path) -> dict:
     (out / DETECTOR_CARD).write_text(json.dumps(card, indent=2) + "\n")
     return card
 
-
-if __name__ == "__main__":
-    import sys
-
-    print(
-        json.dumps(export_detector(Path(sys.argv[1] if len(sys.argv) > 1 else "models/detector")), indent=2)
-    )

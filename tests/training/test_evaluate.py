@@ -73,17 +73,22 @@ class OracleDetector:
 
 
 @pytest.mark.slow
-def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, datasets: Path, tmp_path: Path):
-    root = tmp_path / "voc"
+def copy_scenes(datasets: Path, root: Path, count: int) -> list[list]:
+    """The first `count` fmd scenes as a VOC folder at `root`; returns their boxes per image."""
     (root / "images").mkdir(parents=True)
     (root / "annotations").mkdir()
-    names = ["maksssksksss0", "maksssksksss1", "maksssksksss2"]
     boxes = []
-    for name in names:
+    for name in (f"maksssksksss{i}" for i in range(count)):
         shutil.copy(datasets / f"scenes/fmd/images/{name}.jpg", root / "images")
         xml = datasets / f"scenes/fmd/annotations/{name}.xml"
         shutil.copy(xml, root / "annotations")
         boxes.append([box for _, box in parse_voc(xml.read_bytes()).objects])
+    return boxes
+
+
+def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, datasets: Path, tmp_path: Path):
+    root = tmp_path / "voc"
+    boxes = copy_scenes(datasets, root, 3)
     spec = DataSpec.parse(str(root))
     report = evaluate.evaluate_scenes(
         tiny_model, [spec], "all", DetectorConfig(), progress=False, detector=OracleDetector(boxes)
@@ -95,6 +100,31 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
     assert everything["detection_recall"]["all"] == 1.0 and everything["detection_precision"]["all"] == 1.0
     assert 0.0 <= everything["map50"] <= 1.0
     assert "mAP50" in evaluate.format_report(report)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_litert_detector_recalls_as_many_faces_as_the_reference(
+    tiny_model: Path, datasets: Path, tmp_path: Path
+):
+    """Detection quality is unchanged by the LiteRT port.
+
+    The issue's figure (recall within half a point) is measured on the 739 faces of the fmd test
+    split (docs/training.md); on this sample of 96 faces one face is a point, so at most one
+    borderline face (a score at a stage threshold) may differ.
+    """
+    copy_scenes(datasets, tmp_path / "voc", 25)
+    found = {}
+    for kind in ("mtcnn", "mtcnn-litert"):
+        out = tmp_path / f"{kind}.json"
+        argv = ["evaluate", "--model", str(tiny_model), "--data", str(tmp_path / "voc"), "--mode", "scenes"]
+        assert main([*argv, "--detector", kind, "--min-face-size", "12", "--quiet", "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["detector"]["kind"] == kind
+        everything = report["bands"]["all"]
+        found[kind] = round(everything["detection_recall"]["all"] * sum(everything["ground_truth"].values()))
+    assert found["mtcnn"] > 30  # the scenes do hold faces the detector finds
+    assert abs(found["mtcnn-litert"] - found["mtcnn"]) <= 1, found
 
 
 def test_evaluate_scenes_needs_voc(tmp_path: Path):
