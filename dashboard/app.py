@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from maskgate import __version__
 from maskgate.config import Config, ConfigError
 from maskgate.core import utcnow
-from maskgate.dashboard import security
+from maskgate.dashboard import monitoring, security
 from maskgate.dashboard.actions import ActionError, ModelHook
 from maskgate.dashboard.jobs import RetrainingJob, Trainer, no_trainer
 from maskgate.dashboard.queries import BadFilter, PastDayCounts
@@ -37,7 +37,10 @@ MIN_SECRET_KEY_CHARS = 16
 MAX_REQUEST_BYTES = 64 * 1024  # forms and JSON bodies are tiny; anything bigger is refused (413)
 SESSION_LIFETIME = timedelta(hours=8)  # one shift, counted from sign-in (see _session_user)
 SIGNED_IN_AT = "signed_in_at"  # session key: when the user signed in (POSIX seconds)
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health"})
+# No session needed: signing in, styles and script, the health check (anyone), the metrics (their own token).
+PUBLIC_ENDPOINTS = frozenset(
+    {"auth.login", "static", monitoring.HEALTH_ENDPOINT, monitoring.METRICS_ENDPOINT}
+)
 
 
 class DashboardConfigError(ConfigError):
@@ -111,6 +114,7 @@ def create_app(
         clock=clock,
         past_days=PastDayCounts(),
     )
+    monitoring.install(app, services(app))  # first: a request's time includes the guard's
     _install_guards(app)
     _install_templates(app)
     _install_error_pages(app)
@@ -133,6 +137,9 @@ def check_config(config: Config) -> None:
         parse_cron(config.dashboard.retrain_cron)
     except ValueError as exc:
         raise DashboardConfigError(str(exc)) from None
+    problem = monitoring.check_metrics_token(config)
+    if problem:
+        raise DashboardConfigError(problem)
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -140,7 +147,6 @@ def _register_blueprints(app: Flask) -> None:
 
     for module in (auth, overview, events, gates, models, schedule, api, rollout):
         app.register_blueprint(module.blueprint)
-    app.add_url_rule("/healthz", "health", lambda: {"status": "ok", "version": __version__})
 
 
 # -- guards ------------------------------------------------------------------------------------

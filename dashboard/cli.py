@@ -65,7 +65,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     next_run = scheduler.next_run_at()
     print(f"maskgate dashboard on http://{host}:{port}/ (next retraining {next_run})", flush=True)
     try:
-        waitress.serve(app, host=host, port=port, threads=args.threads, ident="maskgate")
+        waitress.serve(app, host=host, port=port, **server_options(args.threads))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the address is not this machine's
@@ -75,6 +75,15 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         scheduler.shutdown()
         engine.dispose()
     return EXIT_OK
+
+
+def server_options(threads: int) -> dict[str, object]:
+    """waitress's settings. Its body limit is the app's: by default waitress reads up to 1 GiB of a
+    request (spilling to temporary files) before the app sees it and can refuse it, which would let
+    anyone, signed in or not, fill the disk with a few large uploads."""
+    from maskgate.dashboard.app import MAX_REQUEST_BYTES
+
+    return {"threads": threads, "ident": "maskgate", "max_request_body_size": MAX_REQUEST_BYTES}
 
 
 def _stop(_signum, _frame) -> None:

@@ -22,6 +22,7 @@ CSRF_SESSION_KEY = "csrf"
 CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MIN_TOKEN_CHARS = 16  # a configured bearer token shorter than this is never accepted
 
 # Everything is served from this origin: no CDN, no inline script. Inline SVG charts use
 # presentation attributes, which CSP does not restrict.
@@ -46,6 +47,18 @@ def check_csrf() -> None:
     sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FORM_FIELD)
     if not expected or not sent or not hmac.compare_digest(str(expected), str(sent)):
         abort(400, description="missing or invalid CSRF token: reload the page and try again")
+
+
+def bearer_matches(expected: str) -> bool:
+    """The request carries ``Authorization: Bearer <expected>``, compared in constant time.
+
+    For the clients that have no session (a gate fetching a model, Prometheus scraping). A
+    configured token shorter than MIN_TOKEN_CHARS never matches: a guessable token is no lock.
+    """
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if len(expected) < MIN_TOKEN_CHARS or scheme.lower() != "bearer" or not sent:
+        return False
+    return hmac.compare_digest(sent.strip().encode(), expected.encode())
 
 
 def admin_required(view: Callable) -> Callable:

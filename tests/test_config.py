@@ -125,6 +125,7 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nothere.toml", environ={})
 
 
+@pytest.mark.security
 def test_secrets_are_masked():
     config = load_config(
         environ={
@@ -153,6 +154,7 @@ _trees = st.recursive(
 )
 
 
+@pytest.mark.security
 @given(st.dictionaries(_keys, _trees, max_size=5))
 def test_any_parsed_file_is_accepted_or_refused_cleanly(raw):
     """Whatever a TOML file holds, the loader returns a Config or raises ConfigError, nothing else."""
@@ -162,6 +164,7 @@ def test_any_parsed_file_is_accepted_or_refused_cleanly(raw):
         assert str(exc).startswith("fuzz.toml: ")
 
 
+@pytest.mark.security
 @given(st.text(max_size=200))
 def test_any_file_text_is_accepted_or_refused_cleanly(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("fuzz") / "maskgate.toml"

@@ -178,7 +178,10 @@ def run(run_id: int):
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # "[[[[..." nested deeper than the parser recurses: a 400, not a 500
+        body = None
     if not isinstance(body, dict):
         abort(400, description="expected a JSON object body (Content-Type: application/json)")
     return body

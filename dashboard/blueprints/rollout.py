@@ -13,7 +13,6 @@ endpoint from serving anything else on the disk.
 
 from __future__ import annotations
 
-import hmac
 import re
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from flask import Blueprint, abort, request, send_file
 
 from maskgate.dashboard.app import services
 from maskgate.dashboard.files import CARD_FILE, read_card
+from maskgate.dashboard.security import bearer_matches
 from maskgate.store import ModelVersion
 
 blueprint = Blueprint("rollout", __name__, url_prefix="/api/v1")
 
-MIN_TOKEN_CHARS = 16
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 TOKEN_ENDPOINTS = frozenset({"rollout.model_file"})  # endpoints a gate's bearer token opens
 
@@ -34,11 +33,7 @@ def gate_authorized() -> bool:
     """The request carries the configured rollout token, and asks for an endpoint it opens."""
     if request.endpoint not in TOKEN_ENDPOINTS:
         return False
-    expected = services().config.rollout.token
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    if len(expected) < MIN_TOKEN_CHARS or scheme.lower() != "bearer" or not sent:
-        return False
-    return hmac.compare_digest(sent.strip().encode(), expected.encode())
+    return bearer_matches(services().config.rollout.token)
 
 
 @blueprint.get("/models/<version>/files/<name>")

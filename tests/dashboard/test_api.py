@@ -83,6 +83,7 @@ def test_event_and_missing_event(viewer, store, make_event):
     assert missing.status_code == 404 and "error" in missing.json
 
 
+@pytest.mark.security
 def test_csv_export_follows_filters_and_defuses_formulas(viewer, store, make_event):
     formula = '=HYPERLINK("http://evil")'
     store.record_event(make_event(Label.WITH_MASK, gate_id="north"))
@@ -120,6 +121,7 @@ def test_review_through_the_api(admin, store, make_event):
     assert admin.api_post(url, json=["confirm"]).status_code == 400
 
 
+@pytest.mark.security
 def test_review_fields_must_be_text(admin, store, make_event):
     event = make_event(Label.WITHOUT_MASK)
     store.record_event(event)

@@ -15,6 +15,8 @@ from maskgate.dashboard.security import LoginThrottle
 
 from .conftest import PASSWORD, dashboard_config, signed_in
 
+pytestmark = pytest.mark.security
+
 PUBLIC = {"/login", "/healthz", "/static/<path:filename>"}
 
 

@@ -8,6 +8,8 @@ from werkzeug.exceptions import InternalServerError
 from .conftest import signed_in
 from .test_auth import PUBLIC, sample_url
 
+pytestmark = pytest.mark.security
+
 
 def _state_changing(app):
     for rule in app.url_map.iter_rules():

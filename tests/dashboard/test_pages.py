@@ -129,6 +129,7 @@ def test_older_pages_keep_a_date_filter_as_the_same_dates(admin, store, make_eve
     assert _rows(admin.get(newest).text) == _rows(page)
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "url",
     [
@@ -147,6 +148,7 @@ def test_odd_parameters_are_400_not_500(admin, url):
     assert response.status_code == 400, response.text[:200]
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "query",
     [
@@ -167,6 +169,7 @@ def test_sql_injection_in_text_filters_matches_nothing(admin, store, make_event,
     assert "scrypt:" not in page.text
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "query",
     [
@@ -187,6 +190,7 @@ def test_sql_injection_in_typed_filters_is_refused(admin, store, make_event, que
     assert len(store.list_events().events) == 1
 
 
+@pytest.mark.security
 def test_html_in_gate_names_notes_and_versions_is_escaped(admin, app, store, make_event):
     event = make_event(Label.WITHOUT_MASK, gate_id=EVIL, model_version=EVIL)
     store.record_event(event)
@@ -295,6 +299,7 @@ def test_snapshot_is_served(admin, app, store, make_event):
     assert admin.get(f"/events/{absolute.event_id}/snapshot").status_code == 200
 
 
+@pytest.mark.security
 def test_snapshot_paths_cannot_escape_the_folder(admin, app, store, make_event, tmp_path):
     snapshots = services(app).config.paths.snapshots
     (tmp_path / "secret.jpg").write_bytes(JPEG)
@@ -370,6 +375,7 @@ def test_models_page_shows_metrics_card_and_plots(admin, model_folders):
     assert plot.cache_control.private and not plot.cache_control.public  # behind a login
 
 
+@pytest.mark.security
 def test_plot_file_takes_a_file_name_in_the_models_own_folder_only(model_folders, tmp_path):
     from maskgate.dashboard.files import plot_file
 
@@ -386,6 +392,7 @@ def test_plot_file_takes_a_file_name_in_the_models_own_folder_only(model_folders
         assert plot_file(model, name) is None, name
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "name", ["notes.txt", "card.json", "..%2Felsewhere.png", "..%2F..%2Felsewhere.png", "missing.png", ".png"]
 )

@@ -21,6 +21,8 @@ from maskgate.gate.comms.payloads import AckReason, DoorCommand, format_time, pa
 from maskgate.gate.doorsim import DoorSimulator, Relay
 from tests.gate.comms.brokers import ROOT, SYSTEM_PORT, Spy, make_config, make_decision, wait_until
 
+pytestmark = pytest.mark.security
+
 SECRET = "door-test-secret"
 TOPIC = "doortest/gate-1/door/command"
 

@@ -157,6 +157,7 @@ def test_a_model_on_a_shared_path_is_copied_verified_and_reused(tmp_path, models
     assert not list((tmp_path / "cache").glob(".incoming-*"))
 
 
+@pytest.mark.security
 def test_a_wrong_sha256_is_refused(tmp_path, models):
     folder = copy_model(models / "v2", "v2")
     fetcher = Fetcher(RolloutConfig(cache=tmp_path / "cache"))
@@ -182,6 +183,7 @@ def test_a_wrong_announcement_does_not_cost_the_gate_its_good_copy(tmp_path, mod
     assert load_card(local).sha256 == load_card(folder).sha256
 
 
+@pytest.mark.security
 def test_a_corrupted_artifact_is_refused(tmp_path, models):
     folder = copy_model(models / "v2", "v2")
     message = announcement(folder)
@@ -192,6 +194,7 @@ def test_a_corrupted_artifact_is_refused(tmp_path, models):
         Fetcher(RolloutConfig(cache=tmp_path / "cache")).fetch(message)
 
 
+@pytest.mark.security
 def test_a_card_listing_a_path_or_a_missing_file_is_refused(tmp_path, models):
     folder = copy_model(models / "v2", "v2")
     message = announcement(folder)
@@ -242,6 +245,7 @@ def files_url(base: str, version: str = "v2") -> str:
     return f"{base}/api/v1/models/{version}/files"
 
 
+@pytest.mark.security
 def test_download_endpoint_needs_the_token_or_a_session(dashboard):
     client = dashboard.app.test_client()
     url = "/api/v1/models/v2/files/model.tflite"
@@ -260,6 +264,7 @@ def test_download_endpoint_needs_the_token_or_a_session(dashboard):
     assert client.get(url).status_code == 200
 
 
+@pytest.mark.security
 def test_a_short_configured_token_is_never_accepted(dashboard):
     from maskgate.dashboard.app import create_app, services
 
@@ -272,6 +277,7 @@ def test_a_short_configured_token_is_never_accepted(dashboard):
     services(app).scheduler.shutdown()
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "name",
     ["secret.txt", "..%2Fv2%2Fcard.json", "%2E%2E", ".hidden", "nothing.bin", "card.json%00", "a%2Fb"],
@@ -284,6 +290,7 @@ def test_download_endpoint_serves_only_what_the_card_lists(dashboard, name):
     assert b"not listed" not in response.data
 
 
+@pytest.mark.security
 def test_download_endpoint_refuses_links_out_of_the_folder_and_unknown_versions(dashboard, tmp_path):
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"private")
@@ -305,6 +312,7 @@ def test_a_gate_fetches_over_http_with_its_token(dashboard, tmp_path):
         Fetcher(wrong).fetch(message)
 
 
+@pytest.mark.security
 def test_the_token_is_only_sent_to_the_configured_dashboard(dashboard, tmp_path):
     elsewhere = announcement(
         dashboard.folder, location=files_url(dashboard.url.replace("127.0.0.1", "localhost"))
@@ -314,6 +322,7 @@ def test_the_token_is_only_sent_to_the_configured_dashboard(dashboard, tmp_path)
         Fetcher(rollout).fetch(elsewhere)
 
 
+@pytest.mark.security
 def test_redirects_are_not_followed_so_the_token_stays_home(tmp_path, models):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

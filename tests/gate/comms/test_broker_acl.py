@@ -30,7 +30,7 @@ from tests.gate.comms.brokers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 PASSWORDS = {
     "gate-a": "pw-gate-a",

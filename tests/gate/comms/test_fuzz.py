@@ -59,6 +59,8 @@ times = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
 ).map(lambda t: t.isoformat())
 
+pytestmark = pytest.mark.security
+
 
 class _Lines(logging.Handler):
     def __init__(self) -> None:
