@@ -55,8 +55,8 @@ _STARTED = "_metrics_started"  # g attribute: when the request began (perf_count
 
 
 def metrics_token(config: Config) -> str:
-    """`dashboard.metrics_token`; "" (metrics off) while the config has no such key."""
-    return getattr(config.dashboard, "metrics_token", "")
+    """`dashboard.metrics_token`; "" means metrics off."""
+    return config.dashboard.metrics_token
 
 
 def check_metrics_token(config: Config) -> str | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import Engine
 
 from maskgate.config import Config
 from maskgate.gate.agent import Agent, DecisionSink
@@ -12,6 +16,9 @@ from maskgate.gate.detector import FaceDetector, MtcnnDetector
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.tracker import Tracker, TrackerConfig
+from maskgate.store import DatabaseUnavailable, EventStore, make_engine, migrate
+from maskgate.store.db import check_connection, parse_database_url
+from maskgate.store.spool import SpoolForwarder, prepare_spool
 
 
 def make_detector(config: Config) -> FaceDetector:
@@ -45,3 +52,65 @@ def make_agent(
         snapshots=SnapshotWriter(config.paths.snapshots),
         video=VideoSink(annotate, annotate_fps) if annotate else None,
     )
+
+
+@dataclass(frozen=True)
+class GateStore:
+    """Where the agent records its events, and how they reach the central database."""
+
+    store: EventStore  # the spool when there is one, else the central database
+    central: Engine
+    forwarder: SpoolForwarder | None  # None: the agent writes to the central database itself
+
+    def central_ok(self) -> bool:
+        """Whether the central database answers (the forwarder's view, so never a blocking probe)."""
+        if self.forwarder is not None:
+            return self.forwarder.connected
+        try:
+            check_connection(self.central)
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    def spool_ok(self) -> bool:
+        """Whether the local spool answers; always true without one."""
+        if self.forwarder is None:
+            return True
+        try:
+            check_connection(self.store.engine)
+        except DatabaseUnavailable:
+            return False
+        return True
+
+
+def spool_url(config: Config) -> str | None:
+    """The spool's SQLite URL, or None when it is off or is the central database itself."""
+    if not config.paths.spool:
+        return None
+    spool = Path(config.paths.spool)
+    central = parse_database_url(config.database_url)
+    same_file = (
+        central.get_backend_name() == "sqlite"
+        and central.database not in (None, "", ":memory:")
+        and Path(central.database).resolve() == spool.resolve()
+    )
+    return None if same_file else f"sqlite:///{spool}"
+
+
+def open_gate_store(config: Config) -> GateStore:
+    """The agent's store. With a spool, the central database may be down now: it is checked, not required.
+
+    Raises the store's errors for a spool that cannot be prepared, a central schema at the wrong
+    revision, or (without a spool) an unreachable central database.
+    """
+    central = make_engine(config.database_url)
+    url = spool_url(config)
+    if url is None:
+        migrate.require_head(central)
+        return GateStore(EventStore(central), central, None)
+    local = make_engine(url)
+    prepare_spool(local)
+    with contextlib.suppress(DatabaseUnavailable):  # the forwarder logs the outage and keeps trying
+        migrate.require_head(central)
+    forwarder = SpoolForwarder(local, EventStore(central), config.gate_id)
+    return GateStore(EventStore(local), central, forwarder)

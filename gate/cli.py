@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from maskgate.cli import UsageError
@@ -80,24 +81,26 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
 def run_agent(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, not at registration: `maskgate --help` must stay quick.
     from maskgate.gate.agent import StoreSink
-    from maskgate.gate.build import make_agent, make_detector
+    from maskgate.gate.build import make_agent, make_detector, open_gate_store
     from maskgate.gate.sources import Capture, RealtimeReader, SourceError, open_reader
     from maskgate.modelcard import ModelFileError
-    from maskgate.store import EventStore, make_engine, migrate
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
-    engine = make_engine(config.database_url)
-    migrate.require_head(engine)
-    store = EventStore(engine)
+    stores = open_gate_store(config)  # the local spool when paths.spool is set, else the central database
+    forwarder = stores.forwarder
+    wake = forwarder.wake if forwarder is not None else None
     watcher = None if args.no_mqtt else _model_watcher(config)  # reloads models the dashboard announces
-    link = None if watcher is None else _door_link(config, store, watcher)
+    link = None if watcher is None else _door_link(config, stores.store, watcher, wake)
     try:
         detector = make_detector(config)
         reader = open_reader(args.source or config.camera.source, config.camera, detector)
         if args.realtime and not reader.live:
             reader = RealtimeReader(reader)
-        agent = make_agent(config, link or StoreSink(store), detector, args.model, args.annotate, reader.fps)
+        sink = link or StoreSink(stores.store)
+        if wake is not None:
+            sink = _WakingSink(sink, wake)
+        agent = make_agent(config, sink, detector, args.model, args.annotate, reader.fps)
     except (ModelFileError, SourceError) as exc:
         print(f"maskgate agent: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -108,9 +111,11 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     capture = Capture(reader, config.camera).start()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: agent.stop())
+    if forwarder is not None:
+        forwarder.start()
     if link is not None:
         link.start()
-    monitor = _monitor(config, agent, capture, engine, link)
+    monitor = _monitor(config, agent, capture, stores, link)
 
     def heartbeat(stats) -> None:
         version = agent.classifier.version
@@ -121,6 +126,8 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
             monitor.heartbeat(stats, capture.status.ok, connected, version)
 
     where = "no broker" if link is None else f"door over {config.mqtt.url}"
+    if forwarder is not None:
+        where += f", events spooled in {config.paths.spool}"
     print(
         f"gate {config.gate_id}: watching {reader.name} with model {agent.classifier.version}, {where}",
         flush=True,
@@ -133,6 +140,9 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
             link.stop()
         if watcher is not None:
             watcher.stop()
+        if forwarder is not None:
+            forwarder.stop()
+            _print_spool_left(forwarder)
         if monitor is not None:
             monitor.stop()
     print(
@@ -147,19 +157,15 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _monitor(config: Config, agent, capture, engine, link):
-    """Prometheus metrics and /healthz for this agent, when `metrics_port` is set."""
+def _monitor(config: Config, agent, capture, stores, link):
+    """Prometheus metrics and /healthz for this agent, when `metrics_port` is set.
+
+    "database" is the central database; with a spool it is the forwarder's view of it (the gate
+    keeps working without it) and "spool" is the local file the door's events depend on.
+    """
     if not config.metrics_port:
         return None
     from maskgate.gate.metrics import AgentMetrics, AgentMonitor, Health, MetricsServer
-    from maskgate.store.db import StoreError, check_connection
-
-    def database_ok() -> bool:
-        try:
-            check_connection(engine)
-        except StoreError:
-            return False
-        return True
 
     metrics = AgentMetrics(config.gate_id)
     agent.timings.listeners.append(metrics.observe_stage)
@@ -171,12 +177,39 @@ def _monitor(config: Config, agent, capture, engine, link):
             print_decision(decision, event)
 
     agent.on_decision = on_decision
-    checks = {"camera": lambda: capture.status.ok, "database": database_ok}
+    checks = {"camera": lambda: capture.status.ok, "database": stores.central_ok}
     if link is not None:
         checks["broker"] = lambda: link.connected
+    forwarder = stores.forwarder
+    if forwarder is not None:
+        checks["spool"] = stores.spool_ok
     server = MetricsServer(metrics, Health(checks), config.metrics_host, config.metrics_port).start()
     pending = None if link is None else (lambda: link.outbox.counts().pending)
-    return AgentMonitor(metrics, server, pending)
+    if forwarder is None:
+        return AgentMonitor(metrics, server, pending)
+    return AgentMonitor(
+        metrics, server, pending, database_ok=stores.central_ok, spool_pending=forwarder.pending
+    )
+
+
+class _WakingSink:
+    """Passes decisions on, then wakes the spool forwarder so the central database hears at once."""
+
+    def __init__(self, sink, wake: Callable[[], None]):
+        self.sink = sink
+        self.wake = wake
+
+    def submit(self, decision, snapshot_path):
+        event = self.sink.submit(decision, snapshot_path)
+        self.wake()
+        return event
+
+
+def _print_spool_left(forwarder) -> None:
+    """Say on exit what the central database has not received yet (it is forwarded on the next start)."""
+    left = forwarder.pending()
+    if left:
+        print(f"maskgate agent: {left} events wait in the spool for the central database", flush=True)
 
 
 def _model_watcher(config: Config):
@@ -189,14 +222,22 @@ def _print_refusal(refusal) -> None:
     print(f"maskgate agent: model {refusal.version} refused: {refusal.reason}", file=sys.stderr, flush=True)
 
 
-def _door_link(config: Config, store, watcher):
-    """The MQTT link to the door; config mistakes in it are usage errors (exit 2)."""
+def _door_link(config: Config, store, watcher, wake: Callable[[], None] | None = None):
+    """The MQTT link to the door; config mistakes in it are usage errors (exit 2).
+
+    `wake` (the spool forwarder's) is called after each door outcome is recorded.
+    """
     from maskgate.gate.comms import MqttConfigError
     from maskgate.gate.comms.link import DoorLink
     from maskgate.gate.comms.topics import TopicError
 
+    def on_door_status(event) -> None:
+        _print_door_status(event)
+        if wake is not None:
+            wake()
+
     try:
-        return DoorLink(config, store, on_door_status=_print_door_status, on_active_model=watcher.offer)
+        return DoorLink(config, store, on_door_status=on_door_status, on_active_model=watcher.offer)
     except (MqttConfigError, TopicError) as exc:
         raise UsageError(str(exc)) from None
 

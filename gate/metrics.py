@@ -1,8 +1,8 @@
 """The agent's Prometheus metrics and health check, served on one small HTTP port.
 
     GET /metrics   Prometheus text format
-    GET /healthz   JSON; 200 when the camera, the database and (with MQTT) the broker are fine,
-                   503 otherwise, naming what is wrong
+    GET /healthz   JSON; 200 when the camera, the central database, (with MQTT) the broker and
+                   (with a spool) the local spool are fine, 503 otherwise, naming what is wrong
 
 Each agent owns its own registry, so that tests and several agents in one process never mix
 their numbers.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +77,12 @@ class AgentMetrics:
             "maskgate_broker_connected", "1 while connected to the MQTT broker", registry=self.registry
         )
         self.database_ok = Gauge(
-            "maskgate_database_ok", "1 while the database answers", registry=self.registry
+            "maskgate_database_ok", "1 while the central database answers", registry=self.registry
+        )
+        self.spool_pending = Gauge(
+            "maskgate_spool_pending",
+            "Events in the gate's local spool waiting for the central database",
+            registry=self.registry,
         )
         self.outbox_pending = Gauge(
             "maskgate_outbox_pending", "Messages waiting in the outbox", registry=self.registry
@@ -145,15 +151,41 @@ def _handler(metrics: AgentMetrics, health: Health) -> type[BaseHTTPRequestHandl
     return Handler
 
 
+def _reading(read: Callable[[], float]) -> Callable[[], float]:
+    """`read` for a gauge: NaN when it fails, since one raising gauge would break the whole scrape."""
+
+    def value() -> float:
+        try:
+            return float(read())
+        except Exception:
+            log.exception("metric reading failed")
+            return math.nan
+
+    return value
+
+
 class AgentMonitor:
     """Keeps one running agent's metrics current and serves them with its health check."""
 
     def __init__(
-        self, metrics: AgentMetrics, server: MetricsServer, outbox_pending: Callable[[], int] | None
+        self,
+        metrics: AgentMetrics,
+        server: MetricsServer,
+        outbox_pending: Callable[[], int] | None,
+        *,
+        database_ok: Callable[[], bool] | None = None,
+        spool_pending: Callable[[], int] | None = None,
     ):
+        """`database_ok` and `spool_pending` are read when Prometheus scrapes, on the server's
+        thread: a database that is slow to answer must never stall the agent loop's heartbeat.
+        """
         self.metrics = metrics
         self.server = server
         self._outbox_pending = outbox_pending
+        if database_ok is not None:
+            metrics.database_ok.set_function(_reading(database_ok))
+        if spool_pending is not None:
+            metrics.spool_pending.set_function(_reading(spool_pending))
         self._frames = 0
         self._bad_frames = 0
 

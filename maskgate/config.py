@@ -91,6 +91,9 @@ class PathsConfig:
     active_model: Path = Path("models/default")
     snapshots: Path = Path("var/snapshots")
     datasets: Path = Path("../shared/datasets")
+    # Agent: a local SQLite file where events wait while the central database is unreachable
+    # (e.g. "var/spool/gate.sqlite"); "" = off, the agent writes to database_url directly.
+    spool: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class DashboardConfig:
     secure_cookies: bool = True
     retrain_cron: str = "0 2 * * *"  # nightly retraining, minute hour day month weekday
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
+    metrics_token: str = secret()  # bearer token Prometheus sends for /metrics (>= 16 chars); "" = off
 
 
 # The permissive shared datasets models/default was trained on.

@@ -71,8 +71,15 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise DatabaseUnavailable(f"cannot connect to database {_shown(engine.url)}: {reason}") from None
+        raise DatabaseUnavailable(
+            f"cannot connect to database {_shown(engine.url)}: {error_reason(exc)}"
+        ) from None
+
+
+def error_reason(exc: BaseException) -> str:
+    """The first line of the driver's own message: what a log line needs, without SQL or traceback."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _shown(url: str | URL) -> str:

@@ -170,11 +170,22 @@ class EventStore:
 
     def record_event(self, event: Event) -> bool:
         """Store `event`; True if it is new, False if its uuid was already stored (a no-op)."""
+        return bool(self.record_events([event]))
+
+    def record_events(self, events: Sequence[Event]) -> set[uuid.UUID]:
+        """Store `events` in one transaction, in the given order; returns the ids that were new.
+
+        One transaction per batch is what lets a gate's spool catch up quickly after an outage;
+        already stored uuids are skipped, so a batch can be replayed safely.
+        """
+        inserted: set[uuid.UUID] = set()
         with self.engine.begin() as connection:
-            if event.gate_id not in self._known_gates:
-                connection.execute(self._insert_gate, _gate_values(event.gate_id, None))
-            inserted = connection.execute(self._insert_event, _event_values(event)).scalar() is not None
-        self._known_gates.add(event.gate_id)
+            for gate_id in dict.fromkeys(e.gate_id for e in events if e.gate_id not in self._known_gates):
+                connection.execute(self._insert_gate, _gate_values(gate_id, None))
+            for event in events:
+                if connection.execute(self._insert_event, _event_values(event)).scalar() is not None:
+                    inserted.add(event.event_id)
+        self._known_gates.update(e.gate_id for e in events)
         return inserted
 
     def get_event(self, event_id: uuid.UUID) -> Event | None:

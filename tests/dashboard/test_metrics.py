@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from maskgate.config import Config, DashboardConfig
+from maskgate.config import Config
 from maskgate.core import Label
 from maskgate.dashboard.app import DashboardConfigError, create_app, services
 from maskgate.store import RunStatus, RunTrigger
@@ -23,16 +23,8 @@ TOKEN = "metrics-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@dataclass(frozen=True)
-class _TokenDashboard(DashboardConfig):
-    """Until `dashboard.metrics_token` is a config key; then `replace(..., metrics_token=...)` will do."""
-
-    metrics_token: str = ""
-
-
 def with_metrics_token(config: Config, token: str = TOKEN) -> Config:
-    current = {field.name: getattr(config.dashboard, field.name) for field in fields(config.dashboard)}
-    return replace(config, dashboard=_TokenDashboard(**{**current, "metrics_token": token}))
+    return replace(config, dashboard=replace(config.dashboard, metrics_token=token))
 
 
 def build(config: Config, **kwargs) -> Iterator[Flask]:

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from maskgate.core import Action, Decision, Label
-from maskgate.gate.metrics import AgentMetrics, Health, MetricsServer
+from maskgate.gate.metrics import AgentMetrics, AgentMonitor, Health, MetricsServer
 
 
 @pytest.fixture
@@ -66,6 +66,38 @@ def test_a_crashing_check_is_unhealthy_not_an_error():
 
 def test_unknown_paths_are_404(served):
     assert get(f"{served[2]}/admin")[0] == 404
+
+
+def test_spool_depth_and_central_database_are_read_at_each_scrape():
+    metrics = AgentMetrics("gate-7")
+    server = MetricsServer(metrics, Health(), port=0).start()
+    now = {"pending": 3, "central": False}
+    monitor = AgentMonitor(
+        metrics, server, None, database_ok=lambda: now["central"], spool_pending=lambda: now["pending"]
+    )
+    try:
+        text = get(f"http://127.0.0.1:{server.port}/metrics")[1]
+        assert "maskgate_spool_pending 3.0" in text and "maskgate_database_ok 0.0" in text
+        now.update(pending=0, central=True)
+        text = get(f"http://127.0.0.1:{server.port}/metrics")[1]
+        assert "maskgate_spool_pending 0.0" in text and "maskgate_database_ok 1.0" in text
+    finally:
+        monitor.stop()
+
+
+def test_a_failing_reading_is_nan_not_a_broken_scrape():
+    metrics = AgentMetrics("gate-7")
+    server = MetricsServer(metrics, Health(), port=0).start()
+
+    def broken() -> int:
+        raise RuntimeError("spool unreadable")
+
+    monitor = AgentMonitor(metrics, server, None, spool_pending=broken)
+    try:
+        status, text = get(f"http://127.0.0.1:{server.port}/metrics")
+        assert status == 200 and "maskgate_spool_pending NaN" in text
+    finally:
+        monitor.stop()
 
 
 @pytest.mark.integration
