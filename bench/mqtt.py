@@ -28,7 +28,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -97,16 +99,23 @@ def private_broker(folder: Path):
 
 
 @contextmanager
-def door_controllers(url: str, prefix: str, gates: list[str]):
-    """The door controllers in a process of their own, as a real door would be."""
+def door_controllers(url: str, prefix: str, gates: list[str]) -> Iterator[Counter[str]]:
+    """The door controllers in a process of their own, as a real door would be.
+
+    Yields a Counter that holds, once the block is left, what the doors did with the commands
+    (opened, refused, expired, duplicate, rejected): a door sees its own duplicates.
+    """
     command = [sys.executable, __file__, "--serve-doors", url, prefix, ",".join(gates)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    outcomes: Counter[str] = Counter()
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield
+        yield outcomes
     finally:
         process.terminate()
-        process.wait(10)
+        last = (process.communicate(timeout=10)[0] or "").strip().splitlines()
+        if last:
+            outcomes.update(json.loads(last[-1]))
 
 
 def serve_doors(url: str, prefix: str, gates: str) -> None:
@@ -128,6 +137,7 @@ def serve_doors(url: str, prefix: str, gates: str) -> None:
     stop.wait()
     for door in doors:
         door.stop()
+    print(json.dumps(sum((door.outcomes for door in doors), Counter())), flush=True)
 
 
 # -- measurements -------------------------------------------------------------------------------
@@ -212,16 +222,58 @@ class EventCounter:
         self.client.loop_stop()
 
 
-def many_gates(url: str, folder: Path, seconds: float, rate: float | None) -> dict[str, float]:
-    """20 gates submitting at `rate` decisions/s each (None: as fast as they can) for `seconds`."""
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    gates = [f"gate-{i:02d}" for i in range(GATES)]
-    stores = {gate: new_store(folder, f"{prefix}-{gate}") for gate in gates}
+@dataclass
+class GateRun:
+    """What gates submitting at once produced: submit and delivery times, and what was stored."""
+
+    started: float  # time.perf_counter() when the submitting began
+    seconds: float
+    submitted: dict[str, float]  # event id -> time.perf_counter() of its submit
+    arrivals: dict[str, float]  # event id -> first arrival at the building system's subscriber
+    messages: int  # event messages the subscriber received, duplicates included
+    stored: dict[str, Event | None]  # event id -> the event as its gate's store has it now
+    expired_unsent: int  # door commands that expired in an outbox before they could be sent
+    doors: Counter[str]  # what the door controllers did: opened, refused, expired, duplicate, ...
+
+    def summary(self) -> dict[str, float]:
+        last = max(self.arrivals.values(), default=self.started + self.seconds)
+        latencies = [(self.arrivals[e] - t) * 1000 for e, t in self.submitted.items() if e in self.arrivals]
+        outcomes = Counter(event.door_status if event else None for event in self.stored.values())
+        return {
+            "submitted": len(self.submitted),
+            "delivered": len(self.arrivals),
+            "duplicates": self.messages - len(self.arrivals),
+            "events_per_s": len(self.arrivals) / (last - self.started),
+            "submit_per_s": len(self.submitted) / self.seconds,
+            "delivery_p50": percentile(latencies, 50),
+            "delivery_p95": percentile(latencies, 95),
+            "acked": outcomes[DoorStatus.OPENED] + outcomes[DoorStatus.REFUSED],
+            "expired": outcomes[DoorStatus.EXPIRED],
+            "expired_unsent": self.expired_unsent,
+            "no_ack": outcomes[DoorStatus.NO_ACK] + outcomes[None],
+        }
+
+
+def run_gates(
+    url: str,
+    prefix: str,
+    stores: dict[str, EventStore],
+    seconds: float,
+    rate: float | None,
+    while_submitting: AbstractContextManager[object] | None = None,
+) -> GateRun:
+    """One gate per store submitting at `rate` decisions/s each (None: as fast as it can) for `seconds`.
+
+    Each gate is a DoorLink on its store; the door controllers run in a process of their own and
+    a building system's subscriber counts the events. `while_submitting` is entered when the
+    gates start submitting and left when they stop (bench/load.py times the dashboard in it).
+    """
+    gates = list(stores)
     links = {gate: DoorLink(config_for(url, prefix, gate), stores[gate]) for gate in gates}
     submitted: dict[str, float] = {}
     events: dict[str, Event] = {}
     lock = threading.Lock()
-    with door_controllers(url, prefix, gates), ExitStack() as stack:
+    with door_controllers(url, prefix, gates) as doors, ExitStack() as stack:
         counter = EventCounter(url, prefix)
         stack.callback(counter.close)
         for link in links.values():
@@ -246,34 +298,45 @@ def many_gates(url: str, folder: Path, seconds: float, rate: float | None) -> di
                 n += 1
 
         threads = [threading.Thread(target=submit_loop, args=(gate,)) for gate in gates]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with while_submitting or nullcontext():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         deadline = time.perf_counter() + 60
         while len(counter.arrivals) < len(submitted) and time.perf_counter() < deadline:
             time.sleep(0.05)
-        last = max(counter.arrivals.values(), default=end)
         for link in links.values():
             link.wait_idle(30)
-        latencies = [(counter.arrivals[e] - t) * 1000 for e, t in submitted.items() if e in counter.arrivals]
         for link in links.values():
             link.stop()
         clear_retained(url, prefix, gates)
-        outcomes = Counter(stores[e.gate_id].get_event(e.event_id).door_status for e in events.values())
-    return {
-        "submitted": len(submitted),
-        "delivered": len(counter.arrivals),
-        "duplicates": counter.messages - len(counter.arrivals),
-        "events_per_s": len(counter.arrivals) / (last - start),
-        "submit_per_s": len(submitted) / seconds,
-        "delivery_p50": percentile(latencies, 50),
-        "delivery_p95": percentile(latencies, 95),
-        "acked": outcomes[DoorStatus.OPENED] + outcomes[DoorStatus.REFUSED],
-        "expired": outcomes[DoorStatus.EXPIRED],
-        "expired_unsent": sum(Outbox(store.engine).counts().expired for store in stores.values()),
-        "no_ack": outcomes[DoorStatus.NO_ACK] + outcomes[None],
-    }
+        stored = {e: stores[event.gate_id].get_event(event.event_id) for e, event in events.items()}
+    return GateRun(
+        started=start,
+        seconds=seconds,
+        submitted=submitted,
+        arrivals=dict(counter.arrivals),
+        messages=counter.messages,
+        stored=stored,
+        # Stores may share a database (bench/load.py): count each database's outbox once.
+        expired_unsent=sum(
+            Outbox(store.engine).counts().expired
+            for store in {str(store.engine.url): store for store in stores.values()}.values()
+        ),
+        doors=doors,
+    )
+
+
+def many_gates(url: str, folder: Path, seconds: float, rate: float | None) -> dict[str, float]:
+    """20 gates, each with its own SQLite file as on a real gate, submitting at `rate` for `seconds`."""
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    stores = {gate: new_store(folder, f"{prefix}-{gate}") for gate in gate_ids(GATES)}
+    return run_gates(url, prefix, stores, seconds, rate).summary()
+
+
+def gate_ids(count: int) -> list[str]:
+    return [f"gate-{i:02d}" for i in range(count)]
 
 
 def main() -> None:

@@ -46,7 +46,8 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     import waitress
 
     from maskgate.dashboard.app import create_app, services
-    from maskgate.store import make_engine, migrate
+    from maskgate.dashboard.gatewatch import GateWatcher
+    from maskgate.store import EventStore, make_engine, migrate
     from maskgate.training.retrain import Retrainer, model_announcer
 
     engine = make_engine(config.database_url)
@@ -61,6 +62,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         log.info("secure cookies are on: serve over HTTPS (a reverse proxy), or sign-in will not stick")
     scheduler = services(app).scheduler
     scheduler.start()
+    gates = GateWatcher(config, EventStore(engine)).start()  # the gates page: what each gate last said
     signal.signal(signal.SIGTERM, _stop)  # systemd stops with SIGTERM: shut down the scheduler cleanly
     next_run = scheduler.next_run_at()
     print(f"maskgate dashboard on http://{host}:{port}/ (next retraining {next_run})", flush=True)
@@ -72,6 +74,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         print(f"maskgate dashboard: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     finally:
+        gates.stop()
         scheduler.shutdown()
         engine.dispose()
     return EXIT_OK

@@ -23,7 +23,7 @@ from maskgate.gate.classifier import MaskClassifier
 from maskgate.gate.detector import FaceDetector, InvalidFrameError, check_frame
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
-from maskgate.gate.sources import Capture
+from maskgate.gate.sources import Capture, check_complete
 from maskgate.gate.timing import StageTimings
 from maskgate.gate.tracker import Tracker
 from maskgate.store import EventStore
@@ -155,6 +155,7 @@ class Agent:
         self._apply_swap()  # between frames: this whole frame runs on one model
         try:
             check_frame(frame.image)
+            check_complete(frame.image)  # a half-decoded face must not be judged
         except InvalidFrameError as exc:
             self.stats.bad_frames += 1
             log.warning("frame %d skipped: %s", frame.seq, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -12,21 +13,26 @@ from ai_edge_litert.interpreter import Interpreter
 
 from maskgate.core import Classification
 from maskgate.crop import CropSpec
-from maskgate.modelcard import RUNTIME_FILE, ModelCard, ModelFileError, load_card
+from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, ModelFileError, load_card
 
 log = logging.getLogger(__name__)
 
 
 class MaskClassifier:
-    """Loads ``model.tflite`` from a verified model folder and classifies batches of crops."""
+    """Loads ``model.tflite`` from a verified model folder and classifies batches of crops.
+
+    The interpreter runs the very bytes whose sha256 was checked, held in memory. Given the path,
+    LiteRT would map the file and keep reading it: a model file corrupted or overwritten on disk
+    later would change what the running gate computes (all-zero outputs, or an exception on every
+    frame) although it had been verified at start.
+    """
 
     def __init__(self, folder: str | Path, num_threads: int = 1):
         self.folder = Path(folder)
         self.card: ModelCard = load_card(self.folder)
+        content = self._verified_runtime_bytes()
         try:
-            self._interpreter = Interpreter(
-                model_path=str(self.folder / RUNTIME_FILE), num_threads=num_threads
-            )
+            self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{self.folder}: LiteRT cannot load {RUNTIME_FILE}: {exc}") from None
@@ -38,6 +44,19 @@ class MaskClassifier:
         actual = tuple(int(n) for n in self._input["shape"][1:])
         if actual != expected:
             raise ModelFileError(f"{self.folder}: {RUNTIME_FILE} takes {actual}, the card says {expected}")
+
+    def _verified_runtime_bytes(self) -> bytes:
+        """``model.tflite`` read once and checked against the card (it may have changed since load_card)."""
+        path = self.folder / RUNTIME_FILE
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"{self.folder}: cannot read {RUNTIME_FILE}: {exc}") from None
+        if hashlib.sha256(content).hexdigest() != self.card.sha256:
+            raise ModelFileError(
+                f"{self.folder}: {RUNTIME_FILE} does not match the sha256 in {CARD_FILE} (altered?)"
+            )
+        return content
 
     @property
     def crop(self) -> CropSpec:

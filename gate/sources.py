@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,12 +22,22 @@ import numpy as np
 
 from maskgate.config import CameraConfig
 from maskgate.core import Frame
-from maskgate.gate.detector import FaceDetector
+from maskgate.gate.detector import FaceDetector, InvalidFrameError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+# A stream that cannot be opened, or sends nothing, for this long is given up and reopened. OpenCV's
+# own default is 30 s, during which a stalled stream (socket open, no data) blocks the capture thread.
+STREAM_TIMEOUT_MS = 5000
+# A live source with no frame for this long is reported not ok, even while its reader is still
+# blocked in a read that has not failed yet (a stalled stream, a hung driver).
+STALE_AFTER_S = 2.0
+# What libjpeg (OpenCV's imread and imdecode) paints where it could not decode a damaged JPEG:
+# zero coefficients, flat mid-grey, from the damage down to the last row of the image.
+DECODE_FILL = 128
+FILL_ROWS = 16  # one row of JPEG blocks at the bottom (blocks are 8 or 16 pixels high)
 
 
 class SourceError(RuntimeError):
@@ -59,7 +69,12 @@ class OpenCvReader:
 
     def open(self) -> None:
         self.close()
-        capture = cv2.VideoCapture(self.target)
+        if isinstance(self.target, str) and self.live:
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, timeouts)
+        else:
+            capture = cv2.VideoCapture(self.target)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {self.name}")
@@ -146,6 +161,21 @@ class RealtimeReader:
         self.recording.close()
 
 
+def check_complete(image: np.ndarray) -> None:
+    """Raise :class:`InvalidFrameError` for an image decoded from a damaged JPEG (a file half
+    written, a frame scrambled on its way).
+
+    Its lower part is flat mid-grey, and where that band crosses a face it looks like a grey mask
+    over mouth and chin: the shipped model then says ``improper_mask`` of an unmasked man
+    (tests/faults/test_camera.py). No camera sees a band of exactly one value, so this costs a
+    real frame nothing. Call it after :func:`maskgate.gate.detector.check_frame`.
+    """
+    if image.shape[0] >= FILL_ROWS and bool((image[-FILL_ROWS:] == DECODE_FILL).all()):
+        raise InvalidFrameError(
+            f"the bottom of the frame is flat grey ({DECODE_FILL}): an image decoded from damaged data"
+        )
+
+
 def open_reader(
     spec: str, camera: CameraConfig | None = None, detector: FaceDetector | None = None
 ) -> FrameReader:
@@ -177,11 +207,25 @@ def open_reader(
 class CaptureStatus:
     """What the capture thread reports: whether the source works, and what went wrong last."""
 
-    ok: bool = False
+    connected: bool = False  # the reader is open and its last read did not fail
     frames: int = 0
     reconnects: int = 0
     last_error: str = ""
     finished: bool = False
+    alive_at: float = 0.0  # capture clock: the last successful open or frame
+    stale_after_s: float | None = None  # live sources: not ok after this long without a frame
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """The source works: open, and for a live source a frame (or the open) within `stale_after_s`.
+
+        A reader blocked in a read that has not failed yet is otherwise invisible: the state and
+        /healthz would say "camera ok" for as long as the read blocks.
+        """
+        if not self.connected:
+            return False
+        return self.stale_after_s is None or self.clock() - self.alive_at <= self.stale_after_s
 
 
 class Capture:
@@ -192,10 +236,12 @@ class Capture:
         reader: FrameReader,
         camera: CameraConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stale_after_s: float = STALE_AFTER_S,
     ):
         self.reader = reader
         self.camera = camera or CameraConfig()
-        self.status = CaptureStatus()
+        # A recording waits for the agent between frames, so only a live source can go stale.
+        self.status = CaptureStatus(stale_after_s=stale_after_s if reader.live else None, clock=clock)
         self._clock = clock
         self._frame: Frame | None = None
         self._seq = 0
@@ -240,7 +286,7 @@ class Capture:
             try:
                 if not opened:
                     self.reader.open()
-                    opened, self.status.ok = True, True
+                    opened, self.status.connected, self.status.alive_at = True, True, self._clock()
                     backoff = self.camera.reconnect_initial_s
                 image = self.reader.read()
             except SourceError as exc:
@@ -260,9 +306,9 @@ class Capture:
             self._condition.notify_all()
 
     def _failed(self, error: str) -> bool:
-        if self.status.ok or error != self.status.last_error:
+        if self.status.connected or error != self.status.last_error:
             log.error("camera source %s: %s", self.reader.name, error)
-        self.status.ok, self.status.last_error = False, error
+        self.status.connected, self.status.last_error = False, error
         self.reader.close()
         return False
 
@@ -279,4 +325,5 @@ class Capture:
             timestamp = self._clock() if self.reader.live else media_time
             self._frame = Frame(image=image, seq=self._seq, timestamp=timestamp)
             self.status.frames += 1
+            self.status.alive_at = self._clock()
             self._condition.notify_all()

@@ -72,7 +72,9 @@ def _dashboard(config: Config) -> Iterator[str]:
     import waitress
 
     from maskgate.dashboard.app import create_app
-    from maskgate.store import UserError, UserStore, make_engine
+    from maskgate.dashboard.cli import server_options
+    from maskgate.dashboard.gatewatch import GateWatcher
+    from maskgate.store import EventStore, UserError, UserStore, make_engine
 
     port = _free_port(config.dashboard.host, config.dashboard.port)
     dashboard = dataclasses.replace(
@@ -90,15 +92,17 @@ def _dashboard(config: Config) -> Iterator[str]:
     except UserError:
         users.set_password(DEMO_USER, password)
     server = waitress.create_server(
-        create_app(config, engine=engine), host=dashboard.host, port=port, threads=4
+        create_app(config, engine=engine), host=dashboard.host, port=port, **server_options(threads=4)
     )
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
+    gates = GateWatcher(config, EventStore(engine)).start()
     where = f"http://{dashboard.host}:{port}/ (user {DEMO_USER!r}, password {password!r})"
     print(f"dashboard on {where}", flush=True)
     try:
         yield where
     finally:
+        gates.stop()
         server.close()
         engine.dispose()
 

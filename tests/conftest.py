@@ -36,6 +36,21 @@ def _admin_engine() -> Engine:
 
 
 @pytest.fixture
+def prefix() -> Iterator[str]:
+    """An MQTT topic prefix of this test's own on the shared broker; its retained messages go after."""
+    from tests.gate.comms.brokers import SYSTEM_PORT, Spy, clear_retained, port_open, wait_until
+
+    name = f"mgtest-{uuid.uuid4().hex[:10]}"
+    yield name
+    if port_open(SYSTEM_PORT):
+        spy = Spy(SYSTEM_PORT, [f"{name}/#"])
+        wait_until(lambda: False, timeout=0.2)
+        retained = {m.topic for m in spy.messages if m.retain and m.payload}
+        spy.close()
+        clear_retained(SYSTEM_PORT, retained)
+
+
+@pytest.fixture
 def postgresql_url() -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped after the test."""
     name = f"maskgate_test_{uuid.uuid4().hex[:12]}"

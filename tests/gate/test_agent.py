@@ -182,6 +182,7 @@ def test_faces_outside_the_frame_are_skipped(config, sqlite_store, detector):
     assert [d.label for d in run_source(agent, walk)] == walk.expected_labels
 
 
+@pytest.mark.faults
 def test_missing_or_altered_model_is_refused(config, sqlite_store, detector, tmp_path):
     altered = tmp_path / "model"
     shutil.copytree(MODEL, altered)
@@ -215,14 +216,34 @@ def test_agent_command_on_the_synthetic_walk_up(tmp_path):
     assert "frames at" in result.stdout and "detect" in result.stdout
 
 
-def test_agent_command_refuses_a_bad_model(tmp_path):
+def altered_model(tmp_path: Path) -> Path:
+    """The shipped model with its model.tflite damaged on disk after its card was written."""
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL, folder)
+    data = bytearray((folder / "model.tflite").read_bytes())
+    data[4096] ^= 0xFF
+    (folder / "model.tflite").write_bytes(bytes(data))
+    return folder
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (lambda tmp_path: tmp_path, "not a model folder"),
+        (altered_model, r"/model: model\.tflite does not match the sha256 in card\.json"),
+    ],
+    ids=["not-a-model", "altered"],
+)
+def test_agent_command_refuses_a_bad_model(tmp_path, model, message):
     env = {**os.environ, "MASKGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
     maskgate = str(Path(sys.executable).parent / "maskgate")
     subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+    folder = str(model(tmp_path))
     result = subprocess.run(
-        [maskgate, "agent", "--no-mqtt", "--model", str(tmp_path)], env=env, capture_output=True, text=True
+        [maskgate, "agent", "--no-mqtt", "--model", folder], env=env, capture_output=True, text=True
     )
-    assert result.returncode == 1 and "not a model folder" in result.stderr
+    assert result.returncode == 1 and re.search(message, result.stderr), result.stderr
 
 
 NO_TENSORFLOW = (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from maskgate.gate.reload import ArtifactError, Fetcher, FetchError, ModelWatche
 from maskgate.gate.tracker import Tracker, TrackerConfig
 from maskgate.modelcard import RUNTIME_FILE, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
-from tests.gate.comms.brokers import SYSTEM_PORT, Spy, clear_retained, make_config, port_open, wait_until
+from tests.gate.comms.brokers import SYSTEM_PORT, Spy, make_config, port_open, wait_until
 
 ROOT = Path(__file__).parents[2]
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -424,14 +423,6 @@ def test_the_newest_announcement_wins(tmp_path, models):
 # -- over the real broker ---------------------------------------------------------------------------
 
 needs_broker = pytest.mark.skipif(not port_open(SYSTEM_PORT), reason="no MQTT broker on 127.0.0.1:1883")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"mgtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    if port_open(SYSTEM_PORT):
-        clear_retained(SYSTEM_PORT, {f"{name}/models/active"})
 
 
 @pytest.mark.integration
