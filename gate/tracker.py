@@ -81,24 +81,25 @@ class Tracker:
         self._next_id = 1
 
     def update(self, faces: list[Face], timestamp: float) -> TrackerUpdate:
-        """Associate this frame's faces with the live tracks; start new tracks, end stale ones."""
+        """End stale tracks, associate this frame's faces with the live ones, start new tracks."""
         update = TrackerUpdate(min_hits=self.config.min_hits)
+        # Stale tracks end before matching: after a gap longer than max_age_s (a camera outage,
+        # an empty doorway) the next face is someone new, never the last person continued.
+        alive = []
+        for track in self._tracks:
+            if timestamp - track.last_seen > self.config.max_age_s:
+                if track.hits >= self.config.min_hits:
+                    update.ended.append(track.track_id)
+            else:
+                alive.append(track)
+        self._tracks = alive
         matches, unmatched_faces = self._associate(faces, timestamp)
         for track, face in matches:
             track.moved_to(face, timestamp)
         for face in unmatched_faces:
             self._tracks.append(_TrackState(self._next_id, face, 1, timestamp, timestamp))
             self._next_id += 1
-        alive = []
-        for track in self._tracks:
-            if timestamp - track.last_seen > self.config.max_age_s:
-                if track.hits >= self.config.min_hits:
-                    update.ended.append(track.track_id)
-                continue
-            alive.append(track)
-            if track.last_seen == timestamp:
-                update.tracks.append(track.snapshot())
-        self._tracks = alive
+        update.tracks = [track.snapshot() for track in self._tracks if track.last_seen == timestamp]
         return update
 
     @property

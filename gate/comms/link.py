@@ -102,7 +102,7 @@ class DoorLink:
         self.topics = Topics(mqtt.topic_prefix, config.gate_id)
         self.gate_id = config.gate_id
         self.store = store
-        self.outbox = Outbox(store.engine)
+        self.outbox = Outbox(store.engine, config.gate_id)  # only this gate's rows, in a shared database
         self._secret = mqtt.command_secret
         self._ttl_s = mqtt.door_command_ttl_s
         self._on_door_status = on_door_status

@@ -8,7 +8,9 @@ acknowledged them, and expires door commands whose ``expires_at`` passed before 
 could be sent: such an event gets ``DoorStatus.EXPIRED`` (an incident), never a late
 opening. Event messages carry no expiry and wait as long as it takes (at least once).
 
-One publisher per gate database: rows are not locked against a second publisher.
+Each row belongs to a gate, and an outbox opened for a gate sees only that gate's rows, so gates
+sharing one database never publish each other's messages. One publisher per gate: rows are not
+locked against a second publisher.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, case, delete, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from maskgate.core import DoorStatus, Event
@@ -79,8 +81,12 @@ _PENDING = OutboxRow.sent_at.is_(None) & OutboxRow.expired_at.is_(None)
 class Outbox:
     """The repository over the ``outbox`` table. Thread-safe: each call uses its own transaction."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, gate_id: str | None = None):
+        """`gate_id`: the gate whose rows this outbox reads and writes (a door link's own);
+        None sees every gate's rows (tools, tests)."""
         self.engine = engine
+        self.gate_id = gate_id
+        self._mine: ColumnElement[bool] = true() if gate_id is None else OutboxRow.gate_id == gate_id
         dialect_insert = _dialect_insert(engine.dialect.name)
         # The same statements as EventStore.record_event, so that an event recorded here is
         # exactly the event recorded there (idempotent on its uuid).
@@ -98,11 +104,13 @@ class Outbox:
         Returns False (and enqueues nothing) when the event's uuid was already stored, so a
         retried submit neither duplicates the event nor sends its messages twice.
         """
+        if self.gate_id is not None and event.gate_id != self.gate_id:
+            raise ValueError(f"event of gate {event.gate_id!r} recorded in gate {self.gate_id!r}'s outbox")
         with self.engine.begin() as connection:
             connection.execute(self._insert_gate, _gate_values(event.gate_id, None))
             if connection.execute(self._insert_event, _event_values(event)).scalar() is None:
                 return False
-            rows = [_message_values(m, event.event_id, now) for m in messages]
+            rows = [_message_values(m, event.gate_id, event.event_id, now) for m in messages]
             if rows:
                 connection.execute(self._insert_message, rows)
         return True
@@ -111,12 +119,15 @@ class Outbox:
         """Enqueue messages that belong to no event."""
         if messages:
             with self.engine.begin() as connection:
-                connection.execute(self._insert_message, [_message_values(m, None, now) for m in messages])
+                rows = [_message_values(m, self.gate_id, None, now) for m in messages]
+                connection.execute(self._insert_message, rows)
 
     def pending(self, limit: int = 100) -> list[OutboxMessage]:
         """Unsent, unexpired messages: door commands first (they are urgent), then oldest first."""
         urgent_first = case((OutboxRow.kind == OutboxKind.DOOR_COMMAND.value, 0), else_=1)
-        query = select(OutboxRow).where(_PENDING).order_by(urgent_first, OutboxRow.id).limit(limit)
+        query = (
+            select(OutboxRow).where(self._mine, _PENDING).order_by(urgent_first, OutboxRow.id).limit(limit)
+        )
         with self._session() as session:
             return [_message_from_row(row) for row in session.scalars(query)]
 
@@ -147,7 +158,7 @@ class Outbox:
         A door command that expires unsent gives its event ``DoorStatus.EXPIRED`` (unless an
         ack already set a status). Returns those events, updated.
         """
-        due = _PENDING & OutboxRow.expires_at.is_not(None) & (OutboxRow.expires_at <= now)
+        due = self._mine & _PENDING & OutboxRow.expires_at.is_not(None) & (OutboxRow.expires_at <= now)
         if exclude:
             due &= OutboxRow.id.not_in(list(exclude))
         with self._session() as session:
@@ -176,6 +187,7 @@ class Outbox:
             select(OutboxRow.event_id)
             .join(EventRow, EventRow.id == OutboxRow.event_id)
             .where(
+                self._mine,
                 OutboxRow.kind == OutboxKind.DOOR_COMMAND.value,
                 OutboxRow.sent_at.is_not(None),
                 OutboxRow.sent_at < sent_before,
@@ -191,7 +203,7 @@ class Outbox:
             func.count().filter(_PENDING),
             func.count().filter(OutboxRow.sent_at.is_not(None)),
             func.count().filter(OutboxRow.expired_at.is_not(None)),
-        )
+        ).where(self._mine)
         with self._session() as session:
             pending, sent, expired = session.execute(query).one()
         return OutboxCounts(int(pending), int(sent), int(expired))
@@ -200,7 +212,7 @@ class Outbox:
         """Delete rows sent or expired before `before` (the event keeps the outcome). Returns the count."""
         done_before = or_(OutboxRow.sent_at < before, OutboxRow.expired_at < before)
         with self.engine.begin() as connection:
-            return connection.execute(delete(OutboxRow).where(done_before)).rowcount
+            return connection.execute(delete(OutboxRow).where(self._mine, done_before)).rowcount
 
     def get(self, message_id: int) -> OutboxMessage | None:
         with self._session() as session:
@@ -227,8 +239,11 @@ def _set_door_status_if_unset(
     return _event_from_row(row)
 
 
-def _message_values(message: OutgoingMessage, event_id: uuid.UUID | None, now: datetime) -> dict[str, object]:
+def _message_values(
+    message: OutgoingMessage, gate_id: str | None, event_id: uuid.UUID | None, now: datetime
+) -> dict[str, object]:
     return {
+        "gate_id": gate_id,
         "event_id": event_id,
         "kind": message.kind.value,
         "topic": message.topic,

@@ -149,9 +149,11 @@ class OutboxRow(Base):
     """An MQTT message stored before it is published; retried until sent or expired (DESIGN: outbox)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "sent_at", "id"),)
+    __table_args__ = (Index("ix_outbox_pending", "gate_id", "sent_at", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The gate whose link publishes the row: gates sharing a database never send each other's.
+    gate_id: Mapped[str | None] = mapped_column(String(64))
     event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # door_command / event / ...
     topic: Mapped[str] = mapped_column(String(256))

@@ -30,7 +30,7 @@ from maskgate.gate.doorsim import DoorSimulator
 from maskgate.gate.sources import Capture, FrameReader, open_reader
 from maskgate.store import EventStore, make_engine, migrate
 from tests.gate.comms.brokers import Spy, make_config, wait_until
-from tests.gate.comms.conftest import prefix, spy  # noqa: F401  (fixtures: a private prefix, a watcher)
+from tests.gate.comms.conftest import spy  # noqa: F401  (fixture: a watcher on the prefix of tests/conftest.py)
 from tests.gate.test_agent import MODEL, clip, detector  # noqa: F401  (the real detector, module-wide)
 
 SECRET = "fault-test-secret"  # commands and acks are signed, as in production

@@ -358,12 +358,6 @@ def test_a_network_camera_that_stalls(make_gate: MakeGate, detector, live_camera
     gate.check_delivery(run.decisions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gate/tracker.py matches the frame's faces to its tracks before it ends the stale ones, "
-    "so after a camera outage longer than track_max_age_s the first face continues the last "
-    "person's track (and their decision) instead of starting a new one",
-)
 def test_after_the_camera_was_dead_longer_than_a_track_lives_the_next_face_is_someone_new():
     tracker = Tracker(TrackerConfig(min_hits=3, max_age_s=1.5))
     face = Face(Box(200, 100, 330, 230), 0.99)

@@ -32,21 +32,7 @@ def load(monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module("load")
 
 
-@pytest.mark.parametrize(
-    "topology",
-    [
-        "spool",
-        pytest.param(
-            "direct",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="maskgate/store/outbox.py is not scoped to a gate: gates sharing one database "
-                "each publish every gate's pending rows (duplicate events and door commands) and "
-                "time out waiting for acks that go to the other gate (false no_ack)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("topology", ["spool", "direct"])  # direct: gates share one database
 def test_five_gates_for_ten_seconds_lose_and_duplicate_nothing(load, topology):
     args = load.parse_args(
         ["--gates", "5", "--seconds", "10", "--topology", topology, "--postgres", POSTGRES_ADMIN_URL]

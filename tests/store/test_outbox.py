@@ -149,3 +149,21 @@ def test_deleting_an_event_deletes_its_messages(store, outbox, make_event):
     outbox.record_event(old, messages(old), now=utcnow())
     assert store.purge(events_days=90, incidents_days=365) == 1
     assert outbox.for_event(old.event_id) == []
+
+
+def test_gates_sharing_a_database_see_only_their_own_rows(store, make_event):
+    """Two door links on one database: neither publishes, expires nor counts the other's messages."""
+    north, south = Outbox(store.engine, "north"), Outbox(store.engine, "south")
+    for outbox in (north, south):
+        event = make_event(gate_id=outbox.gate_id)
+        assert outbox.record_event(event, messages(event, expires_in=-1.0), now=utcnow())
+    assert {m.event_id for m in north.pending()} == {
+        e.event_id for e in store.list_events().events if e.gate_id == "north"
+    }
+    assert north.counts().pending == south.counts().pending == 2
+    assert Outbox(store.engine).counts().pending == 4  # unscoped: every gate (tools, tests)
+    expired = north.expire_due(utcnow())
+    assert [e.gate_id for e in expired] == ["north"]
+    assert south.counts().pending == 2 and south.counts().expired == 0
+    with pytest.raises(ValueError, match="south"):
+        north.record_event(make_event(gate_id="south"), [], now=utcnow())
