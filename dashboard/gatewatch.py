@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from maskgate.config import Config
 from maskgate.core import utcnow
@@ -27,6 +29,7 @@ from maskgate.store import EventStore, StoreError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RETRY_S = 5.0  # how often reports the database refused are tried again
 
 
@@ -76,26 +79,17 @@ class GateWatcher:
     # -- MQTT thread: parse and hand over ---------------------------------------------------------
 
     def _on_availability(self, message: IncomingMessage) -> None:
-        gate_id = self._gate_of(message.topic)
-        if gate_id is None:
-            return
-        try:
-            availability = parse_availability(message.payload)
-        except PayloadError as exc:
-            log.warning("ignored availability on %s: %s", message.topic, exc)
-            return
-        seen_at = None if message.retain else utcnow()
-        self._offer("availability", GateReport(gate_id, seen_at, availability=availability))
+        parsed = self._parse(message, parse_availability, "availability")
+        if parsed is not None:
+            gate_id, availability = parsed
+            seen_at = None if message.retain else utcnow()
+            self._offer("availability", GateReport(gate_id, seen_at, availability=availability))
 
     def _on_state(self, message: IncomingMessage) -> None:
-        gate_id = self._gate_of(message.topic)
-        if gate_id is None:
+        parsed = self._parse(message, parse_gate_state, "state")
+        if parsed is None:
             return
-        try:
-            state = parse_gate_state(message.payload)
-        except PayloadError as exc:
-            log.warning("ignored state on %s: %s", message.topic, exc)
-            return
+        gate_id, state = parsed
         if state.gate_id != gate_id:  # a gate may only speak for itself (the ACL enforces it too)
             log.warning("ignored state on %s: it claims to be gate %r", message.topic, state.gate_id)
             return
@@ -103,6 +97,19 @@ class GateWatcher:
         seen_at = min(state.at, utcnow()) if message.retain else utcnow()
         report = GateReport(gate_id, seen_at, fps=state.fps, model_version=state.model_version)
         self._offer("state", report)
+
+    def _parse(
+        self, message: IncomingMessage, parse: Callable[[bytes], T], what: str
+    ) -> tuple[str, T] | None:
+        """(gate id, parsed payload), or None after logging why the message is ignored."""
+        gate_id = self._gate_of(message.topic)
+        if gate_id is None:
+            return None
+        try:
+            return gate_id, parse(message.payload)
+        except PayloadError as exc:
+            log.warning("ignored %s on %s: %s", what, message.topic, exc)
+            return None
 
     def _gate_of(self, topic: str) -> str | None:
         parts = topic.split("/")
