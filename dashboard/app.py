@@ -203,6 +203,8 @@ def _session_user() -> User | None:
         services().clock().timestamp() - signed_in_at < SESSION_LIFETIME.total_seconds()
     )
     user = services().users.get(username) if fresh else None
+    if user is not None and not user.session_valid(datetime.fromtimestamp(signed_in_at, UTC)):
+        user = None  # signed out elsewhere, or the password changed since this sign-in
     if user is None:
         session.clear()
     return user

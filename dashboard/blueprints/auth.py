@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from urllib.parse import urlsplit
@@ -10,6 +11,7 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 
 from maskgate.dashboard.app import SIGNED_IN_AT, services
 from maskgate.dashboard.security import csrf_token
+from maskgate.store import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ def login():
 
 @blueprint.post("/logout")
 def logout():
+    # The session is a signed cookie: clearing it here does nothing to a copy of it (another
+    # tab, another device, a stolen one). Moving the user's cut-off ends them all.
+    username = session.get("user")
+    if username:
+        with contextlib.suppress(UserError):  # the user was removed meanwhile: nothing left to end
+            services().users.end_sessions(username, at=services().clock())
     session.clear()
     return redirect(url_for("auth.login"))
 

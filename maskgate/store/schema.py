@@ -207,3 +207,5 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Sessions signed in before this are refused: sign-out and a new password end them all.
+    sessions_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -30,6 +30,10 @@ class User:
     role: str
     created_at: datetime
     last_login_at: datetime | None
+    sessions_valid_after: datetime | None = None  # sessions signed in earlier are over
+
+    def session_valid(self, signed_in_at: datetime) -> bool:
+        return self.sessions_valid_after is None or signed_in_at > self.sessions_valid_after
 
 
 class UserStore:
@@ -50,14 +54,29 @@ class UserStore:
             raise UserError(f"user {username!r} already exists") from None
         return _user(row)
 
-    def set_password(self, username: str, password: str) -> None:
-        """Replace a user's password (a forgotten one, or the demo's fresh one each run)."""
+    def set_password(self, username: str, password: str, at: datetime | None = None) -> None:
+        """Replace a user's password (a forgotten one, or the demo's fresh one each run).
+
+        Every session of the user signed in before `at` (default now) ends: whoever knew the
+        old password is out.
+        """
         password_hash = _hash(password)
         with Session(self.engine) as session, session.begin():
-            row = session.scalar(select(UserRow).where(UserRow.username == username))
-            if row is None:
-                raise UserError(f"no user {username!r}")
+            row = self._row(session, username)
             row.password_hash = password_hash
+            row.sessions_valid_after = at or utcnow()
+
+    def end_sessions(self, username: str, at: datetime | None = None) -> None:
+        """End every session of the user signed in before `at` (default now): sign-out everywhere."""
+        with Session(self.engine) as session, session.begin():
+            self._row(session, username).sessions_valid_after = at or utcnow()
+
+    @staticmethod
+    def _row(session: Session, username: str) -> UserRow:
+        row = session.scalar(select(UserRow).where(UserRow.username == username))
+        if row is None:
+            raise UserError(f"no user {username!r}")
+        return row
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password matches, else None (same work either way, against timing probes)."""
@@ -85,4 +104,4 @@ _DUMMY_HASH = generate_password_hash("not a real password", method="scrypt")
 
 
 def _user(row: UserRow) -> User:
-    return User(row.username, row.role, row.created_at, row.last_login_at)
+    return User(row.username, row.role, row.created_at, row.last_login_at, row.sessions_valid_after)

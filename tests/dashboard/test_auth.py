@@ -252,3 +252,29 @@ def test_app_refuses_a_bad_cron_line(tmp_path):
     config = dashboard_config("sqlite://", tmp_path, retrain_cron="every night")
     with pytest.raises(ConfigError, match="not a crontab line"):
         create_app(config)
+
+
+@pytest.mark.security
+def test_signing_out_ends_copies_of_the_session_too(app, clock):
+    """The session is a signed cookie: a copy kept from before sign-out must not still work."""
+    browser = signed_in(app, "alice")
+    copy = app.test_client()
+    copy.set_cookie(
+        app.config["SESSION_COOKIE_NAME"], browser.client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value
+    )
+    assert copy.get("/api/v1/me").status_code == 200
+    clock.now += timedelta(seconds=5)
+    assert browser.post("/logout").status_code == 302
+    assert copy.get("/api/v1/me").status_code == 401
+    clock.now += timedelta(seconds=5)
+    assert signed_in(app, "alice").get("/api/v1/me").status_code == 200  # signing in again works
+
+
+@pytest.mark.security
+def test_a_new_password_ends_every_session_signed_in_before_it(app, users, clock):
+    before = signed_in(app, "alice")
+    assert before.get("/api/v1/me").status_code == 200
+    users.set_password("alice", "a brand new password", at=clock.now + timedelta(seconds=1))
+    assert before.get("/api/v1/me").status_code == 401
+    clock.now += timedelta(seconds=2)
+    assert signed_in(app, "alice").get("/api/v1/me").status_code == 200
