@@ -72,7 +72,7 @@ class MtcnnDetector:
 
         _fix_mtcnn_pyramid()
         self.config = config or DetectorConfig()
-        self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
+        self._mtcnn = MTCNN(stages=_stages(self.config.model), device="CPU:0")
         self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -89,6 +89,29 @@ class MtcnnDetector:
                 box_format="xyxy",
             )
         return [_face(item, 1 / factor) for item in found]
+
+
+def _stages(model: str) -> str | list:
+    """The package's stock stages, or for a trained detector folder its three nets' Keras weights.
+
+    `maskgate train-detector` writes them in the package's own format (`{p,r,o}net.joblib`), so
+    the package's stages load them as they load their stock weights.
+    """
+    if not model:
+        return "face_and_landmarks_detection"
+    from pathlib import Path
+
+    from mtcnn.stages import StageONet, StagePNet, StageRNet
+
+    folder = Path(model)
+    missing = [n for n in ("pnet", "rnet", "onet") if not (folder / f"{n}.joblib").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no Keras weights for {', '.join(missing)} (*.joblib)")
+    return [
+        StagePNet(weights=str(folder / "pnet.joblib")),
+        StageRNet(weights=str(folder / "rnet.joblib")),
+        StageONet(weights=str(folder / "onet.joblib")),
+    ]
 
 
 def _face(item: dict, scale: float) -> Face:

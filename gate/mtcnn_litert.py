@@ -62,12 +62,12 @@ class _Network:
 class LiteRtMtcnnDetector:
     """MTCNN run by LiteRT: same boxes as the reference, a fraction of its time, no TensorFlow."""
 
-    def __init__(self, config: DetectorConfig | None = None, folder: Path = DEFAULT_DETECTOR_DIR):
+    def __init__(self, config: DetectorConfig | None = None, folder: Path | None = None):
         self.config = config or DetectorConfig()
-        self.folder = folder
-        _verify(folder)
-        self._rnet = _Network(folder / "rnet.tflite", outputs=(4, 2))
-        self._onet = _Network(folder / "onet.tflite", outputs=(4, 10, 2))
+        self.folder = folder or detector_folder(self.config)
+        _verify(self.folder)
+        self._rnet = _Network(self.folder / "rnet.tflite", outputs=(4, 2))
+        self._onet = _Network(self.folder / "onet.tflite", outputs=(4, 10, 2))
         # One PNet per pyramid level shape: a camera's frames repeat the same few shapes.
         self._pnets: OrderedDict[tuple[int, int], _Network] = OrderedDict()
         self._lock = threading.Lock()
@@ -135,6 +135,11 @@ class LiteRtMtcnnDetector:
             while len(self._pnets) > PNET_CACHE:  # images of many sizes (a photo folder)
                 self._pnets.popitem(last=False)
         return self._pnets[shape]
+
+
+def detector_folder(config: DetectorConfig) -> Path:
+    """The folder `config` selects: `detector.model` (a trained detector), else the stock export."""
+    return Path(config.model) if config.model else DEFAULT_DETECTOR_DIR
 
 
 def _verify(folder: Path) -> None:

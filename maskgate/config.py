@@ -66,6 +66,7 @@ class DetectorConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # P-, R- and O-net
     scale_factor: float = 0.709
     working_width: int = 640  # frames are scaled to this width before detection
+    model: str = ""  # detector folder (maskgate train-detector); "" = the stock MTCNN weights
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_train(commands)
     _register_evaluate(commands)
     _register_export_detector(commands)
+    _register_train_detector(commands)
     commands.add_parser(
         "retrain",
         help="run the retraining job once: pool, train, compare with the active model, promote",
@@ -97,6 +98,12 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", type=Path, help="write the metrics here (schema: docs/training.md)")
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
+    p.add_argument(
+        "--detector-model",
+        type=Path,
+        help="scenes: detector folder, e.g. from train-detector (default: config detector.model, "
+        "empty = the stock weights)",
+    )
     p.add_argument(
         "--detector",
         choices=DETECTOR_CHOICES,
@@ -190,6 +197,8 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
                 detector = replace(detector, min_face_size=args.min_face_size)
             if args.detector:
                 detector = replace(detector, kind=args.detector)
+            if args.detector_model:
+                detector = replace(detector, model=str(args.detector_model))
             report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)
@@ -201,7 +210,6 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         evaluate.write_json(args.json, report)
         print(f"wrote {args.json}")
     return EXIT_OK
-
 
 
 def _register_export_detector(commands: argparse._SubParsersAction) -> None:
@@ -228,4 +236,87 @@ def _export_detector(args: argparse.Namespace, config: Config) -> int:
     for name, digest in card["files"].items():
         print(f"  {name}  sha256 {digest[:12]}  {(args.out / name).stat().st_size:,} bytes")
     print(f"wrote {args.out} ({card['source']})")
+    return EXIT_OK
+
+
+DEFAULT_TRAINED_DETECTOR_OUT = Path("models/detector-masked")
+
+
+def _register_train_detector(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train-detector",
+        help="fine-tune MTCNN's R- and O-nets so that they find masked faces",
+        description="Fine-tune the mtcnn package's R- and O-nets on VOC scenes (train split of the "
+        "manifest; its test images are never used) plus synthetic masks, and write a detector folder: "
+        "TFLite nets for the gate, Keras weights, card and plots (docs/detector.md). Select it with "
+        "detector.model.",
+    )
+    p.add_argument("--data", default="scenes/fmd", help="VOC scenes (default scenes/fmd)")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("models/default/manifest.csv.gz"),
+        help="split manifest whose train/val images are used and whose test images are held out",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_TRAINED_DETECTOR_OUT, help="detector folder to write")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per network")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (cosine decay)")
+    p.add_argument("--masked-weight", type=float, default=2.0, help="weight of masked faces' samples")
+    p.add_argument("--no-synthetic", action="store_true", help="no synthetic masks on bare faces")
+    p.add_argument(
+        "--networks",
+        nargs="+",
+        choices=("pnet", "rnet", "onet"),
+        default=["rnet", "onet"],
+        help="nets to fine-tune (default: rnet onet)",
+    )
+    p.add_argument(
+        "--part-is-face",
+        nargs="*",
+        choices=("rnet", "onet"),
+        default=["rnet"],
+        help="nets that learn to score part faces (IoU 0.4-0.65) as faces (default: rnet)",
+    )
+    p.add_argument("--loose-part-iou", type=float, default=0.4, help="part-face IoU for --part-is-face nets")
+    p.add_argument(
+        "--loose-negative-iou", type=float, default=0.3, help="negative IoU for --part-is-face nets"
+    )
+    p.add_argument(
+        "--start", type=Path, help="detector folder to start from (default: the mtcnn package's weights)"
+    )
+    p.add_argument("--max-scenes", type=int, help="use at most this many training scenes (smoke runs)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train_detector)
+
+
+def _train_detector(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.training.detector_samples import SampleConfig
+    from maskgate.training.detector_train import DetectorTrainConfig, train_detector
+
+    train_config = DetectorTrainConfig(
+        data=args.data,
+        manifest=str(args.manifest),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        synthetic=not args.no_synthetic,
+        masked_weight=args.masked_weight,
+        part_is_face=tuple(args.part_is_face),
+        loose_part_iou=args.loose_part_iou,
+        loose_negative_iou=args.loose_negative_iou,
+        networks=tuple(args.networks),
+        start=str(args.start or ""),
+        samples=SampleConfig(seed=args.seed),
+        max_scenes=args.max_scenes,
+        threads=args.threads,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    result = train_detector(args.out, train_config, config.paths.datasets)
+    for name in result.card["files"]:
+        print(f"  {name}  {(args.out / name).stat().st_size:,} bytes")
+    print(f"wrote {result.folder} in {result.seconds:.0f} s")
     return EXIT_OK

@@ -127,3 +127,57 @@ def test_litert_finds_the_same_faces_as_the_reference(reference, litert):
         for face in expected:
             assert max(face.box.iou(other.box) for other in found) >= 0.95, path.name
     assert len(mismatched) <= 1, mismatched  # one borderline score near a stage threshold at most
+
+
+# -- a fine-tuned detector folder (issue #9): selected by detector.model, same faces on both paths --
+
+SHIPPED_MASKED = ROOT / "models" / "detector-masked"
+
+
+@pytest.fixture(scope="module")
+def tuned_folder(tmp_path_factory) -> Path:
+    """A folder as train-detector writes it: the shipped one, else stock weights nudged and exported."""
+    if (SHIPPED_MASKED / "card.json").is_file():
+        return SHIPPED_MASKED
+    import joblib
+
+    from maskgate.training.detector_export import export_detector
+    from maskgate.training.detector_train import _stage_model
+
+    out = tmp_path_factory.mktemp("tuned")
+    rng = np.random.default_rng(0)
+    for name in ("pnet", "rnet", "onet"):
+        weights = _stage_model(name).get_weights()
+        if name != "pnet":  # not the stock nets any more, but still a face detector
+            weights = [w + rng.normal(0, 0.002, w.shape).astype(w.dtype) for w in weights]
+        joblib.dump(weights, out / f"{name}.joblib")
+    export_detector(out, weights={n: out / f"{n}.joblib" for n in ("pnet", "rnet", "onet")})
+    return out
+
+
+@pytest.mark.slow
+def test_a_tuned_detector_is_selected_by_config_and_agrees_between_keras_and_tflite(tuned_folder, door_frame):
+    from dataclasses import replace
+
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+
+    config = replace(Config(), detector=DetectorConfig(min_face_size=20, model=str(tuned_folder)))
+    litert = make_detector(config)
+    assert isinstance(litert, LiteRtMtcnnDetector) and litert.folder == tuned_folder
+    keras = make_detector(replace(config, detector=replace(config.detector, kind="mtcnn")))
+    frames = [door_frame, np.ascontiguousarray(door_frame[:, ::-1])]
+    for frame in frames:
+        expected, found = keras.detect(frame), litert.detect(frame)
+        assert len(expected) == len(found) == 1
+        assert found[0].box.iou(expected[0].box) >= 0.99
+        assert found[0].score == pytest.approx(expected[0].score, abs=1e-3)
+        assert set(found[0].landmarks) == set(LANDMARK_KEYS)
+
+
+def test_a_detector_folder_without_keras_weights_is_refused_by_the_reference(tmp_path):
+    with pytest.raises(FileNotFoundError, match="joblib"):
+        MtcnnDetector(DetectorConfig(model=str(tmp_path)))
+
+
+LANDMARK_KEYS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")

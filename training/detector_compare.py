@@ -1,0 +1,182 @@
+"""Detectors side by side (issue #9): held-out scenes end to end, faces >= 60 px, and the shared clips.
+
+For each detector folder (stock = the shipped export) it runs ``evaluate --mode scenes`` with the
+shipped classifier on the held-out split, adds detection recall for faces of at least 60 px (the
+issue's figure; computed with the same VOC matching, outside the report's fixed bands), and counts
+on every clip in ``videos/`` the frames with a face and with a face classified as masked.
+
+    .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
+        --detector masked=models/detector-masked [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from maskgate.config import Config, DetectorConfig
+from maskgate.core import LABELS, Label
+from maskgate.training import cropset, evaluate
+from maskgate.training.datasets import DataSpec, scan
+from maskgate.training.metrics import GroundTruth, _match_image
+from maskgate.training.split import read_manifest
+
+LARGE = 60  # px: the issue's "faces of 60 px and more"
+BANDS = ("all", "<32", "32-96", ">=96", ">=32")
+MASKED = (Label.WITH_MASK, Label.IMPROPER_MASK)
+
+
+def recall_from(detector, spec: DataSpec, keep: set[tuple[str, str]], min_side: float) -> dict[str, float]:
+    """Detection recall per class of faces at least `min_side` px (VOC matching, IoU >= 0.5)."""
+    found: dict[Label, int] = dict.fromkeys(LABELS, 0)
+    total: dict[Label, int] = dict.fromkeys(LABELS, 0)
+    images, _ = scan(spec)
+    for image in images:
+        if (spec.name, image.path) not in keep:
+            continue
+        rgb = cropset.read_rgb(spec.path / image.path)
+        if rgb is None:
+            continue
+        height, width = rgb.shape[:2]
+        truth = [GroundTruth(f.box.clip(width, height), f.label) for f in image.faces if f.box is not None]
+        truth = [t for t in truth if t.box.area >= 1]
+        faces = sorted(detector.detect(rgb), key=lambda f: -f.score)
+        for match in _match_image(truth, [f.box for f in faces], None):
+            if match.taken and match.truth is not None and truth[match.truth].box.side >= min_side:
+                found[truth[match.truth].label] += 1
+        for t in truth:
+            total[t.label] += t.box.side >= min_side
+    return {label.value: found[label] / total[label] if total[label] else 0.0 for label in LABELS} | {
+        "faces": {label.value: total[label] for label in LABELS}
+    }
+
+
+def clip_frames(detector, classifier, card, videos: Path, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Per clip: frames, frames with a face, frames with a face the classifier calls masked."""
+    from maskgate.crop import EmptyCropError, crop_face
+
+    out = {}
+    for path in sorted(videos.glob("*.mp4")):
+        capture = cv2.VideoCapture(str(path))
+        frames = with_face = masked = 0
+        bar = tqdm(desc=path.name, disable=not progress, leave=False)
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            frames += 1
+            bar.update()
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            faces = detector.detect(rgb)
+            with_face += bool(faces)
+            crops = []
+            for face in faces:
+                try:
+                    crops.append(crop_face(rgb, face.box, card.crop))
+                except EmptyCropError:
+                    continue
+            labels = [max(c.probabilities, key=c.probabilities.get) for c in classifier.classify(crops)]
+            masked += any(Label(label) in MASKED for label in labels)
+        capture.release()
+        bar.close()
+        out[path.name] = {"frames": frames, "with_face": with_face, "masked_face": masked}
+    return out
+
+
+def compare(
+    detectors: dict[str, DetectorConfig],
+    model: Path,
+    data: str,
+    split: str,
+    videos: Path | None,
+    root: Path,
+    progress: bool = True,
+) -> dict[str, dict]:
+    from maskgate.gate.classifier import MaskClassifier
+
+    spec = DataSpec.parse(data, root)
+    keep = {(r.source, r.path) for r in read_manifest(model / "manifest.csv.gz") if r.split.value == split}
+    classifier = MaskClassifier(model)
+    results = {}
+    for name, config in detectors.items():
+        detector = cropset.make_detector(config)
+        report = evaluate.evaluate_scenes(model, [spec], split, config, progress, detector=detector)
+        results[name] = {
+            "detector": report["detector"],
+            "seconds": report["seconds"],
+            "bands": report["bands"],
+            f">={LARGE}": recall_from(detector, spec, keep, LARGE),
+        }
+        if videos is not None and videos.is_dir():
+            results[name]["clips"] = clip_frames(detector, classifier, classifier.card, videos, progress)
+    return results
+
+
+def table(results: dict[str, dict]) -> str:
+    """Markdown: per band and detector, recall with / without / improper, precision, mAP@0.5."""
+    lines = [
+        "| band | detector | recall with | recall without | recall improper | precision | mAP@0.5 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for band in BANDS:
+        for name, result in results.items():
+            m = result["bands"][band]
+            r = m["detection_recall"]
+            lines.append(
+                f"| {band} | {name} | {r['with_mask']:.3f} | {r['without_mask']:.3f} | "
+                f"{r['improper_mask']:.3f} | {m['detection_precision']['all']:.3f} | {m['map50']:.3f} |"
+            )
+    for name, result in results.items():
+        r = result[f">={LARGE}"]
+        faces = r["faces"]
+        lines.append(
+            f"| >={LARGE} | {name} | {r['with_mask']:.3f} (n={faces['with_mask']}) | "
+            f"{r['without_mask']:.3f} (n={faces['without_mask']}) | "
+            f"{r['improper_mask']:.3f} (n={faces['improper_mask']}) | | |"
+        )
+    if all("clips" in result for result in results.values()):
+        names = list(results)
+        lines += ["", "| clip | frames | " + " | ".join(f"{n}: face / masked" for n in names) + " |"]
+        lines.append("| --- | --- |" + " --- |" * len(names))
+        for clip, counts in results[names[0]]["clips"].items():
+            cells = " | ".join(
+                f"{results[n]['clips'][clip]['with_face']} / {results[n]['clips'][clip]['masked_face']}"
+                for n in names
+            )
+            lines.append(f"| {clip} | {counts['frames']} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--detector", action="append", required=True, help="NAME=FOLDER, repeatable; empty FOLDER = stock"
+    )
+    parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
+    parser.add_argument("--data", default="scenes/fmd")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--videos", default="videos", help="clip folder (under paths.datasets); '' = none")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    config = Config()
+    detectors = {
+        name: replace(config.detector, model=folder)
+        for name, folder in (item.split("=", 1) for item in args.detector)
+    }
+    videos = config.paths.datasets / args.videos if args.videos else None
+    results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
