@@ -248,15 +248,13 @@ def train_detector(
 ) -> DetectorTrainResult:
     """Fine-tune R- and O-net, export all three nets, write the card and the curves into `out`."""
     import joblib
-    import tensorflow as tf
 
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
     from maskgate.training.detector_export import export_detector
+    from maskgate.training.train import configure_tensorflow
 
     started = time.monotonic()
-    tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(config.threads)
-    tf.keras.utils.set_random_seed(config.seed)
+    configure_tensorflow(config.threads, config.seed)
     out.mkdir(parents=True, exist_ok=True)
 
     stock = LiteRtMtcnnDetector(DetectorConfig(min_face_size=config.proposal_min_face))

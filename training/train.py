@@ -186,7 +186,8 @@ def save_keras(model, path: Path) -> None:
     plain.save(path)
 
 
-def _configure_tf(threads: int, seed: int) -> None:
+def configure_tensorflow(threads: int, seed: int) -> None:
+    """Threads and seeds for a training run (threads only if TensorFlow has not started yet)."""
     import keras
     import tensorflow as tf
 
@@ -215,7 +216,7 @@ def train(
     """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
     started = time.monotonic()
     _check_out(out)
-    _configure_tf(config.threads, config.split.seed)
+    configure_tensorflow(config.threads, config.split.seed)
     pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     if config.max_train and len(train_set) > config.max_train:
