@@ -263,6 +263,14 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (cosine decay)")
     p.add_argument("--masked-weight", type=float, default=2.0, help="weight of masked faces' samples")
+    p.add_argument("--bare-weight", type=float, default=1.0, help="weight of bare faces' samples")
+    p.add_argument(
+        "--large-face-weight",
+        type=float,
+        default=1.0,
+        help="extra weight of the samples of faces of at least --large-face-px (original image px)",
+    )
+    p.add_argument("--large-face-px", type=float, default=96.0, help="side of a large face (default 96)")
     p.add_argument("--no-synthetic", action="store_true", help="no synthetic masks on bare faces")
     p.add_argument(
         "--networks",
@@ -304,6 +312,9 @@ def _train_detector(args: argparse.Namespace, config: Config) -> int:
         learning_rate=args.lr,
         synthetic=not args.no_synthetic,
         masked_weight=args.masked_weight,
+        bare_weight=args.bare_weight,
+        large_face_weight=args.large_face_weight,
+        large_face_px=args.large_face_px,
         part_is_face=tuple(args.part_is_face),
         loose_part_iou=args.loose_part_iou,
         loose_negative_iou=args.loose_negative_iou,

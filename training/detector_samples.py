@@ -69,6 +69,9 @@ class Samples:
     offsets: np.ndarray  # (N, 4) regression targets (0 for negatives)
     labels: np.ndarray  # (N,) face class of the matched face ("" for negatives), for the card
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 10), np.float32))
+    # (N,) longer side of the matched face in the original image (the size bands' measure), 0 for
+    # negatives; empty when unknown
+    sides: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -85,6 +88,11 @@ class Samples:
             np.concatenate([p.kinds for p in parts]),
             np.concatenate([p.offsets for p in parts]).astype(np.float32),
             np.concatenate([p.labels for p in parts]),
+            sides=(
+                np.concatenate([p.sides for p in parts])
+                if all(len(p.sides) == len(p) for p in parts)
+                else np.zeros(0)
+            ),
         )
 
     def counts(self) -> dict[str, int]:
@@ -286,7 +294,8 @@ def scene_samples(
     if faces.any():
         offsets[faces] = regression_targets(crops[faces], scene.boxes[match[faces]], network)
     labels = np.asarray([scene.labels[m] if m >= 0 else "" for m in match], dtype=object)
-    return Samples(cut(scene.image, crops, size), kinds, offsets, labels)
+    face_sides = np.asarray([scene.sides[m] if m >= 0 else 0.0 for m in match], np.float64)
+    return Samples(cut(scene.image, crops, size), kinds, offsets, labels, sides=face_sides)
 
 
 def cut(image: np.ndarray, crops: np.ndarray, size: int) -> np.ndarray:
@@ -334,4 +343,10 @@ def flip(samples: Samples) -> Samples:
     """Mirrored copies: a face mirrored is a face, its left and right offsets swap and change sign."""
     offsets = samples.offsets.copy()
     offsets[:, [0, 2]] = -samples.offsets[:, [2, 0]]
-    return Samples(samples.patches[:, :, ::-1].copy(), samples.kinds.copy(), offsets, samples.labels.copy())
+    return Samples(
+        samples.patches[:, :, ::-1].copy(),
+        samples.kinds.copy(),
+        offsets,
+        samples.labels.copy(),
+        sides=samples.sides.copy(),
+    )

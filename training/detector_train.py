@@ -55,6 +55,11 @@ class DetectorTrainConfig:
     learning_rate: float = 3e-4
     synthetic: bool = True
     masked_weight: float = 2.0  # classification weight of masked and improper faces
+    bare_weight: float = 1.0  # classification weight of bare faces (without_mask)
+    # Faces of at least `large_face_px` (longer side in the original image, the size bands' measure)
+    # weigh `large_face_weight` times more, on top of their class's weight.
+    large_face_weight: float = 1.0
+    large_face_px: float = 96.0
     # Networks that learn to score part faces (IoU 0.4-0.65) as faces. Hand-drawn boxes sit lower
     # and wider than MTCNN's, so P-net's proposals for a face are often only IoU 0.3-0.6 with the
     # annotation; an R-net that rejects those loses the face before regression can fix its box.
@@ -154,10 +159,27 @@ def _take(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndar
     return {key: value[index] for key, value in arrays.items()}
 
 
-def sample_weights(samples: Samples, masked_weight: float) -> np.ndarray:
-    """Masked and improperly masked faces weigh more: they are what the stock nets miss."""
-    masked = np.isin(samples.labels.astype(str), ["with_mask", "improper_mask"])
-    return np.where(masked, masked_weight, 1.0)
+def sample_weights(
+    samples: Samples,
+    masked_weight: float,
+    bare_weight: float = 1.0,
+    large_face_weight: float = 1.0,
+    large_face_px: float = 96.0,
+) -> np.ndarray:
+    """Masked and improperly masked faces weigh more: they are what the stock nets miss. Bare faces
+    can weigh more too (so they are not traded for masked ones), and so can large faces."""
+    labels = samples.labels.astype(str)
+    masked = np.isin(labels, ["with_mask", "improper_mask"])
+    weights = np.where(masked, masked_weight, np.where(labels == "without_mask", bare_weight, 1.0))
+    if large_face_weight != 1.0 and len(samples.sides) == len(samples):
+        weights = np.where(samples.sides >= large_face_px, weights * large_face_weight, weights)
+    return weights
+
+
+def _weights(samples: Samples, config: DetectorTrainConfig) -> np.ndarray:
+    return sample_weights(
+        samples, config.masked_weight, config.bare_weight, config.large_face_weight, config.large_face_px
+    )
 
 
 def evaluate_loss(
@@ -358,8 +380,8 @@ def _train_network(
     counts = {"train": train_samples.counts(), "val": val_samples.counts()}
     log(f"{name} samples: {counts}")
     marks = _distilled_landmarks if name == "onet" else (lambda _: None)
-    train = _arrays(train_samples, sample_weights(train_samples, config.masked_weight), marks(train_samples))
-    val = _arrays(val_samples, sample_weights(val_samples, config.masked_weight), marks(val_samples))
+    train = _arrays(train_samples, _weights(train_samples, config), marks(train_samples))
+    val = _arrays(val_samples, _weights(val_samples, config), marks(val_samples))
     del train_samples, val_samples
     return fit_network(model, train, val, config, name), counts
 

@@ -115,6 +115,10 @@ def test_a_scene_gives_positives_parts_and_negatives_with_matching_targets():
     assert not samples.offsets[samples.kinds == Kind.NEGATIVE].any()
     faces = samples.kinds != Kind.NEGATIVE
     assert set(samples.labels[faces]) == {"with_mask"}
+    assert samples.sides[faces].tolist() == [100.0] * int(faces.sum())  # the matched face's side
+    assert not samples.sides[~faces].any()
+    both = Samples.concat([samples, flip(samples)], 48)
+    assert both.sides.tolist() == samples.sides.tolist() * 2
 
 
 @pytest.fixture(scope="module")

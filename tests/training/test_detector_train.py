@@ -11,6 +11,8 @@ from maskgate.cli import main
 from maskgate.config import DetectorConfig
 from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 from maskgate.modelcard import sha256_file
+from maskgate.training.detector_samples import Kind, Samples
+from maskgate.training.detector_train import sample_weights
 from tests.training.conftest import DATASETS
 
 needs_fmd = pytest.mark.skipif(
@@ -35,3 +37,19 @@ def test_train_detector_writes_a_folder_with_card_plots_and_agreeing_nets(tmp_pa
     assert set(card["metrics"]["test"]) == {"stock", "tuned"}
     faces = LiteRtMtcnnDetector(DetectorConfig(model=str(out))).detect(np.zeros((120, 160, 3), np.uint8))
     assert faces == []
+
+
+def test_sample_weights_by_class_and_face_size():
+    labels = np.array(["with_mask", "improper_mask", "without_mask", "", "without_mask"], object)
+    samples = Samples(
+        np.zeros((5, 24, 24, 3), np.float32),
+        np.array([Kind.POSITIVE, Kind.PART, Kind.POSITIVE, Kind.NEGATIVE, Kind.POSITIVE]),
+        np.zeros((5, 4), np.float32),
+        labels,
+        sides=np.array([120.0, 50.0, 40.0, 0.0, 200.0]),
+    )
+    assert sample_weights(samples, 2.0).tolist() == [2.0, 2.0, 1.0, 1.0, 1.0]
+    weights = sample_weights(samples, 2.0, bare_weight=1.5, large_face_weight=3.0, large_face_px=96)
+    assert weights.tolist() == [6.0, 2.0, 1.5, 1.0, 4.5]
+    no_sides = Samples(samples.patches, samples.kinds, samples.offsets, labels)  # sides unknown
+    assert sample_weights(no_sides, 2.0, large_face_weight=3.0).tolist() == [2.0, 2.0, 1.0, 1.0, 1.0]
