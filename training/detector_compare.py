@@ -24,7 +24,7 @@ from maskgate.config import Config, DetectorConfig
 from maskgate.core import LABELS, Label
 from maskgate.training import cropset, evaluate
 from maskgate.training.datasets import DataSpec, scan
-from maskgate.training.metrics import GroundTruth, _match_image
+from maskgate.training.metrics import _match_image
 from maskgate.training.split import read_manifest
 
 LARGE = 60  # px: the "faces of 60 px and more"
@@ -37,15 +37,7 @@ def recall_from(detector, spec: DataSpec, keep: set[tuple[str, str]], min_side: 
     found: dict[Label, int] = dict.fromkeys(LABELS, 0)
     total: dict[Label, int] = dict.fromkeys(LABELS, 0)
     images, _ = scan(spec)
-    for image in images:
-        if (spec.name, image.path) not in keep:
-            continue
-        rgb = cropset.read_rgb(spec.path / image.path)
-        if rgb is None:
-            continue
-        height, width = rgb.shape[:2]
-        truth = [GroundTruth(f.box.clip(width, height), f.label) for f in image.faces if f.box is not None]
-        truth = [t for t in truth if t.box.area >= 1]
+    for _, rgb, truth in evaluate.labelled_scenes(spec, images, keep):
         faces = sorted(detector.detect(rgb), key=lambda f: -f.score)
         for match in _match_image(truth, [f.box for f in faces], None):
             if match.taken and match.truth is not None and truth[match.truth].box.side >= min_side:

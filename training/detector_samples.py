@@ -173,27 +173,20 @@ def load_scenes(
     The manifest is the shipped classifier's (models/default): its test images are the held-out
     scenes every detector is measured on, so they must never reach training.
     """
-    from maskgate.training import cropset
     from maskgate.training.datasets import DataSpec, scan
+    from maskgate.training.evaluate import labelled_scenes
     from maskgate.training.split import read_manifest
 
     spec = DataSpec.parse(data, root)
     wanted = {(r.source, r.path) for r in read_manifest(manifest) if r.split.value in splits}
     images, _ = scan(spec)
     scenes = []
-    for image in tqdm(images, desc=f"load {spec.name}", disable=not progress, leave=False):
-        if (spec.name, image.path) not in wanted:
-            continue
-        rgb = cropset.read_rgb(spec.path / image.path)
-        if rgb is None:
-            continue
-        height, width = rgb.shape[:2]
-        faces = [(f.box.clip(width, height), f.label.value) for f in image.faces if f.box is not None]
-        faces = [(box, label) for box, label in faces if box.area >= 1]
+    for path, rgb, truth in labelled_scenes(spec, images, wanted, progress=progress):
         small, factor = resize_to_width(rgb, working_width)
-        boxes = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b, _ in faces], np.float64).reshape(-1, 4) * factor
-        sides = np.asarray([b.side for b, _ in faces], np.float64)
-        scenes.append(Scene(image.path, small, boxes, [label for _, label in faces], sides))
+        boxes = np.asarray([[t.box.x1, t.box.y1, t.box.x2, t.box.y2] for t in truth], np.float64)
+        labels = [t.label.value for t in truth]
+        sides = np.asarray([t.box.side for t in truth], np.float64)
+        scenes.append(Scene(path, small, boxes.reshape(-1, 4) * factor, labels, sides))
     return scenes
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +29,7 @@ from maskgate.crop import EmptyCropError, crop_face
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
-from maskgate.training.datasets import DataSpec, Layout, scan
+from maskgate.training.datasets import DataSpec, Layout, SourceImage, SourceReport, scan
 from maskgate.training.metrics import (
     BAND_NAMES,
     Detection,
@@ -143,22 +143,7 @@ def evaluate_scenes(
     started = time.monotonic()
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
-        wanted = [img for img in images if keep is None or (spec.name, img.path) in keep]
-        for image in tqdm(wanted, desc=f"scenes {spec.name}", disable=not progress, leave=False):
-            rgb = cropset.read_rgb(spec.path / image.path)
-            if rgb is None:
-                report.unreadable.append(image.path)
-                continue
-            report.images += 1
-            height, width = rgb.shape[:2]
-            truth = tuple(
-                GroundTruth(f.box.clip(width, height), f.label)
-                for f in image.faces
-                if f.box is not None and f.box.clip(width, height).area >= 1
-            )
-            report.empty_boxes += len(image.faces) - len(truth)
-            for t in truth:
-                report.faces[t.label.value] += 1
+        for _, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
             results.append(SceneResult(truth, _detect_and_classify(rgb, detector, classifier, card)))
         reports.append(report)
     if not results:
@@ -175,6 +160,36 @@ def evaluate_scenes(
         "seconds": round(time.monotonic() - started, 2),
         "bands": {band: scene_metrics(results, band).to_json() for band in BAND_NAMES},
     }
+
+
+def labelled_scenes(
+    spec: DataSpec,
+    images: Sequence[SourceImage],
+    keep: set[tuple[str, str]] | None = None,
+    report: SourceReport | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[str, np.ndarray, tuple[GroundTruth, ...]]]:
+    """(path, RGB pixels, annotated faces) for each readable image of `spec` in `keep` (None: all).
+
+    Boxes are clipped to the image; one that clipping leaves empty is dropped. With a `report`,
+    unreadable images, empty boxes, images and faces used are counted in it.
+    """
+    wanted = [image for image in images if keep is None or (spec.name, image.path) in keep]
+    for image in tqdm(wanted, desc=f"scenes {spec.name}", disable=not progress, leave=False):
+        rgb = cropset.read_rgb(spec.path / image.path)
+        if rgb is None:
+            if report is not None:
+                report.unreadable.append(image.path)
+            continue
+        height, width = rgb.shape[:2]
+        clipped = (GroundTruth(f.box.clip(width, height), f.label) for f in image.faces if f.box is not None)
+        truth = tuple(t for t in clipped if t.box.area >= 1)
+        if report is not None:
+            report.images += 1
+            report.empty_boxes += len(image.faces) - len(truth)
+            for t in truth:
+                report.faces[t.label.value] += 1
+        yield image.path, rgb, truth
 
 
 def _detect_and_classify(rgb: np.ndarray, detector, classifier, card: ModelCard) -> tuple[Detection, ...]:
