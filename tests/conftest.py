@@ -8,19 +8,37 @@ never see each other's rows. `.ci/run` starts the server when it is not running.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from maskgate.core import Action, Event, Label, utcnow
+from maskgate.modelcard import load_card, write_card
 from maskgate.store import EventStore, make_engine, migrate
+
+ROOT = Path(__file__).parents[1]
+DEFAULT_MODEL = ROOT / "models" / "default"
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MASKGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+def copy_model(dest: Path, version: str, labels: tuple[Label, ...] | None = None) -> Path:
+    """The shipped model copied to `dest` as `version`; with `labels` reordered, a deliberately bad one."""
+    dest.mkdir(parents=True)
+    for file in DEFAULT_MODEL.iterdir():
+        if file.is_file():
+            shutil.copy(file, dest / file.name)
+    card = load_card(dest)
+    write_card(dest, replace(card, version=version, labels=labels or card.labels))
+    return dest
 
 
 @pytest.fixture(autouse=True)

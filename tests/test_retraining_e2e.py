@@ -38,7 +38,7 @@ from maskgate.core import Label
 from maskgate.dashboard.jobs import RetrainingJob
 from maskgate.gate.comms.models import publish_active_model
 from maskgate.gate.comms.payloads import ActiveModel
-from maskgate.modelcard import RUNTIME_FILE, load_card, write_card
+from maskgate.modelcard import RUNTIME_FILE, load_card
 from maskgate.store import (
     EventFilter,
     EventStore,
@@ -51,6 +51,7 @@ from maskgate.store import (
     make_engine,
     migrate,
 )
+from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.dashboard.conftest import signed_in
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, clear_retained, port_open, wait_until
 from tests.training.conftest import DATASETS, make_faces_folder
@@ -64,21 +65,8 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).parents[1]
-DEFAULT_MODEL = ROOT / "models" / "default"
 ROTATED = (Label.WITHOUT_MASK, Label.IMPROPER_MASK, Label.WITH_MASK)  # every right answer becomes wrong
 TOKEN = "e2e-download-token-0123456789"
-
-
-def copy_model(dest: Path, version: str, labels: tuple[Label, ...] | None = None) -> Path:
-    """The shipped model under another version; with `labels` rotated, a deliberately bad one."""
-    dest.mkdir(parents=True)
-    for file in DEFAULT_MODEL.iterdir():
-        if file.is_file():
-            shutil.copy(file, dest / file.name)
-    card = load_card(dest)
-    write_card(dest, replace(card, version=version, labels=labels or card.labels))
-    return dest
 
 
 def frozen_faces(root: Path) -> Path:

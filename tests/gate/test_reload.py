@@ -7,7 +7,6 @@ test here needs TensorFlow.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -29,20 +28,10 @@ from maskgate.gate.reload import ArtifactError, Fetcher, FetchError, ModelWatche
 from maskgate.gate.tracker import Tracker, TrackerConfig
 from maskgate.modelcard import RUNTIME_FILE, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
+from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, make_config, port_open, wait_until
 
-ROOT = Path(__file__).parents[2]
-DEFAULT_MODEL = ROOT / "models" / "default"
 TOKEN = "gate-download-token-0123456789"
-
-
-def copy_model(dest: Path, version: str) -> Path:
-    dest.mkdir(parents=True)
-    for file in DEFAULT_MODEL.iterdir():
-        if file.is_file():
-            shutil.copy(file, dest / file.name)
-    write_card(dest, replace(load_card(dest), version=version))
-    return dest
 
 
 def announcement(folder: Path, **overrides) -> ActiveModel:

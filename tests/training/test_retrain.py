@@ -61,11 +61,10 @@ from maskgate.training.retrain import (
     decide,
 )
 from maskgate.training.split import MANIFEST_FILE, ManifestRow, Split, write_manifest
+from tests.conftest import copy_model
 
 from .conftest import DATASETS, make_faces_folder, needs_datasets
 
-ROOT = Path(__file__).parents[2]
-DEFAULT_MODEL = ROOT / "models" / "default"
 ROTATED = (Label.WITHOUT_MASK, Label.IMPROPER_MASK, Label.WITH_MASK)  # every right answer becomes wrong
 
 
@@ -291,16 +290,6 @@ def test_non_commercial_and_missing_data_are_refused(tmp_path):
 # -- whole runs (training stood in for by a copy of the shipped model) ------------------------------------
 
 
-def copy_model(source: Path, dest: Path, version: str, labels: tuple[Label, ...] | None = None) -> Path:
-    dest.mkdir(parents=True)
-    for file in source.iterdir():
-        if file.is_file():
-            shutil.copy(file, dest / file.name)
-    card = load_card(dest)
-    write_card(dest, replace(card, version=version, labels=labels or card.labels))
-    return dest
-
-
 class FakeTrain:
     """Stands in for `train`: the shipped model under a new version, its manifest holding the pool."""
 
@@ -310,7 +299,7 @@ class FakeTrain:
 
     def __call__(self, specs, out, train_config, cache, datasets):
         self.specs.append(list(specs))
-        copy_model(DEFAULT_MODEL, out, f"{out.name}-cand", self.labels)
+        copy_model(out, f"{out.name}-cand", self.labels)
         rows = [ManifestRow(s.name, i.path, i.sha256, "", Split.TRAIN) for s in specs for i in scan(s)[0]]
         write_manifest(out / MANIFEST_FILE, rows)
         card = write_card(out, load_card(out, verify=False))
@@ -364,7 +353,7 @@ def relabel_incidents(world, make_event, start: int, count: int, days_ago: int =
 
 @needs_datasets
 def test_a_better_candidate_is_registered_promoted_and_announced(world, make_event):
-    copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-bad", ROTATED)  # the gates start on a bad model
+    copy_model(world.tmp / "starting", "start-bad", ROTATED)  # the gates start on a bad model
     relabel_incidents(world, make_event, 60, 2)  # recent: held out to evaluate on
     relabel_incidents(world, make_event, 62, 3, days_ago=60)  # older than incident_days: trained on
     announced = []
@@ -403,7 +392,7 @@ def test_a_better_candidate_is_registered_promoted_and_announced(world, make_eve
 
 @needs_datasets
 def test_a_worse_candidate_is_rejected_with_its_reason_and_nothing_changes(world, make_event):
-    copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-good")
+    copy_model(world.tmp / "starting", "start-good")
     announced = []
     retrainer = Retrainer(
         world.config, world.engine, train_fn=FakeTrain(ROTATED), announce_fn=announced.append
@@ -423,7 +412,7 @@ def test_a_worse_candidate_is_rejected_with_its_reason_and_nothing_changes(world
 
 @needs_datasets
 def test_the_champion_is_the_registered_model_even_if_its_folder_is_replaced_during_the_run(world):
-    copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-good")
+    copy_model(world.tmp / "starting", "start-good")
     registry = ModelRegistry(world.engine)
 
     class ReplacingTrain(FakeTrain):
@@ -442,7 +431,7 @@ def test_the_champion_is_the_registered_model_even_if_its_folder_is_replaced_dur
 
 @needs_datasets
 def test_a_promotion_the_broker_did_not_take_says_so(world):
-    copy_model(DEFAULT_MODEL, world.tmp / "starting", "start-bad", ROTATED)
+    copy_model(world.tmp / "starting", "start-bad", ROTATED)
 
     def broker_down(model):
         raise AnnounceError(f"model {model.version} not announced: connection refused")
