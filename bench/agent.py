@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stats import percentile  # bench/stats.py
+
 MASKGATE = str(Path(sys.executable).parent / "maskgate")
 DECISION = re.compile(r"track \d+: (\w+) .* after (\d+) ms")
 
@@ -76,7 +78,7 @@ def main() -> None:
     latencies = [ms for _, ms in decisions]
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     actions = " ".join(action for action, _ in decisions)
-    p95 = statistics.quantiles(latencies, n=20, method="inclusive")[-1]
+    p95 = percentile(latencies, 95)
     runs = f"{len(decisions)} decisions in {args.runs} real-time runs at 30 fps"
     print(f"\nagent on the synthetic walk-up ({runs})")
     print(f"decisions:                      {actions}")

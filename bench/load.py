@@ -42,8 +42,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from mqtt import percentile, run_gates  # bench/mqtt.py: the gates, their doors, the subscriber
+from mqtt import run_gates  # bench/mqtt.py: the gates, their doors, the subscriber
 from sqlalchemy import select
+from stats import percentile  # bench/stats.py
 from store import postgres_database  # bench/store.py: a scratch database, dropped afterwards
 
 from maskgate.store import EventStore, UserStore, make_engine, migrate

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from stats import percentile  # bench/stats.py
 
 from maskgate.config import Config, MqttConfig
 from maskgate.core import Action, Decision, DoorStatus, Event, Label
@@ -43,12 +43,6 @@ from maskgate.gate.comms.client import BrokerSettings
 from maskgate.store import EventStore, Outbox, make_engine, migrate
 
 GATES = 20
-
-
-def percentile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def decision(gate_id: str, n: int) -> Decision:

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from stats import percentile  # bench/stats.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = Path(os.environ.get("MASKGATE_TEST_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -185,12 +185,6 @@ def maskgate_pipeline(model_dir: Path) -> Step:
 
 
 PIPELINES: dict[str, Callable[[Path], Step]] = {"stock": stock_pipeline, "maskgate": maskgate_pipeline}
-
-
-def percentile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def measure(step: Step, frames: list[np.ndarray], seconds: float) -> dict[str, object]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.orm import Session
+from stats import percentile  # bench/stats.py
 from tqdm import tqdm
 
 from maskgate.core import Action, Event, Label, utcnow
@@ -52,10 +53,6 @@ def make_event(n: int, gate_id: str = "gate-00") -> Event:
         model_version="bench",
         latency_ms=150.0,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 def insert_latency(store: EventStore, count: int) -> tuple[float, float]:
