@@ -97,30 +97,30 @@ def clip_frames(datasets: Path, per_clip: int) -> list[np.ndarray]:
     return frames
 
 
-def faces_found(frame: np.ndarray) -> int:
+def usable_photos(datasets: Path, count: int) -> list[np.ndarray]:
+    """Face photos are tight crops and MTCNN misses some of them: keep those whose face is found
+    in a composed frame, so that "one face" means one face."""
     from maskgate.config import DetectorConfig
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
-    return len(LiteRtMtcnnDetector(DetectorConfig()).detect(frame))
+    detector = LiteRtMtcnnDetector(DetectorConfig())
+    return [p for p in face_photos(datasets, count) if len(detector.detect(one_face(p))) == 1]
 
 
-def frames_of(kind: str, datasets: Path, count: int = 8) -> list[np.ndarray]:
-    """The frames of one kind. Face photos are tight crops and MTCNN misses some of them; the
-    composed frames keep only photos whose face is found, so that "one face" means one face."""
-    if kind == "clips":
-        return clip_frames(datasets, count)
-    photos = [
-        p for p in face_photos(datasets, count * 4) if faces_found(compose([p], 220, [(210, 130)])) == 1
-    ]
-    if kind == "one_face":
-        return [compose([photo], 220, [(210, 130)]) for photo in photos[:count]]
-    spots = [(70, 20), (350, 20), (70, 250), (350, 250)]
-    return [compose(photos[i : i + 4], 210, spots) for i in range(count)]
+def one_face(photo: np.ndarray) -> np.ndarray:
+    return compose([photo], 220, [(210, 130)])
 
 
-def write_frames(datasets: Path, path: Path) -> None:
+def write_frames(datasets: Path, path: Path, count: int = 8) -> None:
     """Build every frame kind once, in the parent, so both workers see exactly the same pixels."""
-    np.savez(path, **{kind: np.stack(frames_of(kind, datasets)) for kind in KINDS})
+    photos = usable_photos(datasets, count * 4)
+    spots = [(70, 20), (350, 20), (70, 250), (350, 250)]
+    frames = {
+        "one_face": [one_face(photo) for photo in photos[:count]],
+        "four_faces": [compose(photos[i : i + 4], 210, spots) for i in range(count)],
+        "clips": clip_frames(datasets, count),
+    }
+    np.savez(path, **{kind: np.stack(frames[kind]) for kind in KINDS})
 
 
 # -- the two pipelines (each built inside its own worker process) ----------------------------
