@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response, g, jsonify, request
@@ -30,7 +31,6 @@ from prometheus_client import CollectorRegistry, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from maskgate import __version__
@@ -40,7 +40,7 @@ from maskgate.dashboard.queries import count_open_incidents
 from maskgate.dashboard.security import MIN_TOKEN_CHARS, bearer_matches
 from maskgate.gate.metrics import Health
 from maskgate.store import RunStatus
-from maskgate.store.db import DatabaseUnavailable, check_connection
+from maskgate.store.db import database_answers
 
 if TYPE_CHECKING:
     from maskgate.dashboard.app import Services
@@ -72,7 +72,7 @@ def install(app: Flask, services: Services) -> None:
 
     Call before the login guard is installed, so that a request's time includes the guard's.
     """
-    health = Health({"database": database_answers(services.engine)})
+    health = Health({"database": partial(database_answers, services.engine)})  # reason logged, never shown
     app.add_url_rule("/healthz", HEALTH_ENDPOINT, lambda: health_response(health))
     token = metrics_token(services.config)
     if not token:
@@ -87,20 +87,6 @@ def install(app: Flask, services: Services) -> None:
 
 
 # -- health ------------------------------------------------------------------------------------------
-
-
-def database_answers(engine: Engine) -> Callable[[], bool]:
-    """A check that runs ``SELECT 1``; a failure is logged here (with the masked URL), never shown."""
-
-    def check() -> bool:
-        try:
-            check_connection(engine)
-        except DatabaseUnavailable as exc:
-            log.warning("health: %s", exc)
-            return False
-        return True
-
-    return check
 
 
 def health_response(health: Health) -> tuple[Response, int]:

@@ -17,7 +17,7 @@ from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.tracker import Tracker, TrackerConfig
 from maskgate.store import DatabaseUnavailable, EventStore, make_engine, migrate
-from maskgate.store.db import check_connection, parse_database_url
+from maskgate.store.db import database_answers, parse_database_url
 from maskgate.store.spool import SpoolForwarder, prepare_spool
 
 
@@ -66,21 +66,11 @@ class GateStore:
         """Whether the central database answers (the forwarder's view, so never a blocking probe)."""
         if self.forwarder is not None:
             return self.forwarder.connected
-        try:
-            check_connection(self.central)
-        except DatabaseUnavailable:
-            return False
-        return True
+        return database_answers(self.central)
 
     def spool_ok(self) -> bool:
         """Whether the local spool answers; always true without one."""
-        if self.forwarder is None:
-            return True
-        try:
-            check_connection(self.store.engine)
-        except DatabaseUnavailable:
-            return False
-        return True
+        return self.forwarder is None or database_answers(self.store.engine)
 
 
 def spool_url(config: Config) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -74,6 +75,16 @@ def check_connection(engine: Engine) -> None:
         raise DatabaseUnavailable(
             f"cannot connect to database {_shown(engine.url)}: {error_reason(exc)}"
         ) from None
+
+
+def database_answers(engine: Engine) -> bool:
+    """Whether the database answers ``SELECT 1`` (health checks); why not is logged, never raised."""
+    try:
+        check_connection(engine)
+    except DatabaseUnavailable as exc:
+        logging.getLogger(__name__).warning("health: %s", exc)
+        return False
+    return True
 
 
 def error_reason(exc: BaseException) -> str:
