@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from maskgate.core import Action, Classification, Decision, Event, Frame, Track
-from maskgate.crop import EmptyCropError, crop_face
+from maskgate.crop import BoxCalibration, EmptyCropError, crop_face
 from maskgate.gate.annotate import VideoSink, draw
 from maskgate.gate.classifier import MaskClassifier
 from maskgate.gate.detector import FaceDetector, InvalidFrameError, check_frame
@@ -76,8 +76,10 @@ class Agent:
         snapshots: SnapshotWriter | None = None,
         video: VideoSink | None = None,
         on_decision: Callable[[Decision, Event], None] | None = None,
+        box_calibration: BoxCalibration | None = None,
     ):
         self.detector = detector
+        self.box_calibration = box_calibration
         self.classifier = classifier
         self.tracker = tracker
         self.policy = policy
@@ -190,7 +192,8 @@ class Agent:
         cropped: list[tuple[Track, np.ndarray]] = []
         for track in tracks:
             try:
-                cropped.append((track, crop_face(image, track.face.box, self.classifier.crop)))
+                crop = crop_face(image, track.face.box, self.classifier.crop, self.box_calibration)
+                cropped.append((track, crop))
             except EmptyCropError as exc:
                 log.debug("track %d not classified: %s", track.track_id, exc)
         results = self.classifier.classify([crop for _, crop in cropped])

@@ -12,7 +12,7 @@ from maskgate.config import Config
 from maskgate.gate.agent import Agent, DecisionSink
 from maskgate.gate.annotate import VideoSink
 from maskgate.gate.classifier import MaskClassifier
-from maskgate.gate.detector import FaceDetector, MtcnnDetector
+from maskgate.gate.detector import FaceDetector, MtcnnDetector, box_calibration
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.tracker import Tracker, TrackerConfig
@@ -51,6 +51,7 @@ def make_agent(
         sink=sink,
         snapshots=SnapshotWriter(config.paths.snapshots),
         video=VideoSink(annotate, annotate_fps) if annotate else None,
+        box_calibration=box_calibration(config.detector),
     )
 
 

@@ -2,15 +2,19 @@
 
 Known trap (DESIGN.md): `mtcnn` 1.0 sizes its image pyramid from the image alone and then
 starts it at 12 / min_face_size, so with a minimum face size above about 21 on 640x480 the last
-levels shrink below PNet's 12x12 window; the convolution fails inside and the package swallows
-the error and returns no faces at all. :func:`scale_pyramid` computes the pyramid correctly
-(every level at least 12 px) and :class:`MtcnnDetector` runs the package with it.
+levels shrink below PNet's 12x12 window; the convolution fails inside and the package returns no
+faces at all (older Keras; Keras 3.15 raises the convolution's error instead).
+:func:`scale_pyramid` computes the pyramid correctly (every level at least 12 px) and
+:class:`MtcnnDetector` runs the package with it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -18,11 +22,15 @@ import numpy as np
 
 from maskgate.config import DetectorConfig
 from maskgate.core import Box, Face
+from maskgate.crop import BoxCalibration
+from maskgate.modelcard import ModelFileError
 
 log = logging.getLogger(__name__)
 
 PNET_WINDOW = 12  # PNet's receptive field: no pyramid level may be smaller
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+DEFAULT_DETECTOR_DIR = Path(__file__).resolve().parent / "assets" / "mtcnn-litert"  # the stock weights
+CALIBRATION_KEY = "box_calibration"  # in a detector folder's card.json
 
 
 class InvalidFrameError(ValueError):
@@ -133,3 +141,55 @@ def _fix_mtcnn_pyramid() -> None:
     from mtcnn.stages import stage_pnet
 
     stage_pnet.build_scale_pyramid = _mtcnn_pyramid
+
+
+def detector_folder(config: DetectorConfig) -> Path:
+    """The folder `config` selects: `detector.model` (a trained detector), else the stock export."""
+    return Path(config.model) if config.model else DEFAULT_DETECTOR_DIR
+
+
+class CalibratedDetector:
+    """A detector whose boxes go through a :class:`BoxCalibration` (for tools that match or crop
+    detected boxes outside the agent, which calibrates in its crop call)."""
+
+    def __init__(self, detector: FaceDetector, calibration: BoxCalibration):
+        self.detector, self.calibration = detector, calibration
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return calibrated(self.detector.detect(image), self.calibration)
+
+
+def calibrated(faces: list[Face], calibration: BoxCalibration) -> list[Face]:
+    """`faces` with their boxes mapped through `calibration` (to the hand-drawn convention)."""
+    if calibration.is_identity:
+        return faces
+    return [replace(face, box=calibration.apply(face.box)) for face in faces]
+
+
+def box_calibration(config: DetectorConfig) -> BoxCalibration:
+    """The box calibration of the detector folder `config` selects; the identity when switched off
+    (`detector.box_calibration = false`) or when the folder has none.
+
+    Raises ModelFileError for a folder without a readable card or with an invalid calibration.
+    """
+    if not config.box_calibration:
+        return BoxCalibration()
+    folder = detector_folder(config)
+    data = read_detector_card(folder).get(CALIBRATION_KEY)
+    if data is None:
+        return BoxCalibration()
+    try:
+        return BoxCalibration.from_json(data)
+    except ValueError as exc:
+        raise ModelFileError(f"{folder / 'card.json'}: {CALIBRATION_KEY}: {exc}") from None
+
+
+def read_detector_card(folder: Path) -> dict:
+    """A detector folder's card.json as a dict; ModelFileError if it is missing or unreadable."""
+    try:
+        card = json.loads((folder / "card.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{folder}: not a detector folder: {exc}") from None
+    if not isinstance(card, dict):
+        raise ModelFileError(f"{folder}: not a detector folder: card.json is not an object")
+    return card

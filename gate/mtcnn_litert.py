@@ -16,7 +16,6 @@ level (their shapes repeat frame after frame) and RNet/ONet take all candidates 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -27,10 +26,17 @@ from ai_edge_litert.interpreter import Interpreter
 
 from maskgate.config import DetectorConfig
 from maskgate.core import Box, Face
-from maskgate.gate.detector import LANDMARK_NAMES, check_frame, resize_to_width, scale_pyramid
+from maskgate.gate.detector import (  # noqa: F401  (DEFAULT_DETECTOR_DIR: its historical home)
+    DEFAULT_DETECTOR_DIR,
+    LANDMARK_NAMES,
+    check_frame,
+    detector_folder,
+    read_detector_card,
+    resize_to_width,
+    scale_pyramid,
+)
 from maskgate.modelcard import ModelFileError, sha256_file
 
-DEFAULT_DETECTOR_DIR = Path(__file__).resolve().parent / "assets" / "mtcnn-litert"
 PNET_STRIDE, PNET_CELL = 2, 12
 NMS_PNET_LEVEL, NMS_PNET_ALL, NMS_RNET, NMS_ONET = 0.5, 0.7, 0.7, 0.7
 PNET_CACHE = 48
@@ -137,16 +143,8 @@ class LiteRtMtcnnDetector:
         return self._pnets[shape]
 
 
-def detector_folder(config: DetectorConfig) -> Path:
-    """The folder `config` selects: `detector.model` (a trained detector), else the stock export."""
-    return Path(config.model) if config.model else DEFAULT_DETECTOR_DIR
-
-
 def _verify(folder: Path) -> None:
-    try:
-        card = json.loads((folder / "card.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{folder}: not a detector folder: {exc}") from None
+    card = read_detector_card(folder)
     for name, expected in card.get("files", {}).items():
         if not (folder / name).is_file() or sha256_file(folder / name) != expected:
             raise ModelFileError(f"{folder}: {name} is missing or does not match its sha256")

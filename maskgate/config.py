@@ -67,6 +67,10 @@ class DetectorConfig:
     scale_factor: float = 0.709
     working_width: int = 640  # frames are scaled to this width before detection
     model: str = ""  # detector folder (maskgate train-detector); "" = the stock MTCNN weights
+    # Map detected boxes through the detector folder's learned box calibration before cropping
+    # (`maskgate calibrate-detector`; docs/detector.md). Off by default: the shipped classifier
+    # takes a bearded man for masked on calibrated crops of one clip (a wrong "open").
+    box_calibration: bool = False
 
 
 @dataclass(frozen=True)

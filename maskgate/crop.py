@@ -4,10 +4,16 @@ Training crops must look exactly like the crops the agent classifies at the door
 call :func:`crop_face` with the :class:`CropSpec` stored in the model's card: a square
 centred on the box, widened by a margin, padded by replicating the border where it leaves
 the image, resized, in RGB (or grey) order.
+
+A detector's boxes are not drawn the way people draw faces (MTCNN's sit higher and tighter than
+the hand-drawn boxes the classifier learned from), so a crop of a *detected* face first maps the
+box through the detector's :class:`BoxCalibration`, learned from its boxes and hand-drawn ones.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +48,86 @@ class CropSpec:
         return spec
 
 
+@dataclass(frozen=True, slots=True)
+class BoxCalibration:
+    """Maps a detector's box to the box a person would draw around the same face.
+
+    The centre moves by (`dx` x width, `dy` x height) of the detected box, and its width and
+    height are scaled. The identity (the default) leaves boxes as they are.
+    """
+
+    dx: float = 0.0
+    dy: float = 0.0
+    width_scale: float = 1.0
+    height_scale: float = 1.0
+
+    # Anything beyond these is not a calibration but a broken fit or a tampered card.
+    MAX_SHIFT = 0.5
+    SCALE_RANGE = (0.5, 2.0)
+
+    def __post_init__(self) -> None:
+        low, high = self.SCALE_RANGE
+        values = (self.dx, self.dy, self.width_scale, self.height_scale)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"box calibration has a non-finite value: {values}")
+        if max(abs(self.dx), abs(self.dy)) > self.MAX_SHIFT:
+            raise ValueError(f"box calibration shifts by more than {self.MAX_SHIFT} of the box: {values}")
+        if not (low <= self.width_scale <= high and low <= self.height_scale <= high):
+            raise ValueError(f"box calibration scales outside {low}-{high}: {values}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self == BoxCalibration()
+
+    def apply(self, box: Box) -> Box:
+        cx, cy = box.center
+        cx, cy = cx + self.dx * box.width, cy + self.dy * box.height
+        half_w, half_h = box.width * self.width_scale / 2, box.height * self.height_scale / 2
+        return Box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+    @classmethod
+    def fit(cls, detected: Sequence[Box], drawn: Sequence[Box]) -> BoxCalibration:
+        """The calibration from pairs of (detector box, hand-drawn box) of the same faces.
+
+        Medians of the per-face shift and log scale: a few wrong pairs (a neighbour's box, a
+        partly hidden face) do not move them.
+        """
+        if len(detected) != len(drawn) or not detected:
+            raise ValueError(f"need matching non-empty lists of boxes, got {len(detected)} and {len(drawn)}")
+        pairs = [(d, g) for d, g in zip(detected, drawn, strict=True) if d.area > 0 and g.area > 0]
+        if not pairs:
+            raise ValueError("no pair of boxes with an area")
+        dx = [(g.center[0] - d.center[0]) / d.width for d, g in pairs]
+        dy = [(g.center[1] - d.center[1]) / d.height for d, g in pairs]
+        log_w = [math.log(g.width / d.width) for d, g in pairs]
+        log_h = [math.log(g.height / d.height) for d, g in pairs]
+        return cls(
+            dx=float(np.median(dx)),
+            dy=float(np.median(dy)),
+            width_scale=float(math.exp(np.median(log_w))),
+            height_scale=float(math.exp(np.median(log_h))),
+        )
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "dx": round(self.dx, 6),
+            "dy": round(self.dy, 6),
+            "width_scale": round(self.width_scale, 6),
+            "height_scale": round(self.height_scale, 6),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> BoxCalibration:
+        """Raises ValueError naming what is wrong with `data`."""
+        keys = ("dx", "dy", "width_scale", "height_scale")
+        if not isinstance(data, dict) or set(data) - {*keys, "fitted"} or not set(keys) <= set(data):
+            raise ValueError(f"box calibration must have the keys {', '.join(keys)}, got {data!r}")
+        try:
+            return cls(*(float(data[key]) for key in keys))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid box calibration {data!r}: {exc}") from None
+
+
 def square_box(box: Box, margin: float) -> Box:
     """The square around `box`'s centre with side = longer side x (1 + 2 x margin)."""
     cx, cy = box.center
@@ -49,12 +135,17 @@ def square_box(box: Box, margin: float) -> Box:
     return Box(cx - half, cy - half, cx + half, cy + half)
 
 
-def crop_face(image: np.ndarray, box: Box, spec: CropSpec) -> np.ndarray:
+def crop_face(
+    image: np.ndarray, box: Box, spec: CropSpec, calibration: BoxCalibration | None = None
+) -> np.ndarray:
     """The classifier's input for the face in `box`: uint8, (size, size, channels).
 
-    `image` is RGB uint8 (H, W, 3). Raises :class:`EmptyCropError` if the box does not
+    `image` is RGB uint8 (H, W, 3). A detected box goes through the detector's `calibration`
+    first; a hand-drawn one needs none. Raises :class:`EmptyCropError` if the box does not
     overlap the image (a face at the border may be partly outside: that part is padded).
     """
+    if calibration is not None:
+        box = calibration.apply(box)
     height, width = image.shape[:2]
     if box.clip(width, height).area < 1:
         raise EmptyCropError(f"box {box} has no area inside the {width}x{height} image")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskgate.core import Box
-from maskgate.crop import CropSpec, EmptyCropError, crop_face, square_box
+from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face, square_box
 
 
 def gradient(height: int = 100, width: int = 160) -> np.ndarray:
@@ -52,3 +52,58 @@ def test_crop_spec_json_round_trip_and_validation():
     for bad in ({"size": 4, "margin": 0.2, "color": "rgb"}, {"size": 96, "margin": 0.2, "color": "bgr"}):
         with pytest.raises(ValueError, match="invalid crop spec"):
             CropSpec.from_json(bad)
+
+
+# -- box calibration --------------------------------------------------------------------------
+
+
+def test_box_calibration_moves_the_centre_by_a_share_of_the_box_and_scales_it():
+    # Box 40 wide, 80 high, centre (30, 60): centre moves by (0.1 * 40, 0.25 * 80) = (4, 20) to
+    # (34, 80); the new box is 40 * 1.5 = 60 wide and 80 * 0.5 = 40 high.
+    calibration = BoxCalibration(dx=0.1, dy=0.25, width_scale=1.5, height_scale=0.5)
+    assert calibration.apply(Box(10, 20, 50, 100)) == Box(4, 60, 64, 100)
+    assert BoxCalibration().apply(Box(10, 20, 50, 100)) == Box(10, 20, 50, 100)
+    assert BoxCalibration().is_identity and not calibration.is_identity
+
+
+def test_box_calibration_fit_recovers_a_known_mapping_and_ignores_a_stray_pair():
+    truth = BoxCalibration(dx=0.05, dy=0.15, width_scale=1.1, height_scale=0.9)
+    detected = [
+        Box(x, y, x + side, y + side) for x, y, side in [(0, 0, 20), (50, 10, 40), (5, 90, 100), (7, 3, 64)]
+    ]
+    drawn = [truth.apply(box) for box in detected]
+    # A detection paired with a neighbour's face: far off, but one of five does not move a median.
+    detected.append(Box(0, 0, 30, 30))
+    drawn.append(Box(25, 25, 90, 90))
+    fitted = BoxCalibration.fit(detected, drawn)
+    assert fitted.dx == pytest.approx(0.05) and fitted.dy == pytest.approx(0.15)
+    assert fitted.width_scale == pytest.approx(1.1) and fitted.height_scale == pytest.approx(0.9)
+
+
+def test_box_calibration_refuses_nonsense():
+    with pytest.raises(ValueError, match=r"more than 0\.5"):
+        BoxCalibration(dy=0.8)
+    with pytest.raises(ValueError, match="scales outside"):
+        BoxCalibration(width_scale=3.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        BoxCalibration(dx=float("nan"))
+    with pytest.raises(ValueError, match="non-empty"):
+        BoxCalibration.fit([], [])
+    with pytest.raises(ValueError, match="keys"):
+        BoxCalibration.from_json({"dx": 0.1})
+    with pytest.raises(ValueError, match="invalid box calibration"):
+        BoxCalibration.from_json({"dx": "down", "dy": 0, "width_scale": 1, "height_scale": 1})
+    calibration = BoxCalibration(0.01, 0.2, 1.05, 0.95)
+    assert BoxCalibration.from_json(calibration.to_json() | {"fitted": {"pairs": 3}}) == calibration
+
+
+def test_crop_face_of_a_detected_box_crops_around_the_calibrated_box():
+    image = gradient(200, 200)
+    calibration = BoxCalibration(dy=0.25)
+    detected = Box(60, 40, 100, 80)
+    through_calibration = crop_face(image, detected, CropSpec(size=40, margin=0.0), calibration)
+    assert np.array_equal(
+        through_calibration, crop_face(image, Box(60, 50, 100, 90), CropSpec(size=40, margin=0.0))
+    )
+    # The crop starts 10 px lower: the green channel (= y) of its top row says so.
+    assert through_calibration[0, 0, 1] == 50

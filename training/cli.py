@@ -25,6 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_evaluate(commands)
     _register_export_detector(commands)
     _register_train_detector(commands)
+    _register_calibrate_detector(commands)
     commands.add_parser(
         "retrain",
         help="run the retraining job once: pool, train, compare with the active model, promote",
@@ -109,6 +110,11 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         choices=DETECTOR_CHOICES,
         help="scenes: detector implementation (default: config detector.kind); mtcnn is the TensorFlow "
         "reference, mtcnn-litert the gate's",
+    )
+    p.add_argument(
+        "--no-box-calibration",
+        action="store_true",
+        help="scenes: use the detector's boxes as they are (default: config detector.box_calibration)",
     )
     p.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
@@ -199,6 +205,8 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
                 detector = replace(detector, kind=args.detector)
             if args.detector_model:
                 detector = replace(detector, model=str(args.detector_model))
+            if args.no_box_calibration:
+                detector = replace(detector, box_calibration=False)
             report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)
@@ -242,6 +250,17 @@ def _export_detector(args: argparse.Namespace, config: Config) -> int:
 DEFAULT_TRAINED_DETECTOR_OUT = Path("models/detector-masked")
 
 
+def _add_scene_split_arguments(p: argparse.ArgumentParser, manifest_use: str) -> None:
+    """--data (VOC scenes) and --manifest (the split that keeps the held-out scenes out)."""
+    p.add_argument("--data", default="scenes/fmd", help="VOC scenes (default scenes/fmd)")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("models/default/manifest.csv.gz"),
+        help=f"split manifest: {manifest_use}",
+    )
+
+
 def _register_train_detector(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train-detector",
@@ -251,13 +270,7 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
         "TFLite nets for the gate, Keras weights, card and plots (docs/detector.md). Select it with "
         "detector.model.",
     )
-    p.add_argument("--data", default="scenes/fmd", help="VOC scenes (default scenes/fmd)")
-    p.add_argument(
-        "--manifest",
-        type=Path,
-        default=Path("models/default/manifest.csv.gz"),
-        help="split manifest whose train/val images are used and whose test images are held out",
-    )
+    _add_scene_split_arguments(p, "whose train/val images are used and whose test images are held out")
     p.add_argument("--out", type=Path, default=DEFAULT_TRAINED_DETECTOR_OUT, help="detector folder to write")
     p.add_argument("--epochs", type=int, default=6, help="epochs per network")
     p.add_argument("--batch-size", type=int, default=256)
@@ -330,4 +343,61 @@ def _train_detector(args: argparse.Namespace, config: Config) -> int:
     for name in result.card["files"]:
         print(f"  {name}  {(args.out / name).stat().st_size:,} bytes")
     print(f"wrote {result.folder} in {result.seconds:.0f} s")
+    return EXIT_OK
+
+
+def _register_calibrate_detector(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "calibrate-detector",
+        help="learn how the detector's boxes map to hand-drawn face boxes (the classifier's crops)",
+        description="Run the detector (config, or --detector-model) on the train split of VOC scenes, "
+        "fit the box calibration (centre shift, width and height scale) that maps its boxes to the "
+        "hand-drawn ones, and report its effect on the validation split. --write stores it in the "
+        "detector folder's card.json, where the gate, evaluate and training apply it "
+        "(detector.box_calibration). The manifest's test images are never read.",
+    )
+    _add_scene_split_arguments(p, "fit on its train images, measure on its val images")
+    p.add_argument(
+        "--detector-model", type=Path, help="detector folder (default: config detector.model, empty = stock)"
+    )
+    p.add_argument(
+        "--min-iou", type=float, default=0.3, help="a detection this close to a drawn box is its face (0.3)"
+    )
+    p.add_argument("--write", action="store_true", help="store the calibration in the detector folder's card")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_calibrate_detector)
+
+
+def _calibrate_detector(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from maskgate.cli import UsageError
+    from maskgate.gate.detector import detector_folder
+    from maskgate.modelcard import ModelFileError
+    from maskgate.training.datasets import DataSpec, DataSpecError
+    from maskgate.training.detector_calibrate import (
+        CalibrationError,
+        calibrate,
+        format_effect,
+        write_calibration,
+    )
+
+    detector = config.detector
+    if args.detector_model:
+        detector = replace(detector, model=str(args.detector_model))
+    if not args.manifest.is_file():
+        raise UsageError(f"--manifest {args.manifest} does not exist")
+    try:
+        spec = DataSpec.parse(args.data, config.paths.datasets)
+        calibration, fitted = calibrate(detector, spec, args.manifest, args.min_iou, not args.quiet)
+    except (DataSpecError, CalibrationError) as exc:
+        raise UsageError(str(exc)) from None
+    except ModelFileError as exc:
+        print(f"maskgate calibrate-detector: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(format_effect(calibration, fitted))
+    if args.write:
+        folder = detector_folder(detector)
+        write_calibration(folder, calibration, fitted)
+        print(f"wrote the calibration into {folder / 'card.json'}")
     return EXIT_OK

@@ -272,10 +272,15 @@ def photo_detector_config() -> DetectorConfig:
 
 
 def detector_factory(config: DetectorConfig) -> Callable[[], Detect]:
-    """Builds the gate's own detector for `config.kind`, lazily: it loads only on a cache miss."""
+    """Builds the gate's own detector for `config.kind`, lazily: it loads only on a cache miss.
+
+    Its boxes are calibrated as the gate calibrates them before cropping, so that photo crops
+    look like the crops the gate classifies.
+    """
+    from maskgate.gate.detector import CalibratedDetector, box_calibration
 
     def make() -> Detect:
-        return make_detector(config).detect
+        return CalibratedDetector(make_detector(config), box_calibration(config)).detect
 
     return make
 
@@ -289,4 +294,7 @@ def make_detector(config: DetectorConfig) -> FaceDetector:
 
 
 def detector_id(config: DetectorConfig) -> str:
-    return json.dumps(asdict(config), sort_keys=True)
+    """The detector's settings and box calibration: what the located faces depend on."""
+    from maskgate.gate.detector import box_calibration
+
+    return json.dumps(asdict(config) | {"calibration": box_calibration(config).to_json()}, sort_keys=True)

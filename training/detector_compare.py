@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from maskgate.config import Config, DetectorConfig
 from maskgate.core import LABELS, Label
+from maskgate.gate.detector import CalibratedDetector, box_calibration
 from maskgate.training import cropset, evaluate
 from maskgate.training.datasets import DataSpec, scan
 from maskgate.training.metrics import _match_image
-from maskgate.training.split import read_manifest
+from maskgate.training.split import MANIFEST_FILE, split_images
 
 LARGE = 60  # px: the "faces of 60 px and more"
 BANDS = ("all", "<32", "32-96", ">=96", ">=32")
@@ -93,20 +94,22 @@ def compare(
     from maskgate.gate.classifier import MaskClassifier
 
     spec = DataSpec.parse(data, root)
-    keep = {(r.source, r.path) for r in read_manifest(model / "manifest.csv.gz") if r.split.value == split}
+    keep = split_images(model / MANIFEST_FILE, [split])
     classifier = MaskClassifier(model)
     results = {}
     for name, config in detectors.items():
         detector = cropset.make_detector(config)
         report = evaluate.evaluate_scenes(model, [spec], split, config, progress, detector=detector)
+        # The boxes the gate crops: calibrated as evaluate_scenes calibrates them.
+        gate_view = CalibratedDetector(detector, box_calibration(config))
         results[name] = {
             "detector": report["detector"],
             "seconds": report["seconds"],
             "bands": report["bands"],
-            f">={LARGE}": recall_from(detector, spec, keep, LARGE),
+            f">={LARGE}": recall_from(gate_view, spec, keep, LARGE),
         }
         if videos is not None and videos.is_dir():
-            results[name]["clips"] = clip_frames(detector, classifier, classifier.card, videos, progress)
+            results[name]["clips"] = clip_frames(gate_view, classifier, classifier.card, videos, progress)
     return results
 
 
@@ -150,7 +153,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--detector", action="append", required=True, help="NAME=FOLDER, repeatable; empty FOLDER = stock"
+        "--detector", action="append", default=[], help="NAME=FOLDER, repeatable; empty FOLDER = stock"
+    )
+    parser.add_argument(
+        "--calibrated",
+        action="append",
+        default=[],
+        help="NAME=FOLDER, repeatable: a detector with its box calibration (--detector: as configured)",
     )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
@@ -160,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = Config()
     detectors = {
-        name: replace(config.detector, model=folder)
-        for name, folder in (item.split("=", 1) for item in args.detector)
+        name: replace(config.detector, model=folder, box_calibration=calibrate)
+        for items, calibrate in ((args.detector, config.detector.box_calibration), (args.calibrated, True))
+        for name, folder in (item.split("=", 1) for item in items)
     }
     videos = config.paths.datasets / args.videos if args.videos else None
     results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)

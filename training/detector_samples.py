@@ -175,10 +175,10 @@ def load_scenes(
     """
     from maskgate.training.datasets import DataSpec, scan
     from maskgate.training.evaluate import labelled_scenes
-    from maskgate.training.split import read_manifest
+    from maskgate.training.split import split_images
 
     spec = DataSpec.parse(data, root)
-    wanted = {(r.source, r.path) for r in read_manifest(manifest) if r.split.value in splits}
+    wanted = split_images(manifest, splits)
     images, _ = scan(spec)
     scenes = []
     for path, rgb, truth in labelled_scenes(spec, images, wanted, progress=progress):

@@ -271,7 +271,10 @@ def train_detector(
     """Fine-tune R- and O-net, export all three nets, write the card and the curves into `out`."""
     import joblib
 
+    from maskgate.gate.detector import read_detector_card
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
+    from maskgate.training.datasets import DataSpec
+    from maskgate.training.detector_calibrate import calibrate, format_effect, write_calibration
     from maskgate.training.detector_export import export_detector
     from maskgate.training.train import configure_tensorflow
 
@@ -325,7 +328,16 @@ def train_detector(
     }
     plot = out / "training_curves.png"
     plot_detector_history(histories, plot)
-    card = export_detector(out, weights={n: out / f"{n}.joblib" for n in NETWORKS}, extra=provenance)
+    export_detector(out, weights={n: out / f"{n}.joblib" for n in NETWORKS}, extra=provenance)
+    # The tuned nets regress towards the drawn boxes already; what is left is fitted as for the
+    # stock weights and stored in the card (applied where detector.box_calibration is on).
+    spec = DataSpec.parse(config.data, datasets_root)
+    calibration, fitted = calibrate(
+        DetectorConfig(model=str(out)), spec, manifest, progress=False, max_scenes=config.max_scenes
+    )
+    write_calibration(out, calibration, fitted)
+    log(format_effect(calibration, fitted))
+    card = read_detector_card(out)
     card["metrics"] = held_out_metrics(out, config, datasets_root, val_scenes)
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return DetectorTrainResult(out, card, time.monotonic() - started)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from maskgate.config import DetectorConfig
 from maskgate.core import LABELS, utcnow
-from maskgate.crop import EmptyCropError, crop_face
+from maskgate.crop import BoxCalibration, EmptyCropError, crop_face
+from maskgate.gate.detector import box_calibration, calibrated
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
@@ -38,7 +39,7 @@ from maskgate.training.metrics import (
     crop_metrics_by_band,
     scene_metrics,
 )
-from maskgate.training.split import MANIFEST_FILE, read_manifest
+from maskgate.training.split import MANIFEST_FILE, split_images
 
 if TYPE_CHECKING:
     from maskgate.gate.detector import FaceDetector
@@ -60,7 +61,7 @@ def _split_filter(model_dir: Path, split: str) -> set[tuple[str, str]] | None:
     manifest = model_dir / MANIFEST_FILE
     if not manifest.is_file():
         raise EvaluationError(f"{model_dir}: no {MANIFEST_FILE}, so there is no {split!r} split to select")
-    return {(row.source, row.path) for row in read_manifest(manifest) if row.split.value == split}
+    return split_images(manifest, [split])
 
 
 def _model_json(model_dir: Path, card: ModelCard) -> dict[str, object]:
@@ -137,6 +138,7 @@ def evaluate_scenes(
     card = load_card(model_dir)
     classifier = MaskClassifier(model_dir)
     detector = detector or cropset.make_detector(detector_config)
+    calibration = box_calibration(detector_config)
     keep = _split_filter(model_dir, split)
     results: list[SceneResult] = []
     reports = []
@@ -144,7 +146,8 @@ def evaluate_scenes(
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
         for _, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
-            results.append(SceneResult(truth, _detect_and_classify(rgb, detector, classifier, card)))
+            detected = _detect_and_classify(rgb, detector, calibration, classifier, card)
+            results.append(SceneResult(truth, detected))
         reports.append(report)
     if not results:
         raise EvaluationError(f"no scenes to evaluate in {', '.join(map(str, specs))} (split {split})")
@@ -154,7 +157,7 @@ def evaluate_scenes(
         "created": utcnow().isoformat(timespec="seconds"),
         "model": _model_json(model_dir, card),
         "split": split,
-        "detector": asdict(detector_config),
+        "detector": asdict(detector_config) | {"calibration": calibration.to_json()},
         "data": [report.to_json() for report in reports],
         "images": len(results),
         "seconds": round(time.monotonic() - started, 2),
@@ -192,9 +195,16 @@ def labelled_scenes(
         yield image.path, rgb, truth
 
 
-def _detect_and_classify(rgb: np.ndarray, detector, classifier, card: ModelCard) -> tuple[Detection, ...]:
+def _detect_and_classify(
+    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier, card: ModelCard
+) -> tuple[Detection, ...]:
+    """The gate's view of one scene: detected faces with calibrated boxes, classified in one call.
+
+    The calibrated box is both what is matched against the hand-drawn boxes and what is cropped
+    (the same crop as ``crop_face(image, detected_box, spec, calibration)`` at the gate).
+    """
     faces, crops = [], []
-    for face in detector.detect(rgb):
+    for face in calibrated(detector.detect(rgb), calibration):
         try:
             crops.append(crop_face(rgb, face.box, card.crop))
         except EmptyCropError:

@@ -114,3 +114,9 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     text = gzip.decompress(path.read_bytes()).decode()
     reader = csv.DictReader(io.StringIO(text))
     return [ManifestRow(r["source"], r["path"], r["sha256"], r["labels"], Split(r["split"])) for r in reader]
+
+
+def split_images(manifest: Path, splits: Iterable[str]) -> set[tuple[str, str]]:
+    """The (source, image path) pairs `manifest` puts in any of `splits` ("train", "val", "test")."""
+    wanted = set(splits)
+    return {(row.source, row.path) for row in read_manifest(manifest) if row.split.value in wanted}

@@ -166,6 +166,44 @@ def test_noise_frames_give_no_decision(make):
         assert agent.process(frame(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), n)) == []
 
 
+def recording(classify, seen: list):
+    def record(crops):
+        seen.extend(crops)
+        return classify(crops)
+
+    return record
+
+
+def test_the_classifier_sees_crops_of_the_calibrated_box(config, sqlite_store, detector):
+    """The agent crops around the detector's box mapped through the detector's box calibration
+    (the crop the classifier learned from hand-drawn boxes), and around the raw box when off."""
+    from skimage.data import astronaut
+
+    from maskgate.crop import crop_face
+    from maskgate.gate.detector import box_calibration
+
+    image = np.full((480, 640, 3), 90, np.uint8)
+    image[90:390, 170:470] = cv2.resize(astronaut(), (300, 300), interpolation=cv2.INTER_AREA)
+    (face,) = detector.detect(image)
+    for calibrate in (True, False):
+        gate_config = replace(config, detector=replace(config.detector, box_calibration=calibrate))
+        agent = make_agent(gate_config, StoreSink(sqlite_store), detector)
+        calibration = box_calibration(gate_config.detector)
+        assert calibration.is_identity is not calibrate
+        seen: list[np.ndarray] = []
+        agent.classifier.classify = recording(agent.classifier.classify, seen)
+        for n in range(3):
+            agent.process(frame(image, n + 1))
+        assert seen, "the face was never classified"
+        expected = crop_face(image, face.box, agent.classifier.crop, calibration)
+        assert all(np.array_equal(crop, expected) for crop in seen)
+    calibration = box_calibration(replace(config.detector, box_calibration=True))
+    assert not np.array_equal(
+        crop_face(image, face.box, agent.classifier.crop),
+        crop_face(image, face.box, agent.classifier.crop, calibration),
+    )
+
+
 class BorderDetector:
     """The real detector's faces, plus one box that lies outside the frame (a detector glitch)."""
 

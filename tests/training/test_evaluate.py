@@ -11,7 +11,8 @@ import pytest
 
 from maskgate.cli import main
 from maskgate.config import DetectorConfig
-from maskgate.core import Face
+from maskgate.core import Box, Face
+from maskgate.crop import BoxCalibration
 from maskgate.training import evaluate
 from maskgate.training.datasets import DataSpec, parse_voc
 
@@ -90,16 +91,52 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
     root = tmp_path / "voc"
     boxes = copy_scenes(datasets, root, 3)
     spec = DataSpec.parse(str(root))
+    # The oracle's boxes are the drawn ones already: no calibration on top.
+    config = DetectorConfig(box_calibration=False)
     report = evaluate.evaluate_scenes(
-        tiny_model, [spec], "all", DetectorConfig(), progress=False, detector=OracleDetector(boxes)
+        tiny_model, [spec], "all", config, progress=False, detector=OracleDetector(boxes)
     )
     assert report["mode"] == "scenes" and report["images"] == 3 and set(report["bands"]) == BANDS
+    assert report["detector"]["box_calibration"] is False
+    assert report["detector"]["calibration"] == BoxCalibration().to_json()
     everything = report["bands"]["all"]
     faces = sum(len(b) for b in boxes)
     assert sum(everything["ground_truth"].values()) == faces == everything["matched_faces"]
     assert everything["detection_recall"]["all"] == 1.0 and everything["detection_precision"]["all"] == 1.0
     assert 0.0 <= everything["map50"] <= 1.0
     assert "mAP50" in evaluate.format_report(report)
+
+
+def test_evaluate_scenes_matches_and_crops_the_calibrated_boxes(
+    tiny_model: Path, datasets: Path, tmp_path: Path
+):
+    """A detector whose boxes sit 40 % of a face too high finds no face at IoU 0.5 as it is, and
+    every face once its folder's calibration moves the boxes back down."""
+    from maskgate.gate.detector import DEFAULT_DETECTOR_DIR
+
+    folder = tmp_path / "det"
+    shutil.copytree(DEFAULT_DETECTOR_DIR, folder)
+    card = json.loads((folder / "card.json").read_text())
+    calibration = BoxCalibration(dy=0.4)
+    card["box_calibration"] = calibration.to_json()
+    (folder / "card.json").write_text(json.dumps(card))
+    root = tmp_path / "voc"
+    drawn = copy_scenes(datasets, root, 3)
+    too_high = [
+        [Box(b.x1, b.y1 - 0.4 * b.height, b.x2, b.y2 - 0.4 * b.height) for b in image] for image in drawn
+    ]
+    spec = DataSpec.parse(str(root))
+    recall = {}
+    for calibrate in (False, True):
+        config = DetectorConfig(model=str(folder), box_calibration=calibrate)
+        detector = OracleDetector([list(boxes) for boxes in too_high])
+        report = evaluate.evaluate_scenes(
+            tiny_model, [spec], "all", config, progress=False, detector=detector
+        )
+        recall[calibrate] = report["bands"]["all"]["detection_recall"]["all"]
+        expected = calibration if calibrate else BoxCalibration()
+        assert report["detector"]["calibration"] == expected.to_json()
+    assert recall == {False: 0.0, True: 1.0}
 
 
 @pytest.mark.slow
