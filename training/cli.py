@@ -102,8 +102,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector-model",
         type=Path,
-        help="scenes: detector folder, e.g. from train-detector (default: config detector.model, "
-        "empty = the stock weights)",
+        help="detector folder, e.g. from train-detector (default: config detector.model, empty = the "
+        "stock weights); crops: the detector of `photos`",
     )
     p.add_argument(
         "--detector",
@@ -114,7 +114,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-box-calibration",
         action="store_true",
-        help="scenes: use the detector's boxes as they are (default: config detector.box_calibration)",
+        help="use the detector's boxes as they are, for scenes and photos (default: config "
+        "detector.box_calibration)",
     )
     p.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
@@ -170,6 +171,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         max_train=args.max_train,
         threads=args.threads,
         progress=not args.quiet,
+        detector=config.detector,
     )
     try:
         result = train(specs, args.out, train_config, args.cache, config.paths.datasets)
@@ -195,18 +197,19 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
 
     specs = _specs(args, config)
     try:
-        if args.mode == "crops":
-            report = evaluate.evaluate_crops(args.model, specs, args.split, args.cache, not args.quiet)
+        detector = config.detector
+        if args.detector:
+            detector = replace(detector, kind=args.detector)
+        if args.detector_model:
+            detector = replace(detector, model=str(args.detector_model))
+        if args.no_box_calibration:
+            detector = replace(detector, box_calibration=False)
+        if args.mode == "crops":  # the detector crops `photos` (at its own minimum face)
+            progress = not args.quiet
+            report = evaluate.evaluate_crops(args.model, specs, args.split, args.cache, progress, detector)
         else:
-            detector = config.detector
             if args.min_face_size:
                 detector = replace(detector, min_face_size=args.min_face_size)
-            if args.detector:
-                detector = replace(detector, kind=args.detector)
-            if args.detector_model:
-                detector = replace(detector, model=str(args.detector_model))
-            if args.no_box_calibration:
-                detector = replace(detector, box_calibration=False)
             report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)

@@ -266,9 +266,11 @@ def _restore_report(report: SourceReport, saved: dict) -> None:
     report.empty_boxes = saved["empty_boxes"]
 
 
-def photo_detector_config() -> DetectorConfig:
-    """The gate's detector settings with a smaller minimum face: whole-body photos have small faces."""
-    return DetectorConfig(min_face_size=PHOTO_MIN_FACE)
+def photo_detector_config(gate: DetectorConfig | None = None) -> DetectorConfig:
+    """The gate's detector settings (`gate`, default: the defaults) with a smaller minimum face:
+    whole-body photos have small faces. Its weights and box calibration stay the gate's, so that
+    photo crops are made the way the gate makes its crops."""
+    return replace(gate or DetectorConfig(), min_face_size=PHOTO_MIN_FACE)
 
 
 def detector_factory(config: DetectorConfig) -> Callable[[], Detect]:

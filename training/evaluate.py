@@ -78,14 +78,20 @@ def classify_crops(classifier, crops: np.ndarray, progress: bool = False) -> np.
 
 
 def evaluate_crops(
-    model_dir: Path, specs: Sequence[DataSpec], split: str, cache_dir: Path | None, progress: bool = True
+    model_dir: Path,
+    specs: Sequence[DataSpec],
+    split: str,
+    cache_dir: Path | None,
+    progress: bool = True,
+    detector: DetectorConfig | None = None,
 ) -> dict[str, object]:
+    """Classification metrics on labelled faces; `photos` are cropped with the gate's `detector`."""
     from maskgate.gate.classifier import MaskClassifier
 
     classifier = MaskClassifier(model_dir)
     card = classifier.card
     keep = _split_filter(model_dir, split)
-    detector_config = cropset.photo_detector_config()
+    detector_config = cropset.photo_detector_config(detector)
     sets, reports = [], []
     for spec in specs:
         crops, report, _ = cropset.load_source(
@@ -115,6 +121,7 @@ def evaluate_crops(
         "model": _model_json(model_dir, card),
         "split": split,
         "data": [report.to_json() for report in reports],
+        "detector": json.loads(cropset.detector_id(detector_config)),  # what found the faces of photos
         "faces": len(data),
         "seconds": round(time.monotonic() - started, 2),
         "bands": {band: by_band[band].to_json() for band in BAND_NAMES},

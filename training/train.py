@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskgate.config import DetectorConfig
 from maskgate.core import LABELS
 from maskgate.crop import CropSpec
 from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, write_card
@@ -67,6 +68,7 @@ class TrainConfig:
     max_train: int | None = None  # a random subset of the training split (slow architectures on a CPU)
     threads: int = 2
     progress: bool = True
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # the gate's: it crops `photos`
 
     @property
     def crop_spec(self) -> CropSpec:
@@ -97,8 +99,9 @@ def load_pool(
     split: SplitConfig,
     cache_dir: Path | None,
     progress: bool = True,
+    detector: DetectorConfig | None = None,
 ) -> PoolData:
-    detector_config = cropset.photo_detector_config()
+    detector_config = cropset.photo_detector_config(detector)
     sets, reports = [], []
     images: dict[str, Sequence[SourceImage]] = {}
     for spec in specs:
@@ -217,7 +220,7 @@ def train(
     started = time.monotonic()
     _check_out(out)
     configure_tensorflow(config.threads, config.split.seed)
-    pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress)
+    pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     if config.max_train and len(train_set) > config.max_train:
         rng = np.random.default_rng(config.split.seed)
@@ -291,7 +294,9 @@ def train(
             "class_weights": {label.value: float(w) for label, w in zip(LABELS, weights, strict=True)},
             "augment": config.augment.to_json() if config.augment else None,
             "max_train": config.max_train,
-            "detector_for_photos": json.loads(cropset.detector_id(cropset.photo_detector_config())),
+            "detector_for_photos": json.loads(
+                cropset.detector_id(cropset.photo_detector_config(config.detector))
+            ),
             "history": {k: [round(float(v), 5) for v in values] for k, values in history.items()},
         },
     )

@@ -125,6 +125,42 @@ def scan_report(spec: DataSpec):
 
 
 @pytest.mark.slow
+def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tmp_path: Path):
+    """With the gate's box calibration on, a photo's crop is made around the calibrated box of
+    its largest face, and the detection memo and crop cache keep the two settings apart."""
+    from maskgate.config import DetectorConfig
+    from maskgate.crop import crop_face
+    from maskgate.gate.detector import box_calibration
+    from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
+
+    root = tmp_path / "photos"
+    (root / "without_mask").mkdir(parents=True)
+    (photo,) = sample_files(datasets / "folders/comp6721/without_mask", 1)
+    shutil.copy(photo, root / "without_mask" / photo.name)
+    spec = DataSpec.parse(f"{root}:photos")
+    gate = DetectorConfig(box_calibration=True, min_face_size=40)
+    config = cropset.photo_detector_config(gate)
+    assert config.box_calibration and config.min_face_size == cropset.PHOTO_MIN_FACE
+    raw_config = cropset.photo_detector_config(DetectorConfig())
+    assert cropset.detector_id(config) != cropset.detector_id(raw_config)
+    crops, _, _ = cropset.load_source(
+        spec, SPEC, tmp_path / "cache", cropset.detector_factory(config), cropset.detector_id(config), False
+    )
+    image = cropset.read_rgb(root / "without_mask" / photo.name)
+    face = cropset.largest_face(LiteRtMtcnnDetector(config).detect(image))
+    assert np.array_equal(crops.crops[0], crop_face(image, face.box, SPEC, box_calibration(config)))
+    raw, _, _ = cropset.load_source(
+        spec,
+        SPEC,
+        tmp_path / "cache",
+        cropset.detector_factory(raw_config),
+        cropset.detector_id(raw_config),
+        False,
+    )
+    assert np.array_equal(raw.crops[0], crop_face(image, face.box, SPEC))
+
+
+@pytest.mark.slow
 def test_photos_layout_with_the_gates_mtcnn_on_real_photos(datasets: Path, tmp_path: Path):
     root = tmp_path / "photos"
     (root / "without_mask").mkdir(parents=True)
