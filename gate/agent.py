@@ -202,7 +202,9 @@ class Agent:
     def _deliver(self, frame: Frame, track: Track, decision: Decision) -> None:
         snapshot = None
         if self.snapshots is not None and decision.action in INCIDENT_ACTIONS:
-            snapshot = self.snapshots.save(frame.image, track.face.box, decision)
+            # Around the box the classifier saw: retraining reads the face back from the snapshot.
+            box = self.box_calibration.apply(track.face.box) if self.box_calibration else track.face.box
+            snapshot = self.snapshots.save(frame.image, box, decision)
         with self.timings.measure("record"):
             event = self.sink.submit(decision, snapshot)
         self._decided[track.track_id] = decision

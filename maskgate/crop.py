@@ -122,10 +122,10 @@ class BoxCalibration:
         keys = ("dx", "dy", "width_scale", "height_scale")
         if not isinstance(data, dict) or set(data) - {*keys, "fitted"} or not set(keys) <= set(data):
             raise ValueError(f"box calibration must have the keys {', '.join(keys)}, got {data!r}")
-        try:
-            return cls(*(float(data[key]) for key in keys))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid box calibration {data!r}: {exc}") from None
+        values = [data[key] for key in keys]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"invalid box calibration {data!r}: the values must be numbers")
+        return cls(*(float(v) for v in values))
 
 
 def square_box(box: Box, margin: float) -> Box:

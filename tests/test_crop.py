@@ -68,9 +68,9 @@ def test_box_calibration_moves_the_centre_by_a_share_of_the_box_and_scales_it():
 
 def test_box_calibration_fit_recovers_a_known_mapping_and_ignores_a_stray_pair():
     truth = BoxCalibration(dx=0.05, dy=0.15, width_scale=1.1, height_scale=0.9)
-    detected = [
-        Box(x, y, x + side, y + side) for x, y, side in [(0, 0, 20), (50, 10, 40), (5, 90, 100), (7, 3, 64)]
-    ]
+    # Boxes wider than high and higher than wide: a fit that mixed up the axes would not recover it.
+    corners = [(0, 0, 20, 30), (50, 10, 60, 40), (5, 90, 100, 70), (7, 3, 44, 64)]
+    detected = [Box(x, y, x + w, y + h) for x, y, w, h in corners]
     drawn = [truth.apply(box) for box in detected]
     # A detection paired with a neighbour's face: far off, but one of five does not move a median.
     detected.append(Box(0, 0, 30, 30))
@@ -91,8 +91,9 @@ def test_box_calibration_refuses_nonsense():
         BoxCalibration.fit([], [])
     with pytest.raises(ValueError, match="keys"):
         BoxCalibration.from_json({"dx": 0.1})
-    with pytest.raises(ValueError, match="invalid box calibration"):
-        BoxCalibration.from_json({"dx": "down", "dy": 0, "width_scale": 1, "height_scale": 1})
+    for bad in ("down", "0.1", True, None):
+        with pytest.raises(ValueError, match="must be numbers"):
+            BoxCalibration.from_json({"dx": bad, "dy": 0, "width_scale": 1, "height_scale": 1})
     calibration = BoxCalibration(0.01, 0.2, 1.05, 0.95)
     assert BoxCalibration.from_json(calibration.to_json() | {"fitted": {"pairs": 3}}) == calibration
 

@@ -108,8 +108,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector",
         choices=DETECTOR_CHOICES,
-        help="scenes: detector implementation (default: config detector.kind); mtcnn is the TensorFlow "
-        "reference, mtcnn-litert the gate's",
+        help="detector implementation (default: config detector.kind); mtcnn is the TensorFlow "
+        "reference, mtcnn-litert the gate's; crops: the detector of `photos`",
     )
     p.add_argument(
         "--no-box-calibration",
@@ -147,6 +147,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
     from maskgate.cli import UsageError
+    from maskgate.modelcard import ModelFileError
     from maskgate.training.archs import ARCHS
     from maskgate.training.augment import AugmentConfig
     from maskgate.training.split import SplitConfig
@@ -177,6 +178,9 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         result = train(specs, args.out, train_config, args.cache, config.paths.datasets)
     except TrainError as exc:
         raise UsageError(str(exc)) from None
+    except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
+        print(f"maskgate train: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     print(summary(result.card))
     print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
     return EXIT_OK
@@ -401,6 +405,10 @@ def _calibrate_detector(args: argparse.Namespace, config: Config) -> int:
     print(format_effect(calibration, fitted))
     if args.write:
         folder = detector_folder(detector)
-        write_calibration(folder, calibration, fitted)
+        try:
+            write_calibration(folder, calibration, fitted)
+        except CalibrationError as exc:
+            print(f"maskgate calibrate-detector: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
         print(f"wrote the calibration into {folder / 'card.json'}")
     return EXIT_OK

@@ -296,7 +296,10 @@ def make_detector(config: DetectorConfig) -> FaceDetector:
 
 
 def detector_id(config: DetectorConfig) -> str:
-    """The detector's settings and box calibration: what the located faces depend on."""
-    from maskgate.gate.detector import box_calibration
+    """What the located faces depend on: the detector's settings, the sha256 of its weights (a
+    folder trained again under the same name is another detector) and its box calibration."""
+    from maskgate.gate.detector import box_calibration, detector_folder, read_detector_card
 
-    return json.dumps(asdict(config) | {"calibration": box_calibration(config).to_json()}, sort_keys=True)
+    weights = read_detector_card(detector_folder(config)).get("files", {})
+    calibration = box_calibration(config).to_json()
+    return json.dumps(asdict(config) | {"weights": weights, "calibration": calibration}, sort_keys=True)

@@ -79,7 +79,10 @@ def box_pairs(
 def fit(pairs: Sequence[BoxPair]) -> BoxCalibration:
     if not pairs:
         raise CalibrationError("no detected face overlaps a drawn one: nothing to fit a calibration on")
-    return BoxCalibration.fit([p.detected for p in pairs], [p.drawn for p in pairs])
+    try:
+        return BoxCalibration.fit([p.detected for p in pairs], [p.drawn for p in pairs])
+    except ValueError as exc:  # out of range: the pairs are not the same faces, or too few
+        raise CalibrationError(f"no usable calibration from {len(pairs)} faces: {exc}") from None
 
 
 def box_effect(pairs: Sequence[BoxPair], calibration: BoxCalibration) -> dict[str, dict[str, float]]:
@@ -140,7 +143,10 @@ def write_calibration(folder: Path, calibration: BoxCalibration, fitted: dict) -
     """Store `calibration` (and how it was fitted) in `folder`'s card.json."""
     card = read_detector_card(folder)
     card[CALIBRATION_KEY] = calibration.to_json() | {"fitted": fitted}
-    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    try:
+        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    except OSError as exc:
+        raise CalibrationError(f"cannot write {folder / 'card.json'}: {exc}") from None
 
 
 def format_effect(calibration: BoxCalibration, fitted: dict) -> str:

@@ -168,11 +168,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     config = Config()
-    detectors = {
-        name: replace(config.detector, model=folder, box_calibration=calibrate)
+    named = [
+        (name, replace(config.detector, model=folder, box_calibration=calibrate))
         for items, calibrate in ((args.detector, config.detector.box_calibration), (args.calibrated, True))
-        for name, folder in (item.split("=", 1) for item in items)
-    }
+        for name, folder in (item.partition("=")[::2] for item in items)
+    ]
+    if not named or len({name for name, _ in named}) < len(named):
+        parser.error("give each detector a different NAME (--detector or --calibrated NAME=FOLDER)")
+    detectors = dict(named)
     videos = config.paths.datasets / args.videos if args.videos else None
     results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)
     print(table(results))

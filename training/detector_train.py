@@ -274,7 +274,12 @@ def train_detector(
     from maskgate.gate.detector import read_detector_card
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
     from maskgate.training.datasets import DataSpec
-    from maskgate.training.detector_calibrate import calibrate, format_effect, write_calibration
+    from maskgate.training.detector_calibrate import (
+        CalibrationError,
+        calibrate,
+        format_effect,
+        write_calibration,
+    )
     from maskgate.training.detector_export import export_detector
     from maskgate.training.train import configure_tensorflow
 
@@ -332,11 +337,14 @@ def train_detector(
     # The tuned nets regress towards the drawn boxes already; what is left is fitted as for the
     # stock weights and stored in the card (applied where detector.box_calibration is on).
     spec = DataSpec.parse(config.data, datasets_root)
-    calibration, fitted = calibrate(
-        DetectorConfig(model=str(out)), spec, manifest, progress=False, max_scenes=config.max_scenes
-    )
-    write_calibration(out, calibration, fitted)
-    log(format_effect(calibration, fitted))
+    try:
+        calibration, fitted = calibrate(
+            DetectorConfig(model=str(out)), spec, manifest, progress=False, max_scenes=config.max_scenes
+        )
+        write_calibration(out, calibration, fitted)
+        log(format_effect(calibration, fitted))
+    except CalibrationError as exc:  # the nets are trained: keep them, without a calibration
+        log(f"no box calibration for {out}: {exc}")
     card = read_detector_card(out)
     card["metrics"] = held_out_metrics(out, config, datasets_root, val_scenes)
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")

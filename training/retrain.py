@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine
 
-from maskgate.config import Config, RetrainConfig, load_config
+from maskgate.config import Config, DetectorConfig, RetrainConfig, load_config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 from maskgate.core import Label, utcnow
 from maskgate.dashboard.jobs import RetrainingJob, RunResult
@@ -454,7 +454,7 @@ class Retrainer:
         result = train_fn(
             pool.specs,
             out,
-            train_config(retrain, self.progress),
+            train_config(retrain, self.progress, self.config.detector),
             Path(retrain.cache),
             self.config.paths.datasets,
         )
@@ -476,8 +476,9 @@ class Retrainer:
         self, champion: Champion | None, folder: Path, specs: Sequence[DataSpec], name: str, say: Log
     ) -> Comparison:
         cache = Path(self.config.retrain.cache)
-        challenger = evaluate_scores(folder, specs, cache, self.progress)
-        held = evaluate_scores(champion.folder, specs, cache, self.progress) if champion else None
+        detector = self.config.detector  # photos are cropped as the gate crops
+        challenger = evaluate_scores(folder, specs, cache, self.progress, detector)
+        held = evaluate_scores(champion.folder, specs, cache, self.progress, detector) if champion else None
         comparison = Comparison(held, challenger)
         say(f"{name}: {comparison.to_json()}")
         return comparison
@@ -537,12 +538,19 @@ def check_settings(retrain: RetrainConfig) -> None:
         raise RetrainError("; ".join(problems))
 
 
-def evaluate_scores(folder: Path, specs: Sequence[DataSpec], cache: Path, progress: bool) -> Scores:
-    """The model in `folder` on `specs`, as the gate runs it (its TFLite file through LiteRT)."""
+def evaluate_scores(
+    folder: Path,
+    specs: Sequence[DataSpec],
+    cache: Path,
+    progress: bool,
+    detector: DetectorConfig | None = None,
+) -> Scores:
+    """The model in `folder` on `specs`, as the gate runs it (its TFLite file through LiteRT, photos
+    cropped by the gate's `detector`)."""
     from maskgate.training.evaluate import EvaluationError, evaluate_crops
 
     try:
-        report = evaluate_crops(folder, specs, "all", cache, progress)
+        report = evaluate_crops(folder, specs, "all", cache, progress, detector)
     except EvaluationError:
         return Scores(0, 0.0, 0.0, 0)
     return Scores.from_report(report)
@@ -577,7 +585,7 @@ def card_metrics(card: ModelCard) -> dict[str, object]:
     }
 
 
-def train_config(retrain: RetrainConfig, progress: bool):
+def train_config(retrain: RetrainConfig, progress: bool, detector: DetectorConfig | None = None):
     from maskgate.training.archs import ARCHS
     from maskgate.training.split import SplitConfig
     from maskgate.training.train import TrainConfig
@@ -594,6 +602,7 @@ def train_config(retrain: RetrainConfig, progress: bool):
         batch_size=retrain.batch_size,
         threads=retrain.threads,
         progress=progress,
+        detector=detector or DetectorConfig(),
     )
 
 

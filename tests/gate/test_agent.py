@@ -204,6 +204,34 @@ def test_the_classifier_sees_crops_of_the_calibrated_box(config, sqlite_store, d
     )
 
 
+class RecordingDetector:
+    def __init__(self, detector):
+        self.detector, self.boxes = detector, []
+
+    def detect(self, image):
+        faces = self.detector.detect(image)
+        self.boxes.extend(face.box for face in faces)
+        return faces
+
+
+def test_incident_snapshots_are_cut_around_the_calibrated_box(config, sqlite_store, detector):
+    """Retraining reads the face back from the snapshot: it must be the box the classifier saw."""
+    from maskgate.gate.detector import box_calibration
+
+    gate_config = replace(config, detector=replace(config.detector, box_calibration=True))
+    recording = RecordingDetector(detector)
+    agent = make_agent(gate_config, StoreSink(sqlite_store), recording)
+    saved = []
+    save = agent.snapshots.save
+    agent.snapshots.save = lambda image, box, decision: saved.append(box) or save(image, box, decision)
+    walk = SyntheticWalkUp(detector=detector)
+    assert [d.label for d in run_source(agent, walk)] == walk.expected_labels
+    calibration = box_calibration(gate_config.detector)
+    assert len(saved) == 2  # the deny and the warn
+    assert all(box in {calibration.apply(raw) for raw in recording.boxes} for box in saved)
+    assert not any(box in recording.boxes for box in saved)
+
+
 class BorderDetector:
     """The real detector's faces, plus one box that lies outside the frame (a detector glitch)."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -130,7 +132,7 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     its largest face, and the detection memo and crop cache keep the two settings apart."""
     from maskgate.config import DetectorConfig
     from maskgate.crop import crop_face
-    from maskgate.gate.detector import box_calibration
+    from maskgate.gate.detector import DEFAULT_DETECTOR_DIR, box_calibration
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
     root = tmp_path / "photos"
@@ -143,6 +145,15 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     assert config.box_calibration and config.min_face_size == cropset.PHOTO_MIN_FACE
     raw_config = cropset.photo_detector_config(DetectorConfig())
     assert cropset.detector_id(config) != cropset.detector_id(raw_config)
+    # Other weights under the same folder name are another detector.
+    folder = tmp_path / "det"
+    shutil.copytree(DEFAULT_DETECTOR_DIR, folder)
+    retrained = replace(raw_config, model=str(folder))
+    before = cropset.detector_id(retrained)
+    card = json.loads((folder / "card.json").read_text())
+    card["files"]["onet.tflite"] = "0" * 64
+    (folder / "card.json").write_text(json.dumps(card))
+    assert cropset.detector_id(retrained) != before
     crops, _, _ = cropset.load_source(
         spec, SPEC, tmp_path / "cache", cropset.detector_factory(config), cropset.detector_id(config), False
     )

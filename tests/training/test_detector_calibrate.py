@@ -16,7 +16,15 @@ from maskgate.core import Box, Face, Label
 from maskgate.crop import BoxCalibration
 from maskgate.gate.detector import DEFAULT_DETECTOR_DIR, box_calibration
 from maskgate.training.datasets import DataSpec, scan
-from maskgate.training.detector_calibrate import BoxPair, box_effect, box_pairs, calibrate, fit
+from maskgate.training.detector_calibrate import (
+    BoxPair,
+    CalibrationError,
+    box_effect,
+    box_pairs,
+    calibrate,
+    fit,
+    write_calibration,
+)
 from maskgate.training.split import ManifestRow, Split, write_manifest
 from tests.training.test_datasets import voc_xml
 
@@ -73,9 +81,13 @@ def test_box_effect_reports_raw_and_calibrated_closeness():
     assert effect["improper_mask"]["faces"] == 0
 
 
-def test_fitting_nothing_is_a_clear_error():
-    with pytest.raises(ValueError, match="nothing to fit"):
+def test_fitting_nothing_or_nonsense_is_a_clear_error():
+    with pytest.raises(CalibrationError, match="nothing to fit"):
         fit([])
+    # Detections paired with faces far below them: no calibration, a clear error.
+    far = [BoxPair(Box(0, 0, 10, 10), Box(0, 40, 10, 50), Label.WITH_MASK)] * 3
+    with pytest.raises(CalibrationError, match="no usable calibration from 3 faces"):
+        fit(far)
 
 
 def small_manifest(spec: DataSpec, path: Path, train: int, val: int) -> Path:
@@ -124,3 +136,33 @@ def test_calibrate_detector_writes_the_card_the_gate_reads(datasets: Path, tmp_p
 def test_calibrate_detector_without_a_manifest_is_a_usage_error(tmp_path: Path, capsys):
     assert main(["calibrate-detector", "--manifest", str(tmp_path / "none.csv.gz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_with_an_unusable_detector_card_names_the_file(tmp_path: Path, monkeypatch, capsys):
+    """Photos are cropped by the configured detector; a broken calibration in its card is a clear
+    error before any training, not a traceback."""
+    folder = tmp_path / "det"
+    shutil.copytree(DEFAULT_DETECTOR_DIR, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["box_calibration"]["dx"] = 9
+    (folder / "card.json").write_text(json.dumps(card))
+    faces = tmp_path / "faces" / "with_mask"
+    faces.mkdir(parents=True)
+    cv2.imwrite(str(faces / "a.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    monkeypatch.setenv("MASKGATE_DETECTOR__MODEL", str(folder))
+    monkeypatch.setenv("MASKGATE_DETECTOR__BOX_CALIBRATION", "true")
+    code = main(["train", "--data", str(tmp_path / "faces"), "--out", str(tmp_path / "m"), "--quiet"])
+    assert code == 1
+    assert "card.json: box_calibration" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_card_that_cannot_be_written_is_a_clear_error(tmp_path: Path, monkeypatch):
+    folder = tmp_path / "det"
+    shutil.copytree(DEFAULT_DETECTOR_DIR, folder)
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)  # as a package installed read-only
+    with pytest.raises(CalibrationError, match=r"cannot write .*card\.json.*Permission denied"):
+        write_calibration(folder, BoxCalibration(dy=0.1), {})

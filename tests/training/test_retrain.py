@@ -296,9 +296,11 @@ class FakeTrain:
     def __init__(self, labels: tuple[Label, ...] | None = None):
         self.labels = labels
         self.specs: list[list[DataSpec]] = []
+        self.configs: list = []
 
     def __call__(self, specs, out, train_config, cache, datasets):
         self.specs.append(list(specs))
+        self.configs.append(train_config)
         copy_model(out, f"{out.name}-cand", self.labels)
         rows = [ManifestRow(s.name, i.path, i.sha256, "", Split.TRAIN) for s in specs for i in scan(s)[0]]
         write_manifest(out / MANIFEST_FILE, rows)
@@ -464,6 +466,16 @@ def test_bad_settings_fail_the_run_before_anything_else(world):
         "retrain.val_share must be between 0 and 1; retrain.tolerance_macro_f1 must be between 0 and 1"
     )
     assert ModelRegistry(world.engine).active() is None  # not even the starting model was registered
+
+
+def test_the_candidate_is_trained_with_the_gates_detector_settings(world):
+    """Photos are cropped as the gate crops: its detector weights and box calibration."""
+    detector = replace(world.config.detector, box_calibration=True)
+    train = FakeTrain()
+    config = replace(world.config, detector=detector)
+    finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
+    assert finished.status is not RunStatus.FAILED, finished.reason
+    assert [c.detector for c in train.configs] == [detector]
 
 
 def test_missing_data_fails_the_run_with_the_key_named(world):
