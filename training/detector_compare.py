@@ -1,9 +1,9 @@
 """Detectors side by side (issue #9): held-out scenes end to end, faces >= 60 px, and the shared clips.
 
 For each detector folder (stock = the shipped export) it runs ``evaluate --mode scenes`` with the
-shipped classifier on the held-out split, adds detection recall for faces of at least 60 px (the
-issue's figure; computed with the same VOC matching, outside the report's fixed bands), and counts
-on every clip in ``videos/`` the frames with a face and with a face classified as masked.
+shipped classifier on the held-out split, with the extra band of faces of at least 60 px (the
+issue's figure), and counts on every clip in ``videos/`` the frames with a face and with a face
+classified as masked.
 
     .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
         --detector masked=models/detector-masked [--json OUT]
@@ -21,33 +21,14 @@ import cv2
 from tqdm import tqdm
 
 from maskgate.config import Config, DetectorConfig
-from maskgate.core import LABELS, Label
+from maskgate.core import Label
 from maskgate.gate.detector import CalibratedDetector, box_calibration
 from maskgate.training import cropset, evaluate
-from maskgate.training.datasets import DataSpec, scan
-from maskgate.training.metrics import _match_image
-from maskgate.training.split import MANIFEST_FILE, split_images
+from maskgate.training.datasets import DataSpec
 
-LARGE = 60  # px: the issue's "faces of 60 px and more"
+LARGE = ">=60"  # the issue's "faces of 60 px and more"
 BANDS = ("all", "<32", "32-96", ">=96", ">=32")
 MASKED = (Label.WITH_MASK, Label.IMPROPER_MASK)
-
-
-def recall_from(detector, spec: DataSpec, keep: set[tuple[str, str]], min_side: float) -> dict[str, float]:
-    """Detection recall per class of faces at least `min_side` px (VOC matching, IoU >= 0.5)."""
-    found: dict[Label, int] = dict.fromkeys(LABELS, 0)
-    total: dict[Label, int] = dict.fromkeys(LABELS, 0)
-    images, _ = scan(spec)
-    for _, rgb, truth in evaluate.labelled_scenes(spec, images, keep):
-        faces = sorted(detector.detect(rgb), key=lambda f: -f.score)
-        for match in _match_image(truth, [f.box for f in faces], None):
-            if match.taken and match.truth is not None and truth[match.truth].box.side >= min_side:
-                found[truth[match.truth].label] += 1
-        for t in truth:
-            total[t.label] += t.box.side >= min_side
-    return {label.value: found[label] / total[label] if total[label] else 0.0 for label in LABELS} | {
-        "faces": {label.value: total[label] for label in LABELS}
-    }
 
 
 def clip_frames(detector, classifier, card, videos: Path, progress: bool = True) -> dict[str, dict[str, int]]:
@@ -94,21 +75,17 @@ def compare(
     from maskgate.gate.classifier import MaskClassifier
 
     spec = DataSpec.parse(data, root)
-    keep = split_images(model / MANIFEST_FILE, [split])
     classifier = MaskClassifier(model)
     results = {}
     for name, config in detectors.items():
         detector = cropset.make_detector(config)
-        report = evaluate.evaluate_scenes(model, [spec], split, config, progress, detector=detector)
-        # The boxes the gate crops: calibrated as evaluate_scenes calibrates them.
-        gate_view = CalibratedDetector(detector, box_calibration(config))
-        results[name] = {
-            "detector": report["detector"],
-            "seconds": report["seconds"],
-            "bands": report["bands"],
-            f">={LARGE}": recall_from(gate_view, spec, keep, LARGE),
-        }
+        report = evaluate.evaluate_scenes(
+            model, [spec], split, config, progress, detector=detector, extra_bands=[LARGE]
+        )
+        results[name] = {key: report[key] for key in ("detector", "seconds", "bands")}
         if videos is not None and videos.is_dir():
+            # The boxes the gate crops: calibrated as evaluate_scenes calibrates them.
+            gate_view = CalibratedDetector(detector, box_calibration(config))
             results[name]["clips"] = clip_frames(gate_view, classifier, classifier.card, videos, progress)
     return results
 
@@ -128,12 +105,13 @@ def table(results: dict[str, dict]) -> str:
                 f"{r['improper_mask']:.3f} | {m['detection_precision']['all']:.3f} | {m['map50']:.3f} |"
             )
     for name, result in results.items():
-        r = result[f">={LARGE}"]
-        faces = r["faces"]
+        m = result["bands"][LARGE]
+        r, faces = m["detection_recall"], m["ground_truth"]
         lines.append(
-            f"| >={LARGE} | {name} | {r['with_mask']:.3f} (n={faces['with_mask']}) | "
+            f"| {LARGE} | {name} | {r['with_mask']:.3f} (n={faces['with_mask']}) | "
             f"{r['without_mask']:.3f} (n={faces['without_mask']}) | "
-            f"{r['improper_mask']:.3f} (n={faces['improper_mask']}) | | |"
+            f"{r['improper_mask']:.3f} (n={faces['improper_mask']}) | "
+            f"{m['detection_precision']['all']:.3f} | {m['map50']:.3f} |"
         )
     if all("clips" in result for result in results.values()):
         names = list(results)

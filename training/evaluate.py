@@ -135,8 +135,12 @@ def evaluate_scenes(
     detector_config: DetectorConfig,
     progress: bool = True,
     detector: FaceDetector | None = None,
+    extra_bands: Sequence[str] = (),
 ) -> dict[str, object]:
-    """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`."""
+    """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`.
+
+    `extra_bands` (">=60", ...) are reported after the standard ones.
+    """
     from maskgate.gate.classifier import MaskClassifier
 
     for spec in specs:
@@ -168,7 +172,7 @@ def evaluate_scenes(
         "data": [report.to_json() for report in reports],
         "images": len(results),
         "seconds": round(time.monotonic() - started, 2),
-        "bands": {band: scene_metrics(results, band).to_json() for band in BAND_NAMES},
+        "bands": {band: scene_metrics(results, band).to_json() for band in (*BAND_NAMES, *extra_bands)},
     }
 
 

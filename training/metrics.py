@@ -31,13 +31,18 @@ IOU_THRESHOLD = 0.5
 
 
 def in_band(side: float, band: str) -> bool:
+    """Whether a face of `side` px is in `band`: "all", a named size band, or ">=N" (N px and more;
+    the gate band is ">=32")."""
     if band == ALL:
         return True
-    if band == GATE_BAND:
-        return side >= 32
     for low, high, name in SIZE_BANDS:
         if name == band:
             return low <= side < high
+    if band.startswith(">="):
+        try:
+            return side >= float(band[2:])
+        except ValueError:
+            pass
     raise ValueError(f"unknown size band {band!r}")
 
 

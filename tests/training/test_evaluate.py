@@ -95,9 +95,17 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
     # The oracle's boxes are the drawn ones already: no calibration on top.
     config = DetectorConfig(box_calibration=False)
     report = evaluate.evaluate_scenes(
-        tiny_model, [spec], "all", config, progress=False, detector=OracleDetector(boxes)
+        tiny_model,
+        [spec],
+        "all",
+        config,
+        progress=False,
+        detector=OracleDetector(boxes),
+        extra_bands=[">=40"],
     )
-    assert report["mode"] == "scenes" and report["images"] == 3 and set(report["bands"]) == BANDS
+    assert report["mode"] == "scenes" and report["images"] == 3 and set(report["bands"]) == {*BANDS, ">=40"}
+    large = sum(1 for image in boxes for box in image if box.side >= 40)
+    assert sum(report["bands"][">=40"]["ground_truth"].values()) == large == 3
     assert report["detector"]["box_calibration"] is False
     assert report["detector"]["calibration"] == BoxCalibration().to_json()
     everything = report["bands"]["all"]

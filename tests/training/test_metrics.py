@@ -14,6 +14,7 @@ from maskgate.training.metrics import (
     band_mask,
     crop_metrics,
     crop_metrics_by_band,
+    in_band,
     scene_metrics,
     voc_ap,
 )
@@ -121,3 +122,23 @@ def test_scene_metrics_in_size_bands_ignore_faces_outside_the_band():
         "face_accuracy",
         "confusion",
     }
+
+
+def test_size_bands_by_name_and_open_ended():
+    assert in_band(31.9, "<32") and not in_band(32, "<32") and in_band(32, "32-96")
+    assert in_band(96, ">=96") and in_band(32, ">=32") and not in_band(31.9, ">=32")
+    assert in_band(60, ">=60") and not in_band(59.9, ">=60") and in_band(5, "all")
+    for bad in ("big", ">=", ">=sixty"):
+        with pytest.raises(ValueError, match="unknown size band"):
+            in_band(40, bad)
+
+
+def test_scene_metrics_in_an_open_ended_band_count_only_its_faces():
+    # Faces of 40 and 80 px, both found: in ">=60" only the 80 px face and its detection count.
+    small, large = Box(0, 0, 40, 40), Box(100, 0, 180, 80)
+    result = SceneResult(
+        (GroundTruth(small, W), GroundTruth(large, WO)),
+        (Detection(small, 0.9, (1.0, 0.0, 0.0)), Detection(large, 0.8, (0.0, 1.0, 0.0))),
+    )
+    band = scene_metrics([result], ">=60")
+    assert band.truth == {W: 0, WO: 1, IM: 0} and band.detections == 1 and band.recall[WO] == 1.0
