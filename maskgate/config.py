@@ -68,9 +68,9 @@ class DetectorConfig:
     working_width: int = 640  # frames are scaled to this width before detection
     model: str = ""  # detector folder (maskgate train-detector); "" = the stock MTCNN weights
     # Map detected boxes through the detector folder's learned box calibration before cropping
-    # (`maskgate calibrate-detector`; docs/detector.md). Off by default: the shipped classifier
-    # takes a bearded man for masked on calibrated crops of one clip (a wrong "open").
-    box_calibration: bool = False
+    # (`maskgate calibrate-detector`; docs/detector.md). The shipped classifier learned from
+    # calibrated crops: switched off, it misses most masks worn on the chin.
+    box_calibration: bool = True
 
 
 @dataclass(frozen=True)

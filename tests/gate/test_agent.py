@@ -116,8 +116,8 @@ def test_masked_clip_allows_and_never_denies(make, name):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["gituatu_nomask.mp4", "yash42828_test_no_mask.mp4"])
 def test_unmasked_clips_never_open_the_door(make, name):
-    # gituatu_nomask: the shipped model takes this man's beard for a mask (p about 0.68); the
-    # policy's allow floor keeps the door shut, but he gets no deny either (see docs/agent.md).
+    # gituatu_nomask: the shipped model is unsure about this man's beard on calibrated crops; the
+    # policy's allow floor keeps the door shut, but he gets no deny either (docs/training.md).
     decisions = run_source(make(), open_reader(str(clip(name))))
     assert Action.ALLOW not in [d.action for d in decisions], decisions
 

@@ -204,7 +204,7 @@ def test_the_stock_detector_ships_a_calibration_that_moves_boxes_down(tmp_path):
     # MTCNN's boxes sit higher than hand-drawn ones (docs/detector.md): the centre moves down.
     assert not calibration.is_identity and calibration.dy > 0.05
     assert box_calibration(DetectorConfig(box_calibration=False)).is_identity
-    assert box_calibration(DetectorConfig()).is_identity  # off by default (docs/detector.md)
+    assert box_calibration(DetectorConfig()) == calibration  # on by default (docs/detector.md)
 
 
 def test_a_detector_folder_without_calibration_calibrates_nothing(tmp_path):

@@ -36,7 +36,7 @@ def test_train_detector_writes_a_folder_with_card_plots_and_agreeing_nets(tmp_pa
     assert set(training["history"]) == {"rnet", "onet"}
     assert set(card["metrics"]["test"]) == {"stock", "tuned"}
     assert card["box_calibration"]["fitted"]["train_pairs"] > 0  # fitted on the tuned nets' boxes
-    assert card["metrics"]["detector"]["box_calibration"] is False  # the gate's default
+    assert card["metrics"]["detector"]["box_calibration"] is True  # the gate's default
     faces = LiteRtMtcnnDetector(DetectorConfig(model=str(out))).detect(np.zeros((120, 160, 3), np.uint8))
     assert faces == []
 

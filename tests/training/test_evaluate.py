@@ -47,7 +47,7 @@ def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_mo
     report = json.loads(out.read_text())
     assert report["schema"] == 1 and report["mode"] == "crops" and report["split"] == "test"
     assert report["model"]["sha256"] and set(report["bands"]) == BANDS
-    assert report["detector"]["box_calibration"] is False  # the gate's default detector crops photos
+    assert report["detector"]["box_calibration"] is True  # the gate's default detector crops photos
     band = report["bands"]["all"]
     assert band["count"] == report["faces"] == 18  # 25 % of the 72 images, by image
     assert set(band) == {"count", "accuracy", "macro_f1", "per_class", "confusion"}
