@@ -143,7 +143,7 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     gate = DetectorConfig(box_calibration=True, min_face_size=40)
     config = cropset.photo_detector_config(gate)
     assert config.box_calibration and config.min_face_size == cropset.PHOTO_MIN_FACE
-    raw_config = cropset.photo_detector_config(DetectorConfig())
+    raw_config = cropset.photo_detector_config(DetectorConfig(box_calibration=False))
     assert cropset.detector_id(config) != cropset.detector_id(raw_config)
     # Other weights under the same folder name are another detector.
     folder = tmp_path / "det"

@@ -22,7 +22,7 @@ needs_fmd = pytest.mark.skipif(
 
 @pytest.mark.slow
 @needs_fmd
-def test_train_detector_writes_a_folder_with_card_plots_and_agreeing_nets(tmp_path, monkeypatch):
+def test_train_detector_writes_a_folder_with_card_plots_and_agreeing_nets(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(DATASETS))
     out = tmp_path / "detector"
     args = ["train-detector", "--out", str(out), "--max-scenes", "6", "--epochs", "1", "--quiet"]
@@ -35,7 +35,12 @@ def test_train_detector_writes_a_folder_with_card_plots_and_agreeing_nets(tmp_pa
     assert "test images are never used" in training["data"]["split"]
     assert set(training["history"]) == {"rnet", "onet"}
     assert set(card["metrics"]["test"]) == {"stock", "tuned"}
-    assert card["box_calibration"]["fitted"]["train_pairs"] > 0  # fitted on the tuned nets' boxes
+    # A calibration fitted on the tuned nets' boxes, or (one epoch on six scenes may find no face
+    # near a drawn one) the nets kept without one and the reason said.
+    if "box_calibration" in card:
+        assert card["box_calibration"]["fitted"]["train_pairs"] > 0
+    else:
+        assert "no box calibration for" in capsys.readouterr().out
     assert card["metrics"]["detector"]["box_calibration"] is True  # the gate's default
     faces = LiteRtMtcnnDetector(DetectorConfig(model=str(out))).detect(np.zeros((120, 160, 3), np.uint8))
     assert faces == []
