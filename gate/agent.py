@@ -76,10 +76,10 @@ class Agent:
         snapshots: SnapshotWriter | None = None,
         video: VideoSink | None = None,
         on_decision: Callable[[Decision, Event], None] | None = None,
-        box_calibration: BoxCalibration | None = None,
+        box_calibration: BoxCalibration | None = None,  # None: crop the detector's boxes as they are
     ):
         self.detector = detector
-        self.box_calibration = box_calibration
+        self.box_calibration = box_calibration or BoxCalibration()
         self.classifier = classifier
         self.tracker = tracker
         self.policy = policy
@@ -203,8 +203,7 @@ class Agent:
         snapshot = None
         if self.snapshots is not None and decision.action in INCIDENT_ACTIONS:
             # Around the box the classifier saw: retraining reads the face back from the snapshot.
-            box = self.box_calibration.apply(track.face.box) if self.box_calibration else track.face.box
-            snapshot = self.snapshots.save(frame.image, box, decision)
+            snapshot = self.snapshots.save(frame.image, self.box_calibration.apply(track.face.box), decision)
         with self.timings.measure("record"):
             event = self.sink.submit(decision, snapshot)
         self._decided[track.track_id] = decision

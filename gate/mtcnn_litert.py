@@ -26,8 +26,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from maskgate.config import DetectorConfig
 from maskgate.core import Box, Face
-from maskgate.gate.detector import (  # noqa: F401  (DEFAULT_DETECTOR_DIR: its historical home)
-    DEFAULT_DETECTOR_DIR,
+from maskgate.gate.detector import (
     LANDMARK_NAMES,
     check_frame,
     detector_folder,

@@ -111,8 +111,6 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 def test_an_altered_detector_file_is_refused(tmp_path):
     import shutil
 
-    from maskgate.gate.mtcnn_litert import DEFAULT_DETECTOR_DIR
-
     shutil.copytree(DEFAULT_DETECTOR_DIR, tmp_path / "det")
     (tmp_path / "det" / "onet.tflite").write_bytes(b"junk")
     with pytest.raises(ModelFileError, match=r"onet\.tflite"):

@@ -11,7 +11,8 @@ from skimage.data import astronaut
 
 from maskgate.cli import main
 from maskgate.config import DetectorConfig
-from maskgate.gate.mtcnn_litert import DEFAULT_DETECTOR_DIR, LiteRtMtcnnDetector
+from maskgate.gate.detector import DEFAULT_DETECTOR_DIR
+from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 from maskgate.modelcard import sha256_file
 
 
