@@ -131,9 +131,15 @@ def _landmarks(detector: FaceDetector, portrait: np.ndarray) -> Landmarks:
     return dict(max(faces, key=lambda face: face.box.area).landmarks)
 
 
-def draw_mask(portrait: np.ndarray, landmarks: Landmarks, style: MaskStyle) -> np.ndarray:
-    """`portrait` with a surgical-style mask drawn from the face's landmarks in `style`."""
+SURGICAL_BLUE = (168, 208, 232)  # RGB
+
+
+def draw_mask(
+    portrait: np.ndarray, landmarks: Landmarks, style: MaskStyle, colour: tuple[int, int, int] = SURGICAL_BLUE
+) -> np.ndarray:
+    """`portrait` with a surgical-style mask of `colour` drawn from the face's landmarks in `style`."""
     out = portrait.copy()
+    pleat = tuple(max(0, c - 28) for c in colour)  # a shade darker than the mask
     if style is MaskStyle.NONE:
         return out
     (lx, ly), (rx, ry) = landmarks["left_eye"], landmarks["right_eye"]
@@ -161,12 +167,12 @@ def draw_mask(portrait: np.ndarray, landmarks: Landmarks, style: MaskStyle) -> n
     )
     shift = 4  # sub-pixel precision for smooth anti-aliased edges
     points = np.round(outline * (1 << shift)).astype(np.int32)
-    cv2.fillPoly(out, [points], (168, 208, 232), lineType=cv2.LINE_AA, shift=shift)
+    cv2.fillPoly(out, [points], colour, lineType=cv2.LINE_AA, shift=shift)
     for fraction in (0.3, 0.5, 0.7):  # pleats
         y = top + fraction * (chin - top) * 0.8
         start = (int((cx - 0.9 * half) * 16), int(y * 16))
         end = (int((cx + 0.9 * half) * 16), int(y * 16))
-        cv2.line(out, start, end, (140, 180, 205), 2, lineType=cv2.LINE_AA, shift=shift)
+        cv2.line(out, start, end, pleat, 2, lineType=cv2.LINE_AA, shift=shift)
     for side in (-1, 1):  # ear loops
         start = (int((cx + side * half) * 16), int((top + 0.1 * eye_gap) * 16))
         end = (int((cx + side * 1.6 * half) * 16), int((eye_y + 0.1 * eye_gap) * 16))

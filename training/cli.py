@@ -64,6 +64,20 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=float, default=0.2, help="held-out test share of the source images")
     p.add_argument("--seed", type=int, default=1337, help="split and initialisation seed")
     p.add_argument("--max-train", type=int, help="use at most this many training crops (slow archs)")
+    p.add_argument(
+        "--synthetic-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw masks (proper, below the nose, on the chin; random colours) on up to N bare faces "
+        "of the training split and add them to it (default 0)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="DIR",
+        help="start from the weights of this model folder (same --arch and crop) instead of random ones",
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
     p.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
@@ -173,6 +187,8 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         threads=args.threads,
         progress=not args.quiet,
         detector=config.detector,
+        synthetic_masks=args.synthetic_masks,
+        init_from=args.init,
     )
     try:
         result = train(specs, args.out, train_config, args.cache, config.paths.datasets)

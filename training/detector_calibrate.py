@@ -163,4 +163,3 @@ def format_effect(calibration: BoxCalibration, fitted: dict) -> str:
             f"   {e['iou50_raw']:16.3f} -> {e['iou50_calibrated']:.3f}"
         )
     return "\n".join(lines)
-

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from maskgate.core import Label
 from maskgate.gate.detector import resize_to_width
-from maskgate.gate.synthetic import MaskStyle, draw_mask
+from maskgate.gate.synthetic import SURGICAL_BLUE, MaskStyle, draw_mask
 
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
 NETWORK_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
@@ -199,14 +199,20 @@ STYLE_LABEL = {
 }
 
 
-def draw_style(image: np.ndarray, landmarks: dict[str, tuple[float, float]], style: str) -> np.ndarray:
-    """`image` with a mask drawn in `style`; "chin" is :func:`draw_mask`'s below-nose mask moved down.
+def draw_style(
+    image: np.ndarray,
+    landmarks: dict[str, tuple[float, float]],
+    style: str,
+    colour: tuple[int, int, int] = SURGICAL_BLUE,
+) -> np.ndarray:
+    """`image` with a mask of `colour` drawn in `style`; "chin" is :func:`draw_mask`'s below-nose
+    mask moved down.
 
     The chin mask reuses the below-nose drawing with the nose and mouth landmarks lowered by the
     nose-to-mouth distance, so the mask's top edge sits under the mouth.
     """
     if style != CHIN:
-        return draw_mask(image, landmarks, MaskStyle(style))
+        return draw_mask(image, landmarks, MaskStyle(style), colour)
     nose_y = landmarks["nose"][1]
     mouth_y = (landmarks["mouth_left"][1] + landmarks["mouth_right"][1]) / 2
     drop = 1.1 * max(mouth_y - nose_y, 1.0)
@@ -214,7 +220,7 @@ def draw_style(image: np.ndarray, landmarks: dict[str, tuple[float, float]], sty
     for name in ("nose", "mouth_left", "mouth_right"):
         x, y = landmarks[name]
         lowered[name] = (x, y + drop)
-    return draw_mask(image, lowered, MaskStyle.BELOW_NOSE)
+    return draw_mask(image, lowered, MaskStyle.BELOW_NOSE, colour)
 
 
 def synthetic_scenes(

@@ -22,7 +22,7 @@ import numpy as np
 from maskgate.config import DetectorConfig
 from maskgate.core import LABELS
 from maskgate.crop import CropSpec
-from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, write_card
+from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
 from maskgate.training import cropset, plots
 from maskgate.training.archs import ARCHS, trainable_parameters, with_flip_average
 from maskgate.training.augment import AugmentConfig, augment_batch
@@ -40,6 +40,7 @@ from maskgate.training.split import (
     manifest_rows,
     write_manifest,
 )
+from maskgate.training.synthetic_crops import synthetic_masked_crops
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class TrainConfig:
     threads: int = 2
     progress: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # the gate's: it crops `photos`
+    synthetic_masks: int = 0  # bare training faces that get a drawn mask (training_synthetic_crops)
+    init_from: Path | None = None  # a model folder of the same arch and crop to start from
 
     @property
     def crop_spec(self) -> CropSpec:
@@ -219,6 +222,7 @@ def train(
     """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
     started = time.monotonic()
     _check_out(out)
+    start_card = _start_card(config) if config.init_from else None
     configure_tensorflow(config.threads, config.split.seed)
     pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
@@ -227,6 +231,16 @@ def train(
         train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.max_train, replace=False)))
     if len(train_set) == 0 or len(val_set) == 0:
         raise TrainError(f"not enough data: {len(train_set)} training and {len(val_set)} validation crops")
+    synthetic = None
+    if config.synthetic_masks:
+        drawn, synthetic = synthetic_masked_crops(
+            train_set,
+            config.synthetic_masks,
+            cropset.make_detector(cropset.photo_detector_config(config.detector)).detect,
+            np.random.default_rng(config.split.seed),
+            config.progress,
+        )
+        train_set = CropSet.concat([train_set, drawn])
     log.info(
         "split by source image: train %s, val %s, test %s",
         *(p.counts() for p in (train_set, val_set, test_set)),
@@ -294,6 +308,8 @@ def train(
             "class_weights": {label.value: float(w) for label, w in zip(LABELS, weights, strict=True)},
             "augment": config.augment.to_json() if config.augment else None,
             "max_train": config.max_train,
+            "synthetic_masks": synthetic.to_json() if synthetic else None,
+            "started_from": start_card.version if start_card else None,
             "detector_for_photos": json.loads(
                 cropset.detector_id(cropset.photo_detector_config(config.detector))
             ),
@@ -312,11 +328,38 @@ def _check_out(out: Path) -> None:
         raise TrainError(f"{out} exists and is not a model folder (no {CARD_FILE}): choose another --out")
 
 
+def _start_card(config: TrainConfig) -> ModelCard:
+    """The card of `config.init_from`, checked: intact, same architecture, same crop."""
+    try:
+        card = load_card(config.init_from)
+    except ModelFileError as e:
+        raise TrainError(f"cannot start from {config.init_from}: {e}") from e
+    if card.arch != config.arch or card.crop != config.crop_spec:
+        raise TrainError(
+            f"cannot start from {config.init_from}: it is {card.arch} with crop {card.crop}, "
+            f"this run trains {config.arch} with crop {config.crop_spec}"
+        )
+    return card
+
+
+def start_weights(model, folder: Path) -> None:
+    """Set `model`'s weights from the saved model in `folder` (its inner network when the saved one
+    is wrapped by :func:`with_flip_average`)."""
+    from maskgate.training.layers import load_keras
+
+    saved = load_keras(folder / KERAS_FILE)
+    inner = [layer for layer in saved.layers if hasattr(layer, "layers")]
+    source = inner[0] if len(inner) == 1 else saved
+    model.set_weights(source.get_weights())
+
+
 def _fit(config: TrainConfig, train_set: CropSet, val_set: CropSet, weights: np.ndarray):
     """The compiled model fitted with early stopping (best weights restored) and its history."""
     import keras
 
     model = ARCHS[config.arch].build(config.crop_spec)
+    if config.init_from:
+        start_weights(model, config.init_from)
     steps = -(-len(train_set) // config.batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config.lr, config.epochs, steps)),

@@ -60,3 +60,31 @@ def test_the_gates_classifier_loads_it_and_tflite_agrees_with_keras(tiny_model: 
     gate_probs = np.array([[r.probabilities[label] for label in LABELS] for r in results])
     assert np.max(np.abs(keras_probs - lite_probs)) < TFLITE_TOLERANCE
     assert np.max(np.abs(keras_probs - gate_probs)) < TFLITE_TOLERANCE
+
+
+def test_a_fresh_network_started_from_a_model_folder_predicts_as_it_does(tiny_model: Path):
+    from maskgate.training.archs import ARCHS, with_flip_average
+    from maskgate.training.layers import load_keras
+    from maskgate.training.train import start_weights
+
+    fresh = ARCHS["compact"].build(load_card(tiny_model).crop)
+    crops = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    saved = keras_predict(load_keras(tiny_model / "model.keras"), crops)
+    assert np.max(np.abs(keras_predict(with_flip_average(fresh), crops) - saved)) > 1e-3  # random init
+    start_weights(fresh, tiny_model)
+    assert np.max(np.abs(keras_predict(with_flip_average(fresh), crops) - saved)) < 1e-5
+
+
+def test_starting_from_another_architecture_or_an_altered_folder_is_refused(tiny_model: Path, tmp_path):
+    import shutil
+
+    from maskgate.crop import CropSpec
+    from maskgate.training.train import TrainConfig, TrainError, train
+
+    with pytest.raises(TrainError, match=r"cannot start from .*compact with crop .*size=32"):
+        train([], tmp_path / "a", TrainConfig(init_from=tiny_model), None)  # 96 px crop wanted
+    altered = tmp_path / "altered"
+    shutil.copytree(tiny_model, altered)
+    (altered / "model.keras").write_bytes(b"not a model")
+    with pytest.raises(TrainError, match=r"cannot start from .*altered"):
+        train([], tmp_path / "b", TrainConfig(crop=CropSpec(size=32), init_from=altered), None)
