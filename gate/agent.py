@@ -20,7 +20,7 @@ from maskgate.core import Action, Classification, Decision, Event, Frame, Track
 from maskgate.crop import BoxCalibration, EmptyCropError, crop_face
 from maskgate.gate.annotate import VideoSink, draw
 from maskgate.gate.classifier import MaskClassifier
-from maskgate.gate.detector import FaceDetector, InvalidFrameError, check_frame
+from maskgate.gate.detector import FaceDetector, InvalidFrameError, calibration_mismatch, check_frame
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.sources import Capture, check_complete
@@ -81,6 +81,7 @@ class Agent:
         self.detector = detector
         self.box_calibration = box_calibration or BoxCalibration()
         self.classifier = classifier
+        self._warn_on_crop_mismatch(classifier)
         self.tracker = tracker
         self.policy = policy
         self.sink = sink
@@ -115,7 +116,15 @@ class Agent:
             classifier, self._next_classifier = self._next_classifier, None
         if classifier is not None:
             log.info("classifier %s replaces %s", classifier.version, self.classifier.version)
+            self._warn_on_crop_mismatch(classifier)
             self.classifier = classifier
+
+    def _warn_on_crop_mismatch(self, classifier: MaskClassifier) -> None:
+        # A warning, not a refusal: the door still fails closed on low confidence, and an operator
+        # may run a detector the model was not trained with on purpose (e.g. to compare).
+        reason = calibration_mismatch(classifier.card, self.box_calibration)
+        if reason:
+            log.warning("%s", reason)
 
     def run(
         self,

@@ -23,7 +23,7 @@ import numpy as np
 from maskgate.config import DetectorConfig
 from maskgate.core import Box, Face
 from maskgate.crop import BoxCalibration
-from maskgate.modelcard import ModelFileError
+from maskgate.modelcard import ModelCard, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,35 @@ def box_calibration(config: DetectorConfig) -> BoxCalibration:
         return BoxCalibration.from_json(data)
     except ValueError as exc:
         raise ModelFileError(f"{folder / 'card.json'}: {CALIBRATION_KEY}: {exc}") from None
+
+
+CALIBRATION_TOLERANCE = 0.02  # per term; smaller differences do not visibly change a crop
+
+
+def calibration_mismatch(card: ModelCard, calibration: BoxCalibration) -> str | None:
+    """Why the classifier of `card` would see other crops at this gate than it was trained on, or None.
+
+    Its `photos` crops were cut around detector boxes mapped through the calibration its card
+    records; a gate calibrating otherwise (or not at all) shifts every crop, and the classifier
+    was measured unsafe that way (docs/detector.md, "Safety at the door"). None when the card
+    records no calibration (older models, or data without detected faces).
+    """
+    photos = card.training.get("detector_for_photos")
+    if not isinstance(photos, dict) or "calibration" not in photos:
+        return None
+    try:
+        trained = BoxCalibration.from_json(photos["calibration"])
+    except ValueError:
+        return None
+    pairs = zip(trained.to_json().values(), calibration.to_json().values(), strict=True)
+    if all(abs(a - b) <= CALIBRATION_TOLERANCE for a, b in pairs):
+        return None
+    return (
+        f"model {card.version} was trained on crops around detector boxes calibrated as "
+        f"{trained.to_json()}, but this gate calibrates as {calibration.to_json()}: its crops differ "
+        "from the training crops, so its decisions may be wrong (set detector.box_calibration and "
+        "detector.model as the model was trained, or retrain it)"
+    )
 
 
 def read_detector_card(folder: Path) -> dict:

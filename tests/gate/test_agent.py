@@ -159,6 +159,16 @@ def test_garbage_frames_are_skipped_without_decisions(make, garbage, caplog):
     assert agent.stats.bad_frames == 1 and "skipped" in caplog.text
 
 
+def test_the_agent_warns_when_it_cuts_other_crops_than_its_model_was_trained_on(
+    make, config, sqlite_store, detector, caplog
+):
+    make()  # the default config calibrates as the shipped model was trained: no warning
+    assert "was trained on crops" not in caplog.text
+    raw = replace(config, detector=replace(config.detector, box_calibration=False))
+    agent = make_agent(raw, StoreSink(sqlite_store), detector)
+    assert "was trained on crops" in caplog.text and agent.classifier.version in caplog.text
+
+
 def test_noise_frames_give_no_decision(make):
     agent = make()
     rng = np.random.default_rng(0)

@@ -239,3 +239,23 @@ def test_a_calibrated_detector_returns_calibrated_boxes(door_frame):
     found = CalibratedDetector(detector, calibration).detect(door_frame)
     assert len(found) == len(raw) == 1
     assert found[0].box == calibration.apply(raw[0].box) and found[0].score == raw[0].score
+
+
+def test_a_model_trained_on_other_crops_than_the_gate_cuts_is_named():
+    from dataclasses import replace
+
+    from maskgate.crop import BoxCalibration
+    from maskgate.gate.detector import calibration_mismatch
+    from maskgate.modelcard import load_card
+
+    shipped = load_card(Path(__file__).parents[2] / "models" / "default")
+    stock = box_calibration(DetectorConfig(box_calibration=True))
+    assert calibration_mismatch(shipped, stock) is None  # trained as the gate cuts by default
+    reason = calibration_mismatch(shipped, BoxCalibration())
+    assert reason and shipped.version in reason and "detector.box_calibration" in reason
+    nearly = replace(stock, dy=stock.dy + 0.01)
+    assert calibration_mismatch(shipped, nearly) is None  # within tolerance
+    unrecorded = replace(
+        shipped, training={k: v for k, v in shipped.training.items() if k != "detector_for_photos"}
+    )
+    assert calibration_mismatch(unrecorded, BoxCalibration()) is None
