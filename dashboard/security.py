@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import abort, g, request, session
+from flask import abort, current_app, g, request, session
 
 CSRF_SESSION_KEY = "csrf"
 CSRF_FORM_FIELD = "csrf_token"
@@ -156,11 +156,17 @@ def _ip_key(address: str) -> str:
     return "ip:" + address
 
 
+HSTS_MAX_AGE_S = 365 * 24 * 3600
+
+
 def set_security_headers(response):
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
+    if request.is_secure and current_app.config.get("SESSION_COOKIE_SECURE"):
+        # Served over HTTPS (directly or behind the trusted proxy): browsers keep to HTTPS for a year.
+        response.headers["Strict-Transport-Security"] = f"max-age={HSTS_MAX_AGE_S}"
     if request.endpoint != "static":
         # Pages show personal data: keep them out of shared caches and the back-forward cache.
         response.headers.setdefault("Cache-Control", "no-store")

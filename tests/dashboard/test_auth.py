@@ -91,6 +91,13 @@ def test_secure_cookies_are_marked_secure(migrated_engine, users, tmp_path):
     client = app.test_client()
     response = client.get("/login", base_url="https://localhost")
     assert "Secure" in response.headers["Set-Cookie"]
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # HSTS only over HTTPS (a browser ignores it on plain HTTP, and it would be a lie there)
+    assert "Strict-Transport-Security" not in client.get("/login").headers
+
+
+def test_no_hsts_without_secure_cookies(app, anonymous):
+    assert "Strict-Transport-Security" not in anonymous.get("/login", base_url="https://localhost").headers
 
 
 def test_sign_in_rotates_the_csrf_token(app, anonymous):
