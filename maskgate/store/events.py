@@ -116,7 +116,7 @@ class EventStore:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        dialect_insert = _dialect_insert(engine.dialect.name)
+        dialect_insert = insert_for_dialect(engine.dialect.name)
         # Built once: recording is the agent's hot path (DESIGN: an insert well under 2 ms).
         self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
         self._insert_event = (
@@ -131,7 +131,7 @@ class EventStore:
     def ensure_gate(self, gate_id: str, name: str | None = None) -> None:
         """Create the gate if it is new (concurrent callers are fine)."""
         with self._session() as session, session.begin():
-            session.execute(self._insert_gate, _gate_values(gate_id, name))
+            session.execute(self._insert_gate, gate_values(gate_id, name))
 
     def update_gate(
         self,
@@ -154,7 +154,7 @@ class EventStore:
             if value is not None
         }
         with self._session() as session, session.begin():
-            session.execute(self._insert_gate, _gate_values(gate_id, None))
+            session.execute(self._insert_gate, gate_values(gate_id, None))
             if values:
                 session.execute(update(GateRow).where(GateRow.id == gate_id).values(**values))
 
@@ -181,9 +181,9 @@ class EventStore:
         inserted: set[uuid.UUID] = set()
         with self.engine.begin() as connection:
             for gate_id in dict.fromkeys(e.gate_id for e in events if e.gate_id not in self._known_gates):
-                connection.execute(self._insert_gate, _gate_values(gate_id, None))
+                connection.execute(self._insert_gate, gate_values(gate_id, None))
             for event in events:
-                if connection.execute(self._insert_event, _event_values(event)).scalar() is not None:
+                if connection.execute(self._insert_event, event_values(event)).scalar() is not None:
                     inserted.add(event.event_id)
         self._known_gates.update(e.gate_id for e in events)
         return inserted
@@ -191,7 +191,7 @@ class EventStore:
     def get_event(self, event_id: uuid.UUID) -> Event | None:
         with self._session() as session:
             row = session.get(EventRow, event_id)
-            return _event_from_row(row) if row else None
+            return event_from_row(row) if row else None
 
     def set_door_status(
         self, event_id: uuid.UUID, status: DoorStatus, at: datetime, rtt_ms: float | None = None
@@ -200,8 +200,8 @@ class EventStore:
         with self._session() as session, session.begin():
             row = self._row(session, event_id)
             row.door_status, row.door_at, row.door_rtt_ms = status.value, at, rtt_ms
-            row.incident = _event_from_row(row).is_incident
-            return _event_from_row(row)
+            row.incident = event_from_row(row).is_incident
+            return event_from_row(row)
 
     def review_event(self, event_id: uuid.UUID, review: Review, pinned: bool | None = None) -> Event:
         """Record a person's review; `pinned` keeps the event from retention purges."""
@@ -212,7 +212,7 @@ class EventStore:
             row.false_positive, row.review_note = review.false_positive, review.note
             if pinned is not None:
                 row.pinned = pinned
-            return _event_from_row(row)
+            return event_from_row(row)
 
     def list_events(
         self, filters: EventFilter | None = None, limit: int = 50, cursor: str | None = None
@@ -226,7 +226,7 @@ class EventStore:
             query = query.where(tuple_(EventRow.occurred_at, EventRow.id) < tuple_(occurred_at, event_id))
         with self._session() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
-        events = [_event_from_row(row) for row in rows[:limit]]
+        events = [event_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return EventPage(events, encode_cursor(events[-1].occurred_at, events[-1].event_id) if more else None)
 
@@ -287,11 +287,11 @@ class EventStore:
         return row
 
 
-def _gate_values(gate_id: str, name: str | None) -> dict[str, object]:
+def gate_values(gate_id: str, name: str | None) -> dict[str, object]:
     return {"id": gate_id, "name": name or gate_id, "created_at": utcnow()}
 
 
-def _dialect_insert(name: str):
+def insert_for_dialect(name: str):
     """The dialect's INSERT, which (unlike the generic one) has ON CONFLICT DO NOTHING."""
     if name == "postgresql":
         return postgresql.insert
@@ -319,7 +319,7 @@ def _count_row(row: dict) -> CountRow:
     )
 
 
-def _event_values(event: Event) -> dict[str, object]:
+def event_values(event: Event) -> dict[str, object]:
     review = event.review
     return {
         "id": event.event_id,
@@ -346,7 +346,7 @@ def _event_values(event: Event) -> dict[str, object]:
     }
 
 
-def _event_from_row(row: EventRow) -> Event:
+def event_from_row(row: EventRow) -> Event:
     review = None
     if row.reviewed_at is not None:
         review = Review(

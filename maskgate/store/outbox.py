@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Engine, case, delete, func, insert, or_, s
 from sqlalchemy.orm import Session
 
 from maskgate.core import DoorStatus, Event
-from maskgate.store.events import _dialect_insert, _event_from_row, _event_values, _gate_values
+from maskgate.store.events import event_from_row, event_values, gate_values, insert_for_dialect
 from maskgate.store.schema import EventRow, GateRow, OutboxRow
 
 
@@ -87,7 +87,7 @@ class Outbox:
         self.engine = engine
         self.gate_id = gate_id
         self._mine: ColumnElement[bool] = true() if gate_id is None else OutboxRow.gate_id == gate_id
-        dialect_insert = _dialect_insert(engine.dialect.name)
+        dialect_insert = insert_for_dialect(engine.dialect.name)
         # The same statements as EventStore.record_event, so that an event recorded here is
         # exactly the event recorded there (idempotent on its uuid).
         self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
@@ -107,8 +107,8 @@ class Outbox:
         if self.gate_id is not None and event.gate_id != self.gate_id:
             raise ValueError(f"event of gate {event.gate_id!r} recorded in gate {self.gate_id!r}'s outbox")
         with self.engine.begin() as connection:
-            connection.execute(self._insert_gate, _gate_values(event.gate_id, None))
-            if connection.execute(self._insert_event, _event_values(event)).scalar() is None:
+            connection.execute(self._insert_gate, gate_values(event.gate_id, None))
+            if connection.execute(self._insert_event, event_values(event)).scalar() is None:
                 return False
             rows = [_message_values(m, event.gate_id, event.event_id, now) for m in messages]
             if rows:
@@ -235,8 +235,8 @@ def _set_door_status_if_unset(
     if row is None or row.door_status is not None:
         return None
     row.door_status, row.door_at, row.door_rtt_ms = status.value, at, None
-    row.incident = _event_from_row(row).is_incident
-    return _event_from_row(row)
+    row.incident = event_from_row(row).is_incident
+    return event_from_row(row)
 
 
 def _message_values(

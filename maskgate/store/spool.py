@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from maskgate.core import DoorStatus, Event, utcnow
 from maskgate.store import migrate
 from maskgate.store.db import DatabaseUnavailable, StoreError, error_reason
-from maskgate.store.events import EventStore, _dialect_insert, _event_from_row
+from maskgate.store.events import EventStore, event_from_row, insert_for_dialect
 from maskgate.store.schema import EventRow, OutboxRow, UTCDateTime
 
 log = logging.getLogger("maskgate.store.spool")
@@ -115,7 +115,9 @@ class SpoolForwarder:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.keep = keep
-        self._insert_forwarded = _dialect_insert(local.dialect.name)(spool_forwarded).on_conflict_do_nothing()
+        self._insert_forwarded = insert_for_dialect(local.dialect.name)(
+            spool_forwarded
+        ).on_conflict_do_nothing()
         self._connected = False
         self._outage: Outage | None = None  # the current one while disconnected
         self._down_since = 0.0  # time.monotonic() of the current outage's start
@@ -268,7 +270,7 @@ class SpoolForwarder:
             .limit(self.batch_size)
         )
         with Session(self.local) as session:
-            events = [_event_from_row(row) for row in session.scalars(query)]
+            events = [event_from_row(row) for row in session.scalars(query)]
         if not events:
             return False
         with self._central():
