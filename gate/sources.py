@@ -28,12 +28,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
-# A stream that cannot be opened, or sends nothing, for this long is given up and reopened. OpenCV's
-# own default is 30 s, during which a stalled stream (socket open, no data) blocks the capture thread.
-STREAM_TIMEOUT_MS = 5000
-# A live source with no frame for this long is reported not ok, even while its reader is still
-# blocked in a read that has not failed yet (a stalled stream, a hung driver).
-STALE_AFTER_S = 2.0
 # What libjpeg (OpenCV's imread and imdecode) paints where it could not decode a damaged JPEG:
 # zero coefficients, flat mid-grey, from the damage down to the last row of the image.
 DECODE_FILL = 128
@@ -61,17 +55,23 @@ class FrameReader(Protocol):
 class OpenCvReader:
     """A camera index, an RTSP/HTTP stream URL or a video file, through OpenCV."""
 
-    def __init__(self, target: int | str, live: bool):
+    def __init__(self, target: int | str, live: bool, timeout_s: float = CameraConfig.stream_timeout_s):
         self.target = target
         self.live = live
+        self.timeout_s = timeout_s  # streams only (camera.stream_timeout_s)
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self._capture: cv2.VideoCapture | None = None
 
     def open(self) -> None:
         self.close()
         if isinstance(self.target, str) and self.live:
-            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-            timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            timeout_ms = round(self.timeout_s * 1000)
+            timeouts = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                timeout_ms,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                timeout_ms,
+            ]
             capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, timeouts)
         else:
             capture = cv2.VideoCapture(self.target)
@@ -192,7 +192,7 @@ def open_reader(
     if spec.isdigit():
         return OpenCvReader(int(spec), live=True)
     if "://" in spec:
-        return OpenCvReader(spec, live=True)
+        return OpenCvReader(spec, live=True, timeout_s=(camera or CameraConfig()).stream_timeout_s)
     path = Path(spec)
     if path.is_dir():
         return FolderReader(path)
@@ -236,12 +236,12 @@ class Capture:
         reader: FrameReader,
         camera: CameraConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
-        stale_after_s: float = STALE_AFTER_S,
     ):
         self.reader = reader
         self.camera = camera or CameraConfig()
         # A recording waits for the agent between frames, so only a live source can go stale.
-        self.status = CaptureStatus(stale_after_s=stale_after_s if reader.live else None, clock=clock)
+        stale_after_s = self.camera.stale_after_s if reader.live else None
+        self.status = CaptureStatus(stale_after_s=stale_after_s, clock=clock)
         self._clock = clock
         self._frame: Frame | None = None
         self._seq = 0

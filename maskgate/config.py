@@ -17,7 +17,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,45 @@ def secret(default: str = "") -> Any:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """What a value must be, and how to say it in an error ("at least 1")."""
+
+    holds: Callable[[Any], bool]
+    says: str
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: v >= low, f"at least {low}")
+
+
+def between(low: float, high: float) -> Rule:
+    return Rule(lambda v: low <= v <= high, f"between {low} and {high}")
+
+
+POSITIVE = Rule(lambda v: v > 0, "positive")
+FRACTION = between(0, 1)
+PORT = between(0, 65535)
+
+
+def each(rule: Rule) -> Rule:
+    return Rule(lambda values: all(rule.holds(v) for v in values), f"all {rule.says}")
+
+
+def ruled(default: Any, rule: Rule) -> Any:
+    """A field whose value must satisfy `rule` (checked when a file or the environment sets it)."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def rule_problems(obj: Any, prefix: str = "") -> list[str]:
+    """What in dataclass `obj` breaks its fields' rules, as "prefix.key must be ..., got ..."."""
+    return [
+        f"{prefix}{f.name} must be {rule.says}, got {getattr(obj, f.name)!r}"
+        for f in dataclasses.fields(obj)
+        if (rule := f.metadata.get("rule")) is not None and not rule.holds(getattr(obj, f.name))
+    ]
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
     username: str = ""
@@ -43,9 +82,9 @@ class MqttConfig:
     ca_file: str = ""  # CA bundle for mqtts:// (system store when empty)
     client_cert: str = ""
     client_key: str = ""
-    keepalive_s: int = 30
-    door_command_ttl_s: float = 3.0  # a door command older than this must not open the door
-    ack_timeout_s: float = 5.0
+    keepalive_s: int = ruled(30, at_least(1))
+    door_command_ttl_s: float = ruled(3.0, POSITIVE)  # a door command older than this must not open the door
+    ack_timeout_s: float = ruled(5.0, POSITIVE)
     command_secret: str = secret()  # per-gate HMAC key for signed door commands (off when empty)
     homeassistant_discovery: bool = False
 
@@ -53,19 +92,25 @@ class MqttConfig:
 @dataclass(frozen=True)
 class CameraConfig:
     source: str = "synthetic"  # camera index, stream URL, video file, image folder or "synthetic"
-    width: int = 640
-    height: int = 480
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 10.0
+    width: int = ruled(640, at_least(16))
+    height: int = ruled(480, at_least(16))
+    reconnect_initial_s: float = ruled(0.5, POSITIVE)
+    reconnect_max_s: float = ruled(10.0, POSITIVE)
+    # A stream that cannot be opened, or sends nothing, for this long is given up and reopened;
+    # OpenCV's own default is 30 s, during which a stalled stream blocks the capture thread.
+    stream_timeout_s: float = ruled(5.0, POSITIVE)
+    # A live source with no frame for this long is reported not ok, even while its reader is
+    # still blocked in a read that has not failed yet (a stalled stream, a hung driver).
+    stale_after_s: float = ruled(2.0, POSITIVE)
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     kind: Literal["mtcnn", "mtcnn-litert"] = "mtcnn-litert"  # "mtcnn" is the TensorFlow reference
-    min_face_size: int = 40  # pixels at the working resolution
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # P-, R- and O-net
-    scale_factor: float = 0.709
-    working_width: int = 640  # frames are scaled to this width before detection
+    min_face_size: int = ruled(40, at_least(12))  # pixels at the working resolution (P-net sees 12)
+    thresholds: tuple[float, float, float] = ruled((0.6, 0.7, 0.8), each(FRACTION))  # P-, R- and O-net
+    scale_factor: float = ruled(0.709, between(0.1, 0.95))  # pyramid step; near 1 it never ends
+    working_width: int = ruled(640, at_least(48))  # frames are scaled to this width before detection
     model: str = ""  # detector folder (maskgate train-detector); "" = the stock MTCNN weights
     # Map detected boxes through the detector folder's learned box calibration before cropping
     # (`maskgate calibrate-detector`; docs/detector.md). The shipped classifier learned from
@@ -75,16 +120,18 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    min_face_size: int = 60  # faces smaller than this (pixels) are not evidence
-    min_detector_score: float = 0.9
-    min_track_hits: int = 3  # frames a track must be seen in before it counts
-    track_max_age_s: float = 1.5  # a person unseen for longer is gone (a brief turn-away is not)
-    min_classifications: int = 5  # evidence needed before a decision
-    majority: float = 0.7  # size-weighted share the winning label needs
-    confidence_floor: float = 0.6  # classifications below this are not evidence
-    allow_confidence_floor: float = 0.85  # ...and for a label that opens the door, below this (fail closed)
-    change_frames: int = 5  # a new verdict must hold this long to re-issue a decision
-    window: int = 15  # classifications remembered per track
+    min_face_size: int = ruled(60, at_least(0))  # faces smaller than this (pixels) are not evidence
+    min_detector_score: float = ruled(0.9, FRACTION)
+    min_track_hits: int = ruled(3, at_least(1))  # frames a track must be seen in before it counts
+    track_max_age_s: float = ruled(1.5, POSITIVE)  # a person unseen for longer is gone (a turn-away is not)
+    min_classifications: int = ruled(5, at_least(1))  # evidence needed before a decision
+    # Size-weighted share the winning label needs; above a half, so two labels can never both win.
+    majority: float = ruled(0.7, Rule(lambda v: 0.5 < v <= 1, "above 0.5 and at most 1"))
+    confidence_floor: float = ruled(0.6, FRACTION)  # classifications below this are not evidence
+    # ...and for a label that opens the door, below this (fail closed)
+    allow_confidence_floor: float = ruled(0.85, FRACTION)
+    change_frames: int = ruled(5, at_least(1))  # a new verdict must hold this long to re-issue a decision
+    window: int = ruled(15, at_least(1))  # classifications remembered per track
     with_mask: Literal["allow", "deny", "warn"] = "allow"
     without_mask: Literal["allow", "deny", "warn"] = "deny"
     improper_mask: Literal["allow", "deny", "warn"] = "warn"
@@ -103,18 +150,20 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    events_days: int = 90
-    incidents_days: int = 365  # incidents under review are pinned and never purged
+    events_days: int = ruled(90, at_least(1))
+    incidents_days: int = ruled(365, at_least(1))  # incidents under review are pinned and never purged
 
 
 @dataclass(frozen=True)
 class DashboardConfig:
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = ruled(8080, PORT)
     secret_key: str = secret()  # Flask session key; required to serve the dashboard
     secure_cookies: bool = True
     retrain_cron: str = "0 2 * * *"  # nightly retraining, minute hour day month weekday
-    proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
+    proxy_hops: int = ruled(
+        0, at_least(0)
+    )  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
     metrics_token: str = secret()  # bearer token Prometheus sends for /metrics (>= 16 chars); "" = off
 
 
@@ -133,18 +182,20 @@ class RetrainConfig:
     eval_manifest: str = "models/default/manifest.csv.gz"
     eval_split: Literal["train", "val", "test"] = "test"
     arch: Literal["compact", "seed"] = "compact"
-    crop_size: int = 0  # 0: the architecture's own
-    epochs: int = 40
-    patience: int = 10
-    learning_rate: float = 0.0  # 0: the architecture's own
-    batch_size: int = 64
-    threads: int = 2
-    val_share: float = 0.1  # of the pool, for early stopping; no test split: the two sets below test
-    incident_days: int = 30  # incidents reviewed this recently may be held out to evaluate on
-    incident_holdout: float = 0.2  # share of those held out (by content hash: the same ones each night)
-    min_incident_faces: int = 20  # held-out incident faces needed before they can reject a candidate
-    tolerance_macro_f1: float = 0.01  # a candidate may be this much worse and still be promoted
-    tolerance_improper_recall: float = 0.02
+    crop_size: int = ruled(0, Rule(lambda v: v == 0 or v >= 8, "0 or at least 8"))  # 0: the arch's own
+    epochs: int = ruled(40, at_least(1))
+    patience: int = ruled(10, at_least(1))
+    learning_rate: float = ruled(0.0, at_least(0))  # 0: the architecture's own
+    batch_size: int = ruled(64, at_least(1))
+    threads: int = ruled(2, at_least(1))
+    # Of the pool, for early stopping; no test split: the two sets below test.
+    val_share: float = ruled(0.1, Rule(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"))
+    incident_days: int = ruled(30, at_least(0))  # incidents reviewed this recently may be held out
+    # Share of those held out (by content hash: the same ones each night).
+    incident_holdout: float = ruled(0.2, FRACTION)
+    min_incident_faces: int = ruled(20, at_least(1))  # held-out incident faces needed to reject a candidate
+    tolerance_macro_f1: float = ruled(0.01, FRACTION)  # a candidate may be this much worse and be promoted
+    tolerance_improper_recall: float = ruled(0.02, FRACTION)
     work_dir: Path = Path("var/retrain")  # per-run pool folders (links to the data, incident crops)
     cache: Path = Path("var/cache/crops")  # crop cache shared with `maskgate train`
 
@@ -156,7 +207,7 @@ class RolloutConfig:
     url: str = ""  # the dashboard as gates reach it; "" = announce the model folder's path instead
     token: str = secret()  # bearer token gates send to download models; at least 16 characters
     cache: Path = Path("var/models")  # gate: where fetched model folders are kept
-    timeout_s: float = 30.0  # gate: per download request
+    timeout_s: float = ruled(30.0, POSITIVE)  # gate: per download request
     ca_file: str = ""  # gate: CA bundle for an https url (system store when empty)
 
 
@@ -165,7 +216,7 @@ class Config:
     gate_id: str = "gate-1"
     database_url: str = secret("sqlite:///var/maskgate.sqlite")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    metrics_port: int = 0  # the agent serves /metrics and /healthz here; 0 = off
+    metrics_port: int = ruled(0, PORT)  # the agent serves /metrics and /healthz here; 0 = off
     metrics_host: str = "127.0.0.1"
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -226,7 +277,11 @@ def _override(obj: Any, path: list[str], text: str, source: str, done: tuple[str
         raise ConfigError(f"{source}: {dotted!r} is a section; set one of its keys with __")
     else:
         value = _convert(_parse_env_value(text, hint), hint, f"{source}: {dotted}")
-    return dataclasses.replace(obj, **{key: value})
+    changed = dataclasses.replace(obj, **{key: value})
+    problems = rule_problems(changed, dotted[: -len(key)])
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
+    return changed
 
 
 def _parse_env_value(text: str, hint: Any) -> Any:
@@ -252,7 +307,11 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
             values[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
         else:
             values[key] = _convert(value, hint, f"{source}: {prefix}{key}")
-    return cls(**values)
+    built = cls(**values)
+    problems = rule_problems(built, prefix)
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
+    return built
 
 
 def _suggest(key: str, hints: Mapping[str, Any]) -> str:

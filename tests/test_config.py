@@ -93,6 +93,16 @@ def test_config_file_from_environment(tmp_path):
         ),
         ("[detector]\nthresholds = [0.5]\n", r"detector.thresholds: expected 3 values"),
         ("mqtt = 'x'\n", r"mqtt must be a table"),
+        # values out of range: named with the rule and the value
+        (
+            "[policy]\nmajority = 0.5\n",
+            r"maskgate.toml: policy.majority must be above 0.5 and at most 1, got 0.5",
+        ),
+        ("[detector]\nthresholds = [0.6, 0.7, 1.2]\n", r"detector.thresholds must be all between 0 and 1"),
+        ("[detector]\nmin_face_size = 4\n", r"detector.min_face_size must be at least 12, got 4"),
+        ("[camera]\nstream_timeout_s = -1\n", r"camera.stream_timeout_s must be positive, got -1"),
+        ("[dashboard]\nport = 70000\n", r"dashboard.port must be between 0 and 65535, got 70000"),
+        ("[retrain]\nval_share = 1\n", r"retrain.val_share must be between 0 and 1 \(exclusive\)"),
         ("[camera\n", r"maskgate.toml: not valid TOML"),
     ],
 )
@@ -113,6 +123,11 @@ def test_bad_files_name_the_key_and_file(tmp_path, text, message):
             r"MASKGATE_POLICY__MAJORITY: policy.majority: expected a number",
         ),
         ({"MASKGATE_MQTT__HOMEASSISTANT_DISCOVERY": "perhaps"}, r"expected true or false"),
+        (
+            {"MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR": "1.5"},
+            r"MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR: policy.allow_confidence_floor must be between 0 and 1",
+        ),
+        ({"MASKGATE_CAMERA__STALE_AFTER_S": "0"}, r"camera.stale_after_s must be positive, got 0"),
     ],
 )
 def test_bad_environment_names_the_variable(environ, message):

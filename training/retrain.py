@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine
 
-from maskgate.config import Config, DetectorConfig, RetrainConfig, load_config
+from maskgate.config import Config, DetectorConfig, RetrainConfig, load_config, rule_problems
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 from maskgate.core import Label, utcnow
 from maskgate.dashboard.jobs import RetrainingJob, RunResult
@@ -515,25 +515,9 @@ def snapshot_model(folder: Path, dest: Path, sha256: str) -> Path:
 
 
 def check_settings(retrain: RetrainConfig) -> None:
-    """Refuse settings that would make a run meaningless, before it spends an hour training."""
-    problems = [
-        f"retrain.{name} must be {rule}"
-        for name, ok, rule in (
-            ("epochs", retrain.epochs >= 1, "at least 1"),
-            ("patience", retrain.patience >= 1, "at least 1"),
-            ("batch_size", retrain.batch_size >= 1, "at least 1"),
-            ("threads", retrain.threads >= 1, "at least 1"),
-            ("crop_size", retrain.crop_size == 0 or retrain.crop_size >= 8, "0 or at least 8"),
-            ("learning_rate", retrain.learning_rate >= 0, "0 or positive"),
-            ("val_share", 0 < retrain.val_share < 1, "between 0 and 1"),
-            ("incident_days", retrain.incident_days >= 0, "0 or more"),
-            ("incident_holdout", 0 <= retrain.incident_holdout <= 1, "between 0 and 1"),
-            ("min_incident_faces", retrain.min_incident_faces >= 1, "at least 1"),
-            ("tolerance_macro_f1", 0 <= retrain.tolerance_macro_f1 <= 1, "between 0 and 1"),
-            ("tolerance_improper_recall", 0 <= retrain.tolerance_improper_recall <= 1, "between 0 and 1"),
-        )
-        if not ok
-    ]
+    """Refuse settings that would make a run meaningless, before it spends an hour training (a
+    config file is checked when loaded; this also covers settings built in code)."""
+    problems = rule_problems(retrain, "retrain.")
     if problems:
         raise RetrainError("; ".join(problems))
 

@@ -25,10 +25,11 @@ import cv2
 import numpy as np
 import pytest
 
+from maskgate.config import CameraConfig
 from maskgate.core import Action, Box, Decision, Face, Frame
 from maskgate.gate.agent import Agent, AgentStats
 from maskgate.gate.build import make_agent
-from maskgate.gate.sources import STALE_AFTER_S, STREAM_TIMEOUT_MS, Capture, FolderReader, open_reader
+from maskgate.gate.sources import Capture, FolderReader, open_reader
 from maskgate.gate.tracker import Tracker, TrackerConfig
 from tests.faults.conftest import Gate, MakeGate, clip_frames, run_reader
 from tests.gate.comms.brokers import free_port, wait_until
@@ -329,17 +330,19 @@ def test_a_network_camera_that_dies_and_comes_back(make_gate: MakeGate, detector
 
 
 def test_a_network_camera_that_stalls(make_gate: MakeGate, detector, live_camera):
-    """Connections stay open but nothing comes: the read only fails after STREAM_TIMEOUT_MS, yet
-    the camera must be reported not ok within STALE_AFTER_S."""
+    """Connections stay open but nothing comes: the read only fails after camera.stream_timeout_s
+    (set shorter than the default here, to see the setting act), yet the camera must be reported
+    not ok within camera.stale_after_s."""
     gate = make_gate()
     agent = make_agent(gate.config, gate.link, detector)
-    capture = Capture(open_reader(live_camera.url))
+    camera = CameraConfig(stream_timeout_s=3.0, stale_after_s=1.0)
+    capture = Capture(open_reader(live_camera.url, camera), camera)
     with LiveRun(gate, agent, capture) as run:
         assert wait_until(lambda: len(run.frames) >= 30, timeout=30)
         stalled = time.monotonic()
         live_camera.stalled.set()
         reported_dead_s = run.first(ok=False, after=stalled)
-        assert wait_until(lambda: capture.status.reconnects > 0, timeout=STREAM_TIMEOUT_MS / 1000 + 10)
+        assert wait_until(lambda: capture.status.reconnects > 0, timeout=camera.stream_timeout_s + 10)
         gave_up_s = time.monotonic() - stalled
         time.sleep(1.0)
         back = time.monotonic()
@@ -352,7 +355,8 @@ def test_a_network_camera_that_stalls(make_gate: MakeGate, detector, live_camera
         f"{gave_up_s:.2f} s; stall over -> first frame processed in {recovery_s:.2f} s "
         f"(reported ok after {reported_ok_s:.2f} s)"
     )
-    assert reported_dead_s < STALE_AFTER_S + 2  # not the 30 s OpenCV would block for
+    assert reported_dead_s < camera.stale_after_s + 1.5  # not the 30 s OpenCV would block for
+    assert camera.stream_timeout_s - 0.5 < gave_up_s < CameraConfig().stream_timeout_s  # the setting acts
     assert recovery_s < 30
     assert run.decisions and all(d.action is Action.DENY for d in run.decisions)
     gate.check_delivery(run.decisions)

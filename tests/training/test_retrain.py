@@ -463,7 +463,8 @@ def test_bad_settings_fail_the_run_before_anything_else(world):
     finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
     assert finished.status is RunStatus.FAILED and train.specs == []
     assert finished.reason == (
-        "retrain.val_share must be between 0 and 1; retrain.tolerance_macro_f1 must be between 0 and 1"
+        "retrain.val_share must be between 0 and 1 (exclusive), got 0.0; "
+        "retrain.tolerance_macro_f1 must be between 0 and 1, got -1"
     )
     assert ModelRegistry(world.engine).active() is None  # not even the starting model was registered
 
