@@ -132,6 +132,19 @@ def _landmarks(detector: FaceDetector, portrait: np.ndarray) -> Landmarks:
 
 
 SURGICAL_BLUE = (168, 208, 232)  # RGB
+# Colours real masks come in (RGB): surgical blue and green, white, greys, black, navy, pink, beige.
+# Trainers draw from these so that no single colour becomes what "a mask" means.
+MASK_COLOURS = (
+    SURGICAL_BLUE,
+    (150, 200, 185),
+    (236, 236, 232),
+    (150, 150, 155),
+    (85, 85, 90),
+    (35, 35, 40),
+    (45, 55, 95),
+    (225, 165, 185),
+    (205, 185, 160),
+)
 
 
 def draw_mask(

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from maskgate.core import Label
 from maskgate.gate.detector import resize_to_width
-from maskgate.gate.synthetic import SURGICAL_BLUE, MaskStyle, draw_mask
+from maskgate.gate.synthetic import MASK_COLOURS, SURGICAL_BLUE, MaskStyle, draw_mask
 
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
 NETWORK_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
@@ -227,8 +227,9 @@ def synthetic_scenes(
     scenes: Iterable[Scene], detector, rng: np.random.Generator, min_side: float = 20
 ) -> list[Scene]:
     """For each bare face the stock detector finds (IoU >= 0.5, landmarks), a copy of its scene with
-    a mask drawn on it in a random style; the face keeps its annotated box, its label becomes the
-    style's. Faces under `min_side` px are skipped: landmarks there are too coarse to draw from."""
+    a mask drawn on it in a random style and colour (real masks are black, white, blue...); the
+    face keeps its annotated box, its label becomes the style's. Faces under `min_side` px are
+    skipped: landmarks there are too coarse to draw from."""
     out = []
     for scene in scenes:
         bare = [i for i, label in enumerate(scene.labels) if label == Label.WITHOUT_MASK.value]
@@ -248,7 +249,8 @@ def synthetic_scenes(
             if ious[row].max() < 0.5:
                 continue
             style = SYNTHETIC_STYLES[int(rng.integers(len(SYNTHETIC_STYLES)))]
-            image = draw_style(scene.image, dict(faces[int(ious[row].argmax())].landmarks), style)
+            colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
+            image = draw_style(scene.image, dict(faces[int(ious[row].argmax())].landmarks), style, colour)
             labels = list(scene.labels)
             labels[index] = STYLE_LABEL[style]
             out.append(Scene(scene.path, image, scene.boxes.copy(), labels, scene.sides.copy(), style, index))

@@ -4,7 +4,8 @@ Real improperly worn masks are scarce (a few hundred training faces), and the cl
 *where* the mask sits. Drawing masks on bare faces from their landmarks (worn properly, below the
 nose, on the chin) gives examples of every placement on the same faces, so the network learns the
 placement rather than the look of one mask. Properly worn synthetic masks are drawn as often as the
-two improper placements together, and every mask gets a random colour from a palette, so that
+two improper placements together, and every mask gets a random colour of
+:data:`maskgate.gate.synthetic.MASK_COLOURS`, so that
 "looks drawn" or "is light blue" is no cue for either label.
 
 Only crops of the training split are used (the caller passes them), so no held-out image is ever
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskgate.core import LABELS, Face, Label
-from maskgate.gate.synthetic import MaskStyle
+from maskgate.gate.synthetic import MASK_COLOURS, MaskStyle
 from maskgate.training.cropset import CropSet
 from maskgate.training.detector_samples import CHIN, STYLE_LABEL, draw_style
 
@@ -33,18 +34,6 @@ Detect = Callable[[np.ndarray], list[Face]]
 
 # Placement -> share: as many proper as improper masks (see the module docstring).
 STYLE_SHARES = {MaskStyle.PROPER.value: 0.5, MaskStyle.BELOW_NOSE.value: 0.25, CHIN: 0.25}
-# RGB mask colours: surgical blue and green, white, greys, black, navy, pink, beige.
-PALETTE = (
-    (168, 208, 232),
-    (150, 200, 185),
-    (236, 236, 232),
-    (150, 150, 155),
-    (85, 85, 90),
-    (35, 35, 40),
-    (45, 55, 95),
-    (225, 165, 185),
-    (205, 185, 160),
-)
 DETECT_SIDE = 192  # crops are enlarged to this side before the detector looks for landmarks
 MIN_FACE_SHARE = 0.4  # the crop's own face fills most of it; a smaller find is a face behind it
 # A mask must cover this share of the crop to count: tight crops cut a chin mask off, and a crop
@@ -95,7 +84,7 @@ def synthetic_masked_crops(
             no_landmarks += 1
             continue
         style = styles[int(rng.choice(len(styles), p=shares))]
-        colour = PALETTE[int(rng.integers(len(PALETTE)))]
+        colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
         masked = draw_on_crop(crop, landmarks, style, colour)
         if np.any(masked != crop, axis=-1).mean() < MIN_MASK_SHARE:
             off_crop += 1
