@@ -44,11 +44,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from maskgate.config import Config
-from maskgate.core import DoorStatus, utcnow
+from maskgate.core import AckReason, DoorStatus, utcnow
 from maskgate.gate.comms.client import BrokerSettings, IncomingMessage, MqttClient
 from maskgate.gate.comms.payloads import (
     MAX_TTL,
-    AckReason,
     DoorAck,
     DoorAction,
     DoorCommand,

@@ -80,6 +80,21 @@ class DoorStatus(enum.StrEnum):
     NO_ACK = "no_ack"  # no ack arrived within the timeout
 
 
+class AckReason(enum.StrEnum):
+    """Why a door controller acked as it did (the ack's optional ``reason``)."""
+
+    OPENED = "opened"
+    DENIED = "denied"
+    WARNED = "warned"
+    STALE = "stale"  # expires_at passed (beyond the clock skew tolerance)
+    FROM_FUTURE = "from_future"  # issued_at ahead of the controller's clock beyond the tolerance
+    TTL_TOO_LONG = "ttl_too_long"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    REPLAY = "replay"  # a decision id seen before, with a different payload
+    WRONG_GATE = "wrong_gate"
+
+
 # Door outcomes that need a person to look at the event.
 INCIDENT_DOOR_STATUSES = frozenset({DoorStatus.REFUSED, DoorStatus.EXPIRED, DoorStatus.NO_ACK})
 
@@ -238,6 +253,7 @@ class Event:
     door_status: DoorStatus | None = None
     door_at: datetime | None = None
     door_rtt_ms: float | None = None
+    door_reason: AckReason | None = None  # the controller's reason, when its ack gave one
     snapshot_path: str | None = None
     review: Review | None = None
     pinned: bool = False
@@ -263,8 +279,10 @@ class Event:
         """Needs a person's eyes: a refused or warned person, or a door command that went wrong."""
         return self.action is not Action.ALLOW or self.door_status in INCIDENT_DOOR_STATUSES
 
-    def with_door(self, status: DoorStatus, at: datetime, rtt_ms: float | None = None) -> Event:
-        return replace(self, door_status=status, door_at=at, door_rtt_ms=rtt_ms)
+    def with_door(
+        self, status: DoorStatus, at: datetime, rtt_ms: float | None = None, reason: AckReason | None = None
+    ) -> Event:
+        return replace(self, door_status=status, door_at=at, door_rtt_ms=rtt_ms, door_reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (plain floats and strings only: paho cannot encode numpy types)."""
@@ -283,6 +301,7 @@ class Event:
             "door_status": self.door_status.value if self.door_status else None,
             "door_at": self.door_at.isoformat() if self.door_at else None,
             "door_rtt_ms": None if self.door_rtt_ms is None else float(self.door_rtt_ms),
+            "door_reason": self.door_reason.value if self.door_reason else None,
             "snapshot_path": self.snapshot_path,
             "reviewed": review is not None,
             "review_label": review.true_label.value if review and review.true_label else None,

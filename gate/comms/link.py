@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from maskgate.config import Config
-from maskgate.core import Action, Decision, DoorStatus, Event, utcnow
+from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, utcnow
 from maskgate.gate.comms.acks import AckTracker
 from maskgate.gate.comms.client import (
     BrokerSettings,
@@ -135,7 +135,7 @@ class DoorLink:
         self._dirty = True
         self._expiry_due = False  # a pending door command was seen past its expires_at
         # Door outcomes the database did not take (it was down); retried every cycle.
-        self._unrecorded: list[tuple[uuid.UUID, DoorStatus, datetime, float | None]] = []
+        self._unrecorded: list[tuple[uuid.UUID, DoorStatus, datetime, float | None, AckReason | None]] = []
 
     # -- the agent's interface -------------------------------------------------------------------
 
@@ -436,13 +436,18 @@ class DoorLink:
                 ack.decision_id,
                 outcome.rtt_ms or 0.0,
             )
-        self._record_status(ack.decision_id, ack.status, ack.at, outcome.rtt_ms)
+        self._record_status(ack.decision_id, ack.status, ack.at, outcome.rtt_ms, ack.reason)
 
     def _record_status(
-        self, decision_id: uuid.UUID, status: DoorStatus, at: datetime, rtt: float | None
+        self,
+        decision_id: uuid.UUID,
+        status: DoorStatus,
+        at: datetime,
+        rtt: float | None,
+        reason: AckReason | None = None,
     ) -> None:
         try:
-            event = self.store.set_door_status(decision_id, status, at, rtt)
+            event = self.store.set_door_status(decision_id, status, at, rtt, reason)
         except StoreError as exc:  # no such event (e.g. purged): nothing to retry
             log.warning("gate %s: cannot record door status %s: %s", self.gate_id, status.value, exc)
             return
@@ -450,7 +455,7 @@ class DoorLink:
             log.exception(
                 "gate %s: door status %s for %s not recorded yet", self.gate_id, status.value, decision_id
             )
-            self._unrecorded.append((decision_id, status, at, rtt))
+            self._unrecorded.append((decision_id, status, at, rtt, reason))
             return
         self._notify(event)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from maskgate.core import Action, Decision, DoorStatus, Event, Label, utcnow
+from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, Label, utcnow
 from maskgate.gate.comms import signing
 from maskgate.gate.comms.topics import GATE_ID_PATTERN
 
@@ -80,21 +80,6 @@ DOOR_ACTIONS: Mapping[Action, DoorAction] = {
 }
 
 ACK_STATUSES = frozenset({DoorStatus.OPENED, DoorStatus.REFUSED, DoorStatus.EXPIRED})  # no_ack is ours
-
-
-class AckReason(enum.StrEnum):
-    """Why a controller acked as it did (the ack's optional ``reason``)."""
-
-    OPENED = "opened"
-    DENIED = "denied"
-    WARNED = "warned"
-    STALE = "stale"  # expires_at passed (beyond the clock skew tolerance)
-    FROM_FUTURE = "from_future"  # issued_at ahead of the controller's clock beyond the tolerance
-    TTL_TOO_LONG = "ttl_too_long"
-    BAD_SIGNATURE = "bad_signature"
-    UNSIGNED = "unsigned"
-    REPLAY = "replay"  # a decision id seen before, with a different payload
-    WRONG_GATE = "wrong_gate"
 
 
 # -- time and JSON helpers -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Date, Engine, Select, cast, delete, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from maskgate.core import Action, DoorStatus, Event, Label, Review, utcnow
+from maskgate.core import AckReason, Action, DoorStatus, Event, Label, Review, utcnow
 from maskgate.store.db import StoreError
 from maskgate.store.schema import EventRow, GateRow
 
@@ -194,12 +194,18 @@ class EventStore:
             return event_from_row(row) if row else None
 
     def set_door_status(
-        self, event_id: uuid.UUID, status: DoorStatus, at: datetime, rtt_ms: float | None = None
+        self,
+        event_id: uuid.UUID,
+        status: DoorStatus,
+        at: datetime,
+        rtt_ms: float | None = None,
+        reason: AckReason | None = None,
     ) -> Event:
-        """Record what became of the event's door command (an ack, or its absence)."""
+        """Record what became of the event's door command (an ack and its reason, or its absence)."""
         with self._session() as session, session.begin():
             row = self._row(session, event_id)
             row.door_status, row.door_at, row.door_rtt_ms = status.value, at, rtt_ms
+            row.door_reason = reason.value if reason else None
             row.incident = event_from_row(row).is_incident
             return event_from_row(row)
 
@@ -335,6 +341,7 @@ def event_values(event: Event) -> dict[str, object]:
         "door_status": event.door_status.value if event.door_status else None,
         "door_at": event.door_at,
         "door_rtt_ms": event.door_rtt_ms,
+        "door_reason": event.door_reason.value if event.door_reason else None,
         "snapshot_path": event.snapshot_path,
         "incident": event.is_incident,
         "reviewed_at": review.reviewed_at if review else None,
@@ -344,6 +351,14 @@ def event_values(event: Event) -> dict[str, object]:
         "review_note": review.note if review else None,
         "pinned": event.pinned,
     }
+
+
+def known_reason(value: str | None) -> AckReason | None:
+    # A reason written by a newer gate that this version does not know reads as none.
+    try:
+        return AckReason(value) if value else None
+    except ValueError:
+        return None
 
 
 def event_from_row(row: EventRow) -> Event:
@@ -370,6 +385,7 @@ def event_from_row(row: EventRow) -> Event:
         door_status=DoorStatus(row.door_status) if row.door_status else None,
         door_at=row.door_at,
         door_rtt_ms=row.door_rtt_ms,
+        door_reason=known_reason(row.door_reason),
         snapshot_path=row.snapshot_path,
         review=review,
         pinned=row.pinned,

@@ -234,7 +234,7 @@ def _set_door_status_if_unset(
     row = session.get(EventRow, event_id)
     if row is None or row.door_status is not None:
         return None
-    row.door_status, row.door_at, row.door_rtt_ms = status.value, at, None
+    row.door_status, row.door_at, row.door_rtt_ms, row.door_reason = status.value, at, None, None
     row.incident = event_from_row(row).is_incident
     return event_from_row(row)
 

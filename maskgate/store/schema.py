@@ -134,6 +134,9 @@ class EventRow(Base):
     door_status: Mapped[str | None] = mapped_column(String(16))
     door_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     door_rtt_ms: Mapped[float | None] = mapped_column(Float)
+    # The controller's reason for its ack (core.AckReason values); no CHECK: a newer controller
+    # may send reasons this version does not know, and they are validated where the ack is parsed.
+    door_reason: Mapped[str | None] = mapped_column(String(16))
     snapshot_path: Mapped[str | None] = mapped_column(String(512))
     # Stored rather than computed in queries so that the incident list has an index.
     incident: Mapped[bool] = mapped_column(Boolean)

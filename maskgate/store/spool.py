@@ -34,10 +34,10 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, Uuid, delete, ex
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from maskgate.core import DoorStatus, Event, utcnow
+from maskgate.core import AckReason, DoorStatus, Event, utcnow
 from maskgate.store import migrate
 from maskgate.store.db import DatabaseUnavailable, StoreError, error_reason
-from maskgate.store.events import EventStore, event_from_row, insert_for_dialect
+from maskgate.store.events import EventStore, event_from_row, insert_for_dialect, known_reason
 from maskgate.store.schema import EventRow, OutboxRow, UTCDateTime
 
 log = logging.getLogger("maskgate.store.spool")
@@ -299,7 +299,13 @@ class SpoolForwarder:
     def _forward_door_statuses(self) -> bool:
         """Forward door outcomes the central database lacks; True if more work may wait."""
         query = (
-            select(EventRow.id, EventRow.door_status, EventRow.door_at, EventRow.door_rtt_ms)
+            select(
+                EventRow.id,
+                EventRow.door_status,
+                EventRow.door_at,
+                EventRow.door_rtt_ms,
+                EventRow.door_reason,
+            )
             .join(spool_forwarded, spool_forwarded.c.event_id == EventRow.id)
             .where(_STATUS_BEHIND)
             .order_by(EventRow.occurred_at, EventRow.id)
@@ -307,16 +313,21 @@ class SpoolForwarder:
         )
         with self.local.connect() as connection:
             rows = connection.execute(query).all()
-        resend = [self._forward_door_status(r.id, r.door_status, r.door_at, r.door_rtt_ms) for r in rows]
+        resend = [
+            self._forward_door_status(
+                r.id, r.door_status, r.door_at, r.door_rtt_ms, known_reason(r.door_reason)
+            )
+            for r in rows
+        ]
         return len(rows) == self.batch_size or any(resend)
 
     def _forward_door_status(
-        self, event_id: uuid.UUID, status: str, at: datetime, rtt_ms: float | None
+        self, event_id: uuid.UUID, status: str, at: datetime, rtt_ms: float | None, reason: AckReason | None
     ) -> bool:
         """Send one door outcome; True if the event itself must be sent again."""
         with self._central():
             try:
-                self.central.set_door_status(event_id, DoorStatus(status), at, rtt_ms)
+                self.central.set_door_status(event_id, DoorStatus(status), at, rtt_ms, reason)
             except StoreError:  # raised for a missing event only: the central copy was lost (a restore?)
                 log.warning(
                     "gate %s: central database has no event %s; forwarding it again", self.gate_id, event_id

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from maskgate.core import Label
+from maskgate.core import AckReason, DoorStatus, Label
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
 from maskgate.dashboard.queries import csv_lines
@@ -75,10 +75,13 @@ def test_events_bad_parameters(viewer):
 
 
 def test_event_and_missing_event(viewer, store, make_event):
-    event = make_event(Label.WITHOUT_MASK)
+    event = make_event(Label.WITHOUT_MASK).with_door(
+        DoorStatus.REFUSED, make_event().occurred_at, 9.0, AckReason.DENIED
+    )
     store.record_event(event)
     data = viewer.get(f"/api/v1/events/{event.event_id}").json
     assert data["label"] == "without_mask" and data["incident"] is True and data["reviewed"] is False
+    assert data["door_status"] == "refused" and data["door_reason"] == "denied"
     missing = viewer.get("/api/v1/events/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and "error" in missing.json
 
@@ -87,13 +90,16 @@ def test_event_and_missing_event(viewer, store, make_event):
 def test_csv_export_follows_filters_and_defuses_formulas(viewer, store, make_event):
     formula = '=HYPERLINK("http://evil")'
     store.record_event(make_event(Label.WITH_MASK, gate_id="north"))
-    store.record_event(make_event(Label.WITHOUT_MASK, gate_id=formula))
+    refused = make_event(Label.WITHOUT_MASK, gate_id=formula)
+    store.record_event(refused.with_door(DoorStatus.REFUSED, refused.occurred_at, 5.0, AckReason.DENIED))
     response = viewer.get("/api/v1/events.csv")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == 2
     assert rows[1]["gate_id"] == "'" + formula
+    assert (rows[1]["door_status"], rows[1]["door_reason"]) == ("refused", "denied")
+    assert (rows[0]["door_status"], rows[0]["door_reason"]) == ("", "")
     assert float(rows[0]["p_with_mask"]) == 0.9
     filtered = list(csv.DictReader(io.StringIO(viewer.get("/api/v1/events.csv?gate=north").text)))
     assert [row["gate_id"] for row in filtered] == ["north"]

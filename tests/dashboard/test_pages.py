@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from maskgate.core import DoorStatus, Label, Review
+from maskgate.core import AckReason, DoorStatus, Label, Review
 from maskgate.dashboard.app import services
 from maskgate.store import EventFilter, ModelStatus
 
@@ -209,11 +209,11 @@ def test_html_in_gate_names_notes_and_versions_is_escaped(admin, app, store, mak
 
 def test_event_page_shows_probabilities_model_and_review(admin, store, make_event):
     event = make_event(Label.IMPROPER_MASK, model_version="m-7").with_door(
-        DoorStatus.EXPIRED, make_event().occurred_at
+        DoorStatus.EXPIRED, make_event().occurred_at, reason=AckReason.TTL_TOO_LONG
     )
     store.record_event(event)
     page = admin.get(f"/events/{event.event_id}").text
-    assert "Incident" in page and "m-7" in page and "expired" in page
+    assert "Incident" in page and "m-7" in page and "expired: ttl too long" in page
     assert "improper_mask: 70.0%" in page  # the probability bar's tooltip
     assert "No snapshot" in page
     assert admin.get("/events/00000000-0000-0000-0000-000000000000").status_code == 404

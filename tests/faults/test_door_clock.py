@@ -24,8 +24,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from maskgate.core import DoorStatus, utcnow
-from maskgate.gate.comms.payloads import AckReason
+from maskgate.core import AckReason, DoorStatus, utcnow
 from maskgate.store import EventStore
 from tests.faults.conftest import Gate, MakeGate
 from tests.gate.comms.brokers import make_decision, wait_until

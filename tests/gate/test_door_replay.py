@@ -11,8 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from maskgate.core import DoorStatus
-from maskgate.gate.comms.payloads import AckReason
+from maskgate.core import AckReason, DoorStatus
 from maskgate.gate.doorsim import DoorSimulator
 from tests.gate.comms.brokers import make_config
 from tests.gate.test_doorsim import SECRET, Clock, command_bytes, send

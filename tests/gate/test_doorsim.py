@@ -14,10 +14,10 @@ from datetime import timedelta
 
 import pytest
 
-from maskgate.core import Action, DoorStatus, utcnow
+from maskgate.core import AckReason, Action, DoorStatus, utcnow
 from maskgate.gate.comms import signing
 from maskgate.gate.comms.client import IncomingMessage
-from maskgate.gate.comms.payloads import AckReason, DoorCommand, format_time, parse_door_ack
+from maskgate.gate.comms.payloads import DoorCommand, format_time, parse_door_ack
 from maskgate.gate.doorsim import DoorSimulator, Relay
 from tests.gate.comms.brokers import ROOT, SYSTEM_PORT, Spy, make_config, make_decision, wait_until
 

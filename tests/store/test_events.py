@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from maskgate.core import Action, DoorStatus, Label, Review, utcnow
+from maskgate.core import AckReason, Action, DoorStatus, Label, Review, utcnow
 from maskgate.store import EventFilter, InvalidCursorError, StoreError
 
 
@@ -132,7 +132,19 @@ def test_incidents_include_door_failures_and_exclude_allowed(store, make_event):
     assert {e.event_id for e in store.list_incidents().events} == {denied.event_id, late.event_id}
     store.set_door_status(allowed.event_id, DoorStatus.OPENED, utcnow(), rtt_ms=3.5)
     assert store.get_event(allowed.event_id).door_rtt_ms == 3.5
+    assert store.get_event(allowed.event_id).door_reason is None  # the ack gave none
     assert allowed.event_id not in {e.event_id for e in store.list_incidents().events}
+
+
+def test_the_door_controllers_reason_is_stored_and_read_back(store, make_event):
+    denied = make_event(Label.WITHOUT_MASK)
+    store.record_event(denied)
+    updated = store.set_door_status(
+        denied.event_id, DoorStatus.REFUSED, utcnow(), 8.0, AckReason.BAD_SIGNATURE
+    )
+    assert updated.door_reason is AckReason.BAD_SIGNATURE
+    assert store.get_event(denied.event_id).door_reason is AckReason.BAD_SIGNATURE
+    assert store.get_event(denied.event_id).to_json()["door_reason"] == "bad_signature"
 
 
 def test_review_records_true_label_and_reviewer(store, make_event):

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, delete, event, func, select
 
 from maskgate.config import Config, PathsConfig
-from maskgate.core import DoorStatus, Event, utcnow
+from maskgate.core import AckReason, DoorStatus, Event, utcnow
 from maskgate.store import EventStore, Outbox, OutboxKind, OutgoingMessage, SchemaError, make_engine, migrate
 from maskgate.store.schema import EventRow
 from maskgate.store.spool import CentralUnavailable, SpoolForwarder, prepare_spool, spool_forwarded
@@ -155,10 +155,13 @@ def test_door_outcomes_are_forwarded_when_they_arrive_and_a_late_ack_replaces_no
     assert central.get_event(spooled_event.event_id).door_status is DoorStatus.NO_ACK
     assert central.get_event(spooled_event.event_id).is_incident
 
-    local.set_door_status(spooled_event.event_id, DoorStatus.OPENED, utcnow(), 40.0)  # the late ack
+    local.set_door_status(
+        spooled_event.event_id, DoorStatus.OPENED, utcnow(), 40.0, AckReason.OPENED
+    )  # late ack
     drain(forwarder)
     late = central.get_event(spooled_event.event_id)
     assert late.door_status is DoorStatus.OPENED and not late.is_incident and late.door_rtt_ms == 40.0
+    assert late.door_reason is AckReason.OPENED
     assert forwarder.pending_door_statuses() == 0 and len(central.arrivals) == 1
 
 

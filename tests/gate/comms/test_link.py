@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from maskgate.config import Config
-from maskgate.core import Action, DoorStatus, Event, Label
+from maskgate.core import AckReason, Action, DoorStatus, Event, Label
 from maskgate.gate.comms import (
     ActiveModel,
     DoorLink,
@@ -92,6 +92,13 @@ def test_submit_to_door_to_ack_recorded_on_the_event(start, store, spy, prefix, 
     assert 0 < opened.door_rtt_ms < 1000 and opened.door_at is not None
     assert outcomes[Label.WITHOUT_MASK].door_status is DoorStatus.REFUSED
     assert outcomes[Label.IMPROPER_MASK].door_status is DoorStatus.REFUSED
+    # the controller's reason is kept with the outcome: why the door stayed shut
+    reasons = {label: outcome.door_reason for label, outcome in outcomes.items()}
+    assert reasons == {
+        Label.WITH_MASK: AckReason.OPENED,
+        Label.WITHOUT_MASK: AckReason.DENIED,
+        Label.IMPROPER_MASK: AckReason.WARNED,
+    }
     assert door.relay.openings == 1 and door.outcomes["opened"] == 1 and door.outcomes["refused"] == 2
     assert wait_until(lambda: len(seen) == 3)
     assert {e.event_id for e in seen} == {e.event_id for e in outcomes.values()}
@@ -116,7 +123,7 @@ def test_no_door_controller_is_a_no_ack_incident(start, store, gate_id):
     event = link.submit(make_decision(gate_id, action=Action.ALLOW))
     stored = door_status(store, event, timeout=5)
     assert stored.door_status is DoorStatus.NO_ACK and stored.door_rtt_ms is None
-    assert stored.is_incident
+    assert stored.door_reason is None and stored.is_incident
     assert link.outbox.counts().sent == 2  # it was sent; nobody answered
 
 
