@@ -244,7 +244,10 @@ def _door_link(config: Config, store, watcher, wake: Callable[[], None] | None =
 
 def _print_door_status(event) -> None:
     rtt = f" in {event.door_rtt_ms:.0f} ms" if event.door_rtt_ms is not None else ""
-    print(f"    door for track {event.track_id}: {event.door_status.value}{rtt}", flush=True)
+    status = event.door_status.value
+    if event.door_reason and event.door_reason.value != status:
+        status += f" ({event.door_reason.value.replace('_', ' ')})"
+    print(f"    door for track {event.track_id}: {status}{rtt}", flush=True)
 
 
 def _print_decision(decision, event) -> None:

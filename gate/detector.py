@@ -193,7 +193,8 @@ def calibration_mismatch(card: ModelCard, calibration: BoxCalibration) -> str | 
     Its `photos` crops were cut around detector boxes mapped through the calibration its card
     records; a gate calibrating otherwise (or not at all) shifts every crop, and the classifier
     was measured unsafe that way (docs/detector.md, "Safety at the door"). None when the card
-    records no calibration (older models, or data without detected faces).
+    records no calibration: older models, and models trained without a `photos` source (their
+    crops come from annotated boxes, which a calibrated gate's crops resemble).
     """
     photos = card.training.get("detector_for_photos")
     if not isinstance(photos, dict) or "calibration" not in photos:

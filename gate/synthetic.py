@@ -152,9 +152,9 @@ def draw_mask(
 ) -> np.ndarray:
     """`portrait` with a surgical-style mask of `colour` drawn from the face's landmarks in `style`."""
     out = portrait.copy()
-    pleat = tuple(max(0, c - 28) for c in colour)  # a shade darker than the mask
     if style is MaskStyle.NONE:
         return out
+    pleat = tuple(max(0, c - 28) for c in colour)  # a shade darker than the mask
     (lx, ly), (rx, ry) = landmarks["left_eye"], landmarks["right_eye"]
     nose_x, nose_y = landmarks["nose"]
     mouth_y = (landmarks["mouth_left"][1] + landmarks["mouth_right"][1]) / 2

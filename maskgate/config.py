@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from maskgate.const import CONFIG_ENV_VAR, ENV_PREFIX, TEST_ENV_PREFIX
+from maskgate.const import CONFIG_ENV_VAR, ENV_PREFIX, MAX_DOOR_COMMAND_TTL_S, TEST_ENV_PREFIX
 
 
 class ConfigError(ValueError):
@@ -83,7 +83,11 @@ class MqttConfig:
     client_cert: str = ""
     client_key: str = ""
     keepalive_s: int = ruled(30, at_least(1))
-    door_command_ttl_s: float = ruled(3.0, POSITIVE)  # a door command older than this must not open the door
+    # A door command older than this must not open the door; the controller refuses longer lives.
+    door_command_ttl_s: float = ruled(
+        3.0,
+        Rule(lambda v: 0 < v <= MAX_DOOR_COMMAND_TTL_S, f"above 0 and at most {MAX_DOOR_COMMAND_TTL_S}"),
+    )
     ack_timeout_s: float = ruled(5.0, POSITIVE)
     command_secret: str = secret()  # per-gate HMAC key for signed door commands (off when empty)
     homeassistant_discovery: bool = False
@@ -161,9 +165,8 @@ class DashboardConfig:
     secret_key: str = secret()  # Flask session key; required to serve the dashboard
     secure_cookies: bool = True
     retrain_cron: str = "0 2 * * *"  # nightly retraining, minute hour day month weekday
-    proxy_hops: int = ruled(
-        0, at_least(0)
-    )  # reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted
+    # Reverse proxies in front whose X-Forwarded-For/-Proto headers are trusted.
+    proxy_hops: int = ruled(0, at_least(0))
     metrics_token: str = secret()  # bearer token Prometheus sends for /metrics (>= 16 chars); "" = off
 
 

@@ -27,7 +27,14 @@ from maskgate.training import cropset, plots
 from maskgate.training.archs import ARCHS, trainable_parameters, with_flip_average
 from maskgate.training.augment import AugmentConfig, augment_batch
 from maskgate.training.cropset import CropSet
-from maskgate.training.datasets import DataSpec, SourceImage, SourceReport, is_non_commercial, licence_of
+from maskgate.training.datasets import (
+    DataSpec,
+    Layout,
+    SourceImage,
+    SourceReport,
+    is_non_commercial,
+    licence_of,
+)
 from maskgate.training.export import check_agreement, tflite_predict, to_tflite
 from maskgate.training.metrics import GATE_BAND, crop_metrics_by_band
 from maskgate.training.split import (
@@ -38,6 +45,7 @@ from maskgate.training.split import (
     assign,
     data_hash,
     manifest_rows,
+    read_manifest,
     write_manifest,
 )
 from maskgate.training.synthetic_crops import synthetic_masked_crops
@@ -70,7 +78,7 @@ class TrainConfig:
     threads: int = 2
     progress: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # the gate's: it crops `photos`
-    synthetic_masks: int = 0  # bare training faces that get a drawn mask (training_synthetic_crops)
+    synthetic_masks: int = 0  # bare training faces that get a drawn mask (synthetic_crops.py)
     init_from: Path | None = None  # a model folder of the same arch and crop to start from
 
     @property
@@ -222,9 +230,13 @@ def train(
     """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
     started = time.monotonic()
     _check_out(out)
+    if config.synthetic_masks < 0:
+        raise TrainError(f"synthetic masks must be 0 or more, not {config.synthetic_masks}")
     start_card = _start_card(config) if config.init_from else None
     configure_tensorflow(config.threads, config.split.seed)
     pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
+    if config.init_from:
+        _check_unseen(config.init_from, pool.rows)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     if config.max_train and len(train_set) > config.max_train:
         rng = np.random.default_rng(config.split.seed)
@@ -310,9 +322,13 @@ def train(
             "max_train": config.max_train,
             "synthetic_masks": synthetic.to_json() if synthetic else None,
             "started_from": start_card.version if start_card else None,
+            # What cut the `photos` crops (the gate must calibrate its boxes the same way); None
+            # when no source needed a detector: annotated boxes fit any calibrated gate.
             "detector_for_photos": json.loads(
                 cropset.detector_id(cropset.photo_detector_config(config.detector))
-            ),
+            )
+            if any(spec.layout is Layout.PHOTOS for spec in specs)
+            else None,
             "history": {k: [round(float(v), 5) for v in values] for k, values in history.items()},
         },
     )
@@ -339,7 +355,25 @@ def _start_card(config: TrainConfig) -> ModelCard:
             f"cannot start from {config.init_from}: it is {card.arch} with crop {card.crop}, "
             f"this run trains {config.arch} with crop {config.crop_spec}"
         )
+    if KERAS_FILE not in card.files:
+        raise TrainError(f"cannot start from {config.init_from}: it has no {KERAS_FILE} to take weights from")
     return card
+
+
+def _check_unseen(folder: Path, rows: Sequence[ManifestRow]) -> None:
+    """Refuse to start from a model that trained on this run's validation or test images (matched by
+    content): early stopping and the card's held-out metrics would be measured on seen faces."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        raise TrainError(f"cannot start from {folder}: no {MANIFEST_FILE}: its training images are unknown")
+    trained = {row.sha256 for row in read_manifest(manifest) if row.split is Split.TRAIN}
+    held_out = [row for row in rows if row.split is not Split.TRAIN]
+    seen = sum(row.sha256 in trained for row in held_out)
+    if seen:
+        raise TrainError(
+            f"cannot start from {folder}: it was trained on {seen} of this run's {len(held_out)} validation "
+            "and test images (another seed, split or data); start from a model trained on the same split"
+        )
 
 
 def start_weights(model, folder: Path) -> None:

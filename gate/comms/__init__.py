@@ -13,11 +13,11 @@
 The reference door controller is :mod:`maskgate.gate.doorsim` (``maskgate door-sim``).
 """
 
+from maskgate.core import AckReason
 from maskgate.gate.comms.client import BrokerSettings, IncomingMessage, MqttClient, MqttConfigError, Will
 from maskgate.gate.comms.link import DoorLink
 from maskgate.gate.comms.models import publish_active_model, subscribe_active_model
 from maskgate.gate.comms.payloads import (
-    AckReason,
     ActiveModel,
     DoorAck,
     DoorAction,

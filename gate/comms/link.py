@@ -77,6 +77,20 @@ class _InFlight:
     publication: Publication
 
 
+# Refusals that mean misconfiguration or an attack rather than a person turned away.
+SUSPICIOUS_ACK_REASONS = frozenset(
+    {
+        AckReason.BAD_SIGNATURE,
+        AckReason.UNSIGNED,
+        AckReason.REPLAY,
+        AckReason.WRONG_GATE,
+        AckReason.FROM_FUTURE,
+        AckReason.STALE,
+        AckReason.TTL_TOO_LONG,
+    }
+)
+
+
 class DoorLink:
     """One gate's MQTT link: door commands with acks, events, availability, state, discovery."""
 
@@ -435,6 +449,14 @@ class DoorLink:
                 ack.status.value,
                 ack.decision_id,
                 outcome.rtt_ms or 0.0,
+            )
+        if ack.reason in SUSPICIOUS_ACK_REASONS:
+            log.warning(
+                "gate %s: the door controller turned down decision %s: %s (check the command secret, the "
+                "clocks and who else publishes to this gate's topics)",
+                self.gate_id,
+                ack.decision_id,
+                ack.reason.value,
             )
         self._record_status(ack.decision_id, ack.status, ack.at, outcome.rtt_ms, ack.reason)
 

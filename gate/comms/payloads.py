@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from maskgate.const import MAX_DOOR_COMMAND_TTL_S
 from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, Label, utcnow
 from maskgate.gate.comms import signing
 from maskgate.gate.comms.topics import GATE_ID_PATTERN
@@ -37,7 +38,7 @@ MAX_STATE_BYTES = 4096
 MAX_MODEL_BYTES = 4096
 MAX_STATUS_BYTES = 16  # plain-text availability and Home Assistant status
 
-MAX_TTL = timedelta(seconds=60)  # a command claiming a longer life than this is refused
+MAX_TTL = timedelta(seconds=MAX_DOOR_COMMAND_TTL_S)  # a command claiming a longer life is refused
 CONFIDENCE_DECIMALS = 4  # so its canonical text is the same in every language (docs/mqtt.md)
 
 _VERSION_PATTERN = re.compile(r"[A-Za-z0-9._:+-]{1,64}")

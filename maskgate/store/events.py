@@ -116,14 +116,8 @@ class EventStore:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        dialect_insert = insert_for_dialect(engine.dialect.name)
         # Built once: recording is the agent's hot path (DESIGN: an insert well under 2 ms).
-        self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
-        self._insert_event = (
-            dialect_insert(EventRow)
-            .on_conflict_do_nothing(index_elements=[EventRow.id])
-            .returning(EventRow.id)
-        )
+        self._insert_gate, self._insert_event = idempotent_inserts(engine)
         self._known_gates: set[str] = set()  # gates are never deleted, so once stored, always stored
 
     # -- gates -------------------------------------------------------------------------------
@@ -203,11 +197,7 @@ class EventStore:
     ) -> Event:
         """Record what became of the event's door command (an ack and its reason, or its absence)."""
         with self._session() as session, session.begin():
-            row = self._row(session, event_id)
-            row.door_status, row.door_at, row.door_rtt_ms = status.value, at, rtt_ms
-            row.door_reason = reason.value if reason else None
-            row.incident = event_from_row(row).is_incident
-            return event_from_row(row)
+            return apply_door(self._row(session, event_id), status, at, rtt_ms, reason)
 
     def review_event(self, event_id: uuid.UUID, review: Review, pinned: bool | None = None) -> Event:
         """Record a person's review; `pinned` keeps the event from retention purges."""
@@ -353,8 +343,29 @@ def event_values(event: Event) -> dict[str, object]:
     }
 
 
+def idempotent_inserts(engine: Engine):
+    """(gate insert, event insert) that do nothing for a row already there (the event's returns
+    its id only when inserted): recording an event twice, from any module, stores it once."""
+    dialect_insert = insert_for_dialect(engine.dialect.name)
+    return (
+        dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id]),
+        dialect_insert(EventRow).on_conflict_do_nothing(index_elements=[EventRow.id]).returning(EventRow.id),
+    )
+
+
+def apply_door(
+    row: EventRow, status: DoorStatus, at: datetime, rtt_ms: float | None, reason: AckReason | None
+) -> Event:
+    """Write a door outcome into `row` (and whether that makes it an incident); the updated event."""
+    row.door_status, row.door_at, row.door_rtt_ms = status.value, at, rtt_ms
+    row.door_reason = reason.value if reason else None
+    row.incident = event_from_row(row).is_incident
+    return event_from_row(row)
+
+
 def known_reason(value: str | None) -> AckReason | None:
-    # A reason written by a newer gate that this version does not know reads as none.
+    """The stored ack reason as an AckReason; None for none, or for one written by a newer gate
+    that this version does not know."""
     try:
         return AckReason(value) if value else None
     except ValueError:

@@ -25,8 +25,8 @@ from sqlalchemy import ColumnElement, Engine, case, delete, func, insert, or_, s
 from sqlalchemy.orm import Session
 
 from maskgate.core import DoorStatus, Event
-from maskgate.store.events import event_from_row, event_values, gate_values, insert_for_dialect
-from maskgate.store.schema import EventRow, GateRow, OutboxRow
+from maskgate.store.events import apply_door, event_values, gate_values, idempotent_inserts
+from maskgate.store.schema import EventRow, OutboxRow
 
 
 class OutboxKind(enum.StrEnum):
@@ -87,15 +87,9 @@ class Outbox:
         self.engine = engine
         self.gate_id = gate_id
         self._mine: ColumnElement[bool] = true() if gate_id is None else OutboxRow.gate_id == gate_id
-        dialect_insert = insert_for_dialect(engine.dialect.name)
         # The same statements as EventStore.record_event, so that an event recorded here is
         # exactly the event recorded there (idempotent on its uuid).
-        self._insert_gate = dialect_insert(GateRow).on_conflict_do_nothing(index_elements=[GateRow.id])
-        self._insert_event = (
-            dialect_insert(EventRow)
-            .on_conflict_do_nothing(index_elements=[EventRow.id])
-            .returning(EventRow.id)
-        )
+        self._insert_gate, self._insert_event = idempotent_inserts(engine)
         self._insert_message = insert(OutboxRow)
 
     def record_event(self, event: Event, messages: Sequence[OutgoingMessage], now: datetime) -> bool:
@@ -234,9 +228,7 @@ def _set_door_status_if_unset(
     row = session.get(EventRow, event_id)
     if row is None or row.door_status is not None:
         return None
-    row.door_status, row.door_at, row.door_rtt_ms, row.door_reason = status.value, at, None, None
-    row.incident = event_from_row(row).is_incident
-    return event_from_row(row)
+    return apply_door(row, status, at, None, None)
 
 
 def _message_values(

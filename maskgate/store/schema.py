@@ -134,8 +134,8 @@ class EventRow(Base):
     door_status: Mapped[str | None] = mapped_column(String(16))
     door_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     door_rtt_ms: Mapped[float | None] = mapped_column(Float)
-    # The controller's reason for its ack (core.AckReason values); no CHECK: a newer controller
-    # may send reasons this version does not know, and they are validated where the ack is parsed.
+    # The controller's reason for its ack (core.AckReason values, validated where the ack is
+    # parsed); no CHECK, so that a newer gate sharing the database may store a reason added later.
     door_reason: Mapped[str | None] = mapped_column(String(16))
     snapshot_path: Mapped[str | None] = mapped_column(String(512))
     # Stored rather than computed in queries so that the incident list has an index.

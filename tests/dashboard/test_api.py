@@ -37,6 +37,12 @@ def test_openapi_file_is_valid_and_matches_the_routes(app):
     assert documented == served
 
 
+def test_the_documented_door_values_are_the_ones_the_gate_stores():
+    event = yaml.safe_load(SPEC.read_text())["components"]["schemas"]["Event"]["properties"]
+    assert set(event["door_reason"]["enum"]) == {reason.value for reason in AckReason} | {None}
+    assert set(event["door_status"]["enum"]) == {status.value for status in DoorStatus} | {None}
+
+
 def test_openapi_file_is_served(viewer):
     response = viewer.get("/api/v1/openapi.yaml")
     assert response.status_code == 200

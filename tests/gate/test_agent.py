@@ -169,6 +169,31 @@ def test_the_agent_warns_when_it_cuts_other_crops_than_its_model_was_trained_on(
     assert "was trained on crops" in caplog.text and agent.classifier.version in caplog.text
 
 
+def test_a_swapped_in_model_trained_on_other_crops_is_warned_about(make, tmp_path, caplog):
+    import json
+    import shutil
+
+    from maskgate.gate.classifier import MaskClassifier
+
+    agent = make()
+    other = tmp_path / "raw-crops-model"
+    shutil.copytree(MODEL, other)
+    card = json.loads((other / "card.json").read_text())
+    card["version"] = "trained-on-raw-boxes"
+    card["training"]["detector_for_photos"]["calibration"] = {
+        "dx": 0,
+        "dy": 0,
+        "width_scale": 1,
+        "height_scale": 1,
+    }
+    (other / "card.json").write_text(json.dumps(card))
+    agent.swap_classifier(MaskClassifier(other))
+    assert "was trained on crops" not in caplog.text
+    agent.process(frame(np.zeros((480, 640, 3), np.uint8)))  # swapped in between frames
+    assert agent.classifier.version == "trained-on-raw-boxes"
+    assert "model trained-on-raw-boxes was trained on crops" in caplog.text
+
+
 def test_noise_frames_give_no_decision(make):
     agent = make()
     rng = np.random.default_rng(0)

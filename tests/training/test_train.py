@@ -37,6 +37,7 @@ def test_one_epoch_run_writes_a_complete_verified_model_folder(tiny_model: Path)
     assert card.training["seconds"] > 0 and card.training["seed"] == 7 and card.training["flip_average"]
     source = card.data[0]
     assert source["layout"] == "faces" and source["faces"]["improper_mask"] == 24
+    assert card.training["detector_for_photos"] is None  # no photos: no detector cut these crops
     test = card.metrics["test"]
     assert set(test) == {"all", "<32", "32-96", ">=96", ">=32"}
     assert set(test["all"]["per_class"]) == {label.value for label in LABELS}
@@ -88,3 +89,26 @@ def test_starting_from_another_architecture_or_an_altered_folder_is_refused(tiny
     (altered / "model.keras").write_bytes(b"not a model")
     with pytest.raises(TrainError, match=r"cannot start from .*altered"):
         train([], tmp_path / "b", TrainConfig(crop=CropSpec(size=32), init_from=altered), None)
+
+
+def test_starting_from_a_model_that_trained_on_this_runs_held_out_images_is_refused(
+    tiny_model: Path, tmp_path
+):
+    from maskgate.crop import CropSpec
+    from maskgate.training.datasets import DataSpec
+    from maskgate.training.split import SplitConfig
+    from maskgate.training.train import TrainConfig, TrainError, train
+
+    from .conftest import make_faces_folder
+
+    source = make_faces_folder(tmp_path / "faces", per_class=24)  # the tiny model's images
+    other_split = TrainConfig(
+        crop=CropSpec(size=32),
+        split=SplitConfig(val=0.25, test=0.25, seed=8),
+        init_from=tiny_model,
+        progress=False,
+    )
+    with pytest.raises(
+        TrainError, match=r"it was trained on \d+ of this run's \d+ validation and test images"
+    ):
+        train([DataSpec.parse(str(source))], tmp_path / "model", other_split, None)

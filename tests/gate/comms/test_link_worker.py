@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from maskgate.core import DoorStatus, utcnow
+from maskgate.core import AckReason, DoorStatus, utcnow
 from maskgate.gate.comms import DoorLink
 from maskgate.gate.comms.acks import AckTracker
 from maskgate.store import OutboxKind
@@ -60,11 +60,12 @@ def test_a_door_outcome_survives_a_database_hiccup(offline_link, store, monkeypa
         return real(*args)
 
     monkeypatch.setattr(store, "set_door_status", down_once)
-    offline_link._record_status(event.event_id, DoorStatus.OPENED, utcnow(), 3.5)
+    offline_link._record_status(event.event_id, DoorStatus.OPENED, utcnow(), 3.5, AckReason.OPENED)
     assert store.get_event(event.event_id).door_status is None
     offline_link._retry_unrecorded()
     stored = store.get_event(event.event_id)
     assert stored.door_status is DoorStatus.OPENED and stored.door_rtt_ms == 3.5
+    assert stored.door_reason is AckReason.OPENED  # the reason survives the retry
     assert offline_link._unrecorded == []
 
 

@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from maskgate.core import Action, DoorStatus, Label
+from maskgate.core import AckReason, Action, DoorStatus, Label
 from maskgate.gate.comms import signing
 from maskgate.gate.comms.homeassistant import discovery_messages
 from maskgate.gate.comms.payloads import (
     MAX_COMMAND_BYTES,
-    AckReason,
     ActiveModel,
     DoorAck,
     DoorAction,
