@@ -1,4 +1,4 @@
-"""The training subcommands: `train`, `evaluate`.
+"""The training subcommands: `train`, `ensemble`, `evaluate`, the detector's and `retrain`.
 
 Registration imports nothing heavy (``maskgate --help`` stays fast); the handlers import
 TensorFlow and the training modules when they run.
@@ -22,6 +22,7 @@ CACHE_HELP = f"crop cache folder (default {DEFAULT_CACHE})"
 
 def register(commands: argparse._SubParsersAction) -> None:
     _register_train(commands)
+    _register_ensemble(commands)
     _register_evaluate(commands)
     _register_export_detector(commands)
     _register_train_detector(commands)
@@ -197,6 +198,46 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
         print(f"maskgate train: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    print(summary(result.card))
+    print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
+    return EXIT_OK
+
+
+def _register_ensemble(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "ensemble",
+        help="average trained classifiers into one model folder",
+        description="Average the probabilities of model folders trained on the same split into one model "
+        "folder (one model.tflite for the gate; held-out metrics on the members' val and test splits).",
+    )
+    p.add_argument(
+        "--models", type=Path, nargs="+", required=True, metavar="DIR", help="member model folders"
+    )
+    p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/NAME")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="SPEC",
+        help="where the members' held-out images are (default: the sources their cards name, under "
+        "paths.datasets)",
+    )
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=CACHE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_ensemble)
+
+
+def _ensemble(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
+    from maskgate.training.datasets import DataSpecError
+    from maskgate.training.ensemble import EnsembleError, ensemble, summary
+
+    try:
+        specs = _specs(args, config) if args.data else None
+        result = ensemble(
+            args.models, args.out, args.cache, specs, config.paths.datasets, config.detector, not args.quiet
+        )
+    except (EnsembleError, DataSpecError) as exc:
+        raise UsageError(str(exc)) from None
     print(summary(result.card))
     print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
     return EXIT_OK
