@@ -18,7 +18,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from maskgate.config import Config, DashboardConfig, PathsConfig, PolicyConfig, RolloutConfig
-from maskgate.core import Box, Classification, Face, Frame, Label, utcnow
+from maskgate.core import LABELS, Box, Classification, Face, Frame, Label, utcnow
 from maskgate.crop import CropSpec
 from maskgate.gate.agent import Agent, StoreSink
 from maskgate.gate.classifier import MaskClassifier
@@ -26,7 +26,7 @@ from maskgate.gate.comms.payloads import ActiveModel
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.reload import ArtifactError, Fetcher, FetchError, ModelWatcher, folder_name
 from maskgate.gate.tracker import Tracker, TrackerConfig
-from maskgate.modelcard import RUNTIME_FILE, load_card, write_card
+from maskgate.modelcard import RUNTIME_FILE, ModelCard, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
 from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, make_config, port_open, wait_until
@@ -55,6 +55,7 @@ class FakeClassifier:
 
     def __init__(self, version: str, size: int, label: Label = Label.WITH_MASK):
         self.version, self.crop, self.label = version, CropSpec(size=size), label
+        self.card = ModelCard(version, LABELS, self.crop, "fake", "2026-01-01T00:00:00+00:00")
         self.calls = 0
         self.foreign_crops = 0
 
