@@ -116,8 +116,8 @@ def test_masked_clip_allows_and_never_denies(make, name):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["gituatu_nomask.mp4", "yash42828_test_no_mask.mp4"])
 def test_unmasked_clips_never_open_the_door(make, name):
-    # gituatu_nomask: the shipped model is unsure about this man's beard on calibrated crops; the
-    # policy's allow floor keeps the door shut, but he gets no deny either (docs/training.md).
+    # gituatu_nomask: models have been unsure about this man's beard (compact-v4 gave him no
+    # decision, ensemble-v1 denies him); whatever the model, the door must stay shut for him.
     decisions = run_source(make(), open_reader(str(clip(name))))
     assert Action.ALLOW not in [d.action for d in decisions], decisions
 
