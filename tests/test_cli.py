@@ -28,11 +28,13 @@ def test_help_everywhere(capsys):
         ["config", "check", "--help"],
         ["agent", "--help"],
         ["train", "--help"],
+        ["ensemble", "--help"],
     ):
         with pytest.raises(SystemExit) as stopped:
             main(argv)
         assert stopped.value.code == EXIT_OK
-    assert "usage: maskgate train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: maskgate train" in out and "usage: maskgate ensemble" in out
 
 
 def test_usage_errors_exit_2(capsys):

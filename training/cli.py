@@ -228,16 +228,21 @@ def _register_ensemble(commands: argparse._SubParsersAction) -> None:
 
 def _ensemble(args: argparse.Namespace, config: Config) -> int:
     from maskgate.cli import UsageError
+    from maskgate.modelcard import ModelFileError
     from maskgate.training.datasets import DataSpecError
     from maskgate.training.ensemble import EnsembleError, ensemble, summary
+    from maskgate.training.evaluate import EvaluationError
 
     try:
         specs = _specs(args, config) if args.data else None
         result = ensemble(
             args.models, args.out, args.cache, specs, config.paths.datasets, config.detector, not args.quiet
         )
-    except (EnsembleError, DataSpecError) as exc:
+    except (EnsembleError, DataSpecError, EvaluationError) as exc:
         raise UsageError(str(exc)) from None
+    except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
+        print(f"maskgate ensemble: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     print(summary(result.card))
     print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
     return EXIT_OK

@@ -15,37 +15,38 @@ are measured like a trained model's, on the TFLite file, on the members' val and
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from maskgate.config import DetectorConfig
-from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
+from maskgate.modelcard import RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
 from maskgate.training import cropset, plots
 from maskgate.training.datasets import DataSpec
 from maskgate.training.evaluate import evaluate_crops
 from maskgate.training.export import check_agreement, to_tflite
 from maskgate.training.metrics import GATE_BAND
 from maskgate.training.split import MANIFEST_FILE, split_images
-from maskgate.training.train import AGREEMENT_SAMPLE, CONFUSION_FILE, KERAS_FILE, save_keras
+from maskgate.training.train import (
+    AGREEMENT_SAMPLE,
+    CONFUSION_FILE,
+    KERAS_FILE,
+    TrainResult,
+    check_out_folder,
+    save_keras,
+)
 
 ARCH = "ensemble"
 
 
 class EnsembleError(ValueError):
     """Members that cannot be averaged honestly (other split, other crops) or a bad folder."""
-
-
-@dataclass(frozen=True)
-class EnsembleResult:
-    folder: Path
-    card: ModelCard
-    seconds: float
 
 
 def check_members(folders: Sequence[Path]) -> list[ModelCard]:
@@ -72,20 +73,23 @@ def check_members(folders: Sequence[Path]) -> list[ModelCard]:
             raise EnsembleError(f"{folder} crops with {card.crop}, {folders[0]} with {first.crop}")
         if card.labels != first.labels:
             raise EnsembleError(f"{folder} has the labels {card.labels}, {folders[0]} {first.labels}")
-        if not _same_photo_crops(card, first):
+        if not same_photo_detector(
+            card.training.get("detector_for_photos"), first.training.get("detector_for_photos")
+        ):
             raise EnsembleError(f"{folder} and {folders[0]} cut their photo crops with other detectors")
     return cards
 
 
-def _same_photo_crops(a: ModelCard, b: ModelCard) -> bool:
-    """Whether two models' `photos` crops were cut alike: the same box calibration, and the same
-    detector weights where both cards record them (older cards do not)."""
-    photos_a = a.training.get("detector_for_photos") or {}
-    photos_b = b.training.get("detector_for_photos") or {}
-    if photos_a.get("calibration") != photos_b.get("calibration"):
-        return False
-    weights_a, weights_b = photos_a.get("weights"), photos_b.get("weights")
-    return weights_a is None or weights_b is None or weights_a == weights_b
+def same_photo_detector(a: dict | None, b: dict | None) -> bool:
+    """Whether two recorded photo detectors (``training.detector_for_photos``) cut crops alike:
+    the same settings and box calibration, and the same weights where both records name them
+    (older cards do not)."""
+    if a is None or b is None:
+        return a is b
+    weights_a, weights_b = a.get("weights"), b.get("weights")
+    settings_a = {k: v for k, v in a.items() if k != "weights"}
+    settings_b = {k: v for k, v in b.items() if k != "weights"}
+    return settings_a == settings_b and (weights_a is None or weights_b is None or weights_a == weights_b)
 
 
 def build_model(folders: Sequence[Path], cards: Sequence[ModelCard]):
@@ -116,17 +120,20 @@ def ensemble(
     datasets_root: Path | None = None,
     detector: DetectorConfig | None = None,
     progress: bool = True,
-) -> EnsembleResult:
+) -> TrainResult:
     """Write the ensemble of the model `folders` to `out` (replaced as a whole when it is done).
 
     Its held-out metrics are measured on `specs` (default: the members' sources, found under
-    `datasets_root`), restricted to the members' val and test splits.
+    `datasets_root`), restricted to the members' val and test splits (those that have images);
+    `photos` are cropped by `detector` (the gate's), which must be the one the members recorded.
     """
     started = time.monotonic()
-    if out.exists() and any(out.iterdir()) and not (out / CARD_FILE).is_file():
-        raise EnsembleError(f"{out} exists and is not a model folder (no {CARD_FILE}): choose another --out")
+    check_out_folder(out)
+    if out.resolve() in {folder.resolve() for folder in folders}:
+        raise EnsembleError(f"{out} is one of the members: write the ensemble to another folder")
     cards = check_members(folders)
     first = cards[0]
+    photos = _photo_detector(cards, detector)
     crop = replace(first.crop, size=max(card.crop.size for card in cards))
     model = build_model(folders, cards)
 
@@ -147,14 +154,11 @@ def ensemble(
         data=first.data,
         data_hash=first.data_hash,
         training={
-            "members": [
-                {"version": c.version, "arch": c.arch, "crop": c.crop.to_json(), "sha256": c.sha256}
-                for c in cards
-            ],
+            "members": [_member_json(c) for c in cards],
             "seed": first.training.get("seed"),
             "split": first.training.get("split"),
             "flip_average": all(c.training.get("flip_average", False) for c in cards),
-            "detector_for_photos": first.training.get("detector_for_photos"),
+            "detector_for_photos": photos,
         },
     )
     write_card(work, card)  # a loadable folder, so the gate's own classifier measures it below
@@ -162,31 +166,48 @@ def ensemble(
     if specs is None:
         specs = [DataSpec.parse(f"{data['name']}:{data['layout']}", datasets_root) for data in first.data]
     metrics: dict[str, object] = {}
-    for split in ("val", "test"):
-        report = evaluate_crops(work, specs, split, cache_dir, progress, detector)
-        metrics[split] = report["bands"]
-        if split == "test":
-            crops = _sample_crops(work, specs, cache_dir, detector)
-            metrics["tflite_keras_max_diff"] = check_agreement(model, work / RUNTIME_FILE, crops)
-    matrix = np.asarray(metrics["test"][GATE_BAND]["confusion"])  # type: ignore[index]
-    plots.confusion_plot(matrix, work / CONFUSION_FILE, "test split, faces >= 32 px (TFLite)")
+    splits = [split for split in ("val", "test") if split_images(work / MANIFEST_FILE, [split])]
+    for split in splits:
+        metrics[split] = evaluate_crops(work, specs, split, cache_dir, progress, detector)["bands"]
+    shown = splits[-1]  # test where there is one (a retraining candidate has none)
+    crops = _sample_crops(work, specs, shown, cache_dir, detector)
+    metrics["tflite_keras_max_diff"] = check_agreement(model, work / RUNTIME_FILE, crops)
+    matrix = np.asarray(metrics[shown][GATE_BAND]["confusion"])  # type: ignore[index]
+    plots.confusion_plot(matrix, work / CONFUSION_FILE, f"{shown} split, faces >= 32 px (TFLite)")
     card = replace(
         card, metrics=metrics, training=card.training | {"seconds": round(time.monotonic() - started, 1)}
     )
     card = write_card(work, card)
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
-    return EnsembleResult(out, card, time.monotonic() - started)
+    return TrainResult(out, card, time.monotonic() - started)
+
+
+def _photo_detector(cards: Sequence[ModelCard], detector: DetectorConfig | None) -> dict | None:
+    """The members' photo detector record, the most complete one (with weights where any has
+    them); EnsembleError if `detector` would cut the held-out photos otherwise."""
+    records = [card.training.get("detector_for_photos") for card in cards]
+    record = next((r for r in records if r and "weights" in r), records[0])
+    if record is not None:
+        current = json.loads(cropset.detector_id(cropset.photo_detector_config(detector)))
+        if not same_photo_detector(record, current):
+            raise EnsembleError(
+                "the configured detector cuts photo crops otherwise than the members were trained with "
+                f"({current} against {record}): set [detector] as they were trained"
+            )
+    return record
 
 
 def _member_json(card: ModelCard) -> dict[str, object]:
     return {"version": card.version, "arch": card.arch, "crop": card.crop.to_json(), "sha256": card.sha256}
 
 
-def _sample_crops(folder: Path, specs: Sequence[DataSpec], cache_dir: Path | None, detector) -> np.ndarray:
-    """Up to 256 test crops at the ensemble's size, for the Keras/TFLite agreement check."""
+def _sample_crops(
+    folder: Path, specs: Sequence[DataSpec], split: str, cache_dir: Path | None, detector
+) -> np.ndarray:
+    """Up to AGREEMENT_SAMPLE crops of `split` at the ensemble's size, for the Keras/TFLite check."""
     card = load_card(folder)
-    keep = split_images(folder / MANIFEST_FILE, ["test"])
+    keep = split_images(folder / MANIFEST_FILE, [split])
     config = cropset.photo_detector_config(detector)
     for spec in specs:
         crops, _, _ = cropset.load_source(
@@ -195,7 +216,7 @@ def _sample_crops(folder: Path, specs: Sequence[DataSpec], cache_dir: Path | Non
         chosen = crops.crops[[(spec.name, image) in keep for image in crops.images]]
         if len(chosen):
             return chosen[:AGREEMENT_SAMPLE]
-    raise EnsembleError("no test crops to check the TFLite export against Keras")
+    raise EnsembleError(f"no {split} crops to check the TFLite export against Keras")
 
 
 def summary(card: ModelCard) -> str:

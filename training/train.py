@@ -229,7 +229,7 @@ def train(
 ) -> TrainResult:
     """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
     started = time.monotonic()
-    _check_out(out)
+    check_out_folder(out)
     if config.synthetic_masks < 0:
         raise TrainError(f"synthetic masks must be 0 or more, not {config.synthetic_masks}")
     start_card = _start_card(config) if config.init_from else None
@@ -338,7 +338,7 @@ def train(
     return TrainResult(out, card, time.monotonic() - started)
 
 
-def _check_out(out: Path) -> None:
+def check_out_folder(out: Path) -> None:
     """Refuse to replace a folder that holds something other than a model (e.g. `--out .`)."""
     if out.exists() and any(out.iterdir()) and not (out / CARD_FILE).is_file():
         raise TrainError(f"{out} exists and is not a model folder (no {CARD_FILE}): choose another --out")

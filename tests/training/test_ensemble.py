@@ -17,7 +17,7 @@ from maskgate.training.ensemble import EnsembleError, check_members, ensemble
 from maskgate.training.export import TFLITE_TOLERANCE, keras_predict, tflite_predict
 from maskgate.training.layers import load_keras
 from maskgate.training.split import SplitConfig
-from maskgate.training.train import TrainConfig, train
+from maskgate.training.train import TrainConfig, TrainError, train
 
 from .conftest import make_faces_folder
 
@@ -50,7 +50,10 @@ def test_an_ensemble_of_one_model_twice_is_that_model(tiny_model: Path, faces, t
     assert card.arch == "ensemble" and card.crop == single.crop and card.parameters == 2 * single.parameters
     assert [m["version"] for m in card.training["members"]] == [single.version] * 2
     assert card.data_hash == single.data_hash and card.metrics["tflite_keras_max_diff"] < TFLITE_TOLERANCE
-    assert card.metrics["test"][">=32"] == single.metrics["test"][">=32"]  # same predictions, same metrics
+    for split in ("val", "test"):  # same predictions, same metrics
+        assert card.metrics[split][">=32"] == single.metrics[split][">=32"]
+    assert card.training["split"] == single.training["split"] and card.training["seed"] == 7
+    assert card.training["detector_for_photos"] is None  # faces only: no detector cut these crops
     crops = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     expected = tflite_predict(tiny_model / "model.tflite", crops)
     assert np.max(np.abs(tflite_predict(result.folder / "model.tflite", crops) - expected)) < 1e-5
@@ -69,6 +72,8 @@ def test_members_of_other_sizes_see_the_crop_resized_and_are_averaged(tiny_model
     ) / 2
     got = tflite_predict(result.folder / "model.tflite", crops)
     assert np.max(np.abs(got - expected)) < TFLITE_TOLERANCE
+    reloaded = load_keras(result.folder / "model.keras")  # so that an ensemble can be exported again
+    assert np.max(np.abs(keras_predict(reloaded, crops) - got)) < TFLITE_TOLERANCE
     from maskgate.gate.classifier import MaskClassifier
 
     assert MaskClassifier(result.folder).crop.size == 40  # the gate runs it as any model
@@ -77,14 +82,33 @@ def test_members_of_other_sizes_see_the_crop_resized_and_are_averaged(tiny_model
 def test_members_that_cannot_be_averaged_honestly_are_refused(tiny_model, faces, tmp_path):
     with pytest.raises(EnsembleError, match="at least two"):
         check_members([tiny_model])
+
+    def edited(name: str, change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(tiny_model, folder)
+        card = json.loads((folder / "card.json").read_text())
+        change(card)
+        (folder / "card.json").write_text(json.dumps(card))
+        return folder
+
+    relabelled = edited("relabelled", lambda card: card["labels"].reverse())
+    with pytest.raises(EnsembleError, match="has the labels"):
+        check_members([tiny_model, relabelled])
+    photos = edited("photos", lambda card: card["training"].update(detector_for_photos={"calibration": {}}))
+    with pytest.raises(EnsembleError, match="other detectors"):
+        check_members([tiny_model, photos])
+    no_keras = tmp_path / "no-keras"
+    shutil.copytree(tiny_model, no_keras)
+    card = json.loads((no_keras / "card.json").read_text())
+    del card["files"]["model.keras"]
+    (no_keras / "model.keras").unlink()
+    (no_keras / "card.json").write_text(json.dumps(card))
+    with pytest.raises(EnsembleError, match=r"needs its model\.keras"):
+        check_members([tiny_model, no_keras])
     other_split = _tiny(faces, tmp_path / "seed8", 32, seed=8)
     with pytest.raises(EnsembleError, match="another split"):
         check_members([tiny_model, other_split])
-    grey = tmp_path / "grey"
-    shutil.copytree(tiny_model, grey)
-    card = json.loads((grey / "card.json").read_text())
-    card["crop"]["color"] = "grey"
-    (grey / "card.json").write_text(json.dumps(card))
+    grey = edited("grey", lambda card: card["crop"].update(color="grey"))
     with pytest.raises(EnsembleError, match="crops with"):
         check_members([tiny_model, grey])
     altered = tmp_path / "altered"
@@ -92,3 +116,16 @@ def test_members_that_cannot_be_averaged_honestly_are_refused(tiny_model, faces,
     (altered / "model.tflite").write_bytes(b"not a model")
     with pytest.raises(EnsembleError, match="sha256"):
         check_members([tiny_model, altered])
+
+
+def test_an_ensemble_is_never_written_over_one_of_its_members(tiny_model, faces, tmp_path):
+    member = tmp_path / "member"
+    shutil.copytree(tiny_model, member)
+    before = sorted(p.name for p in member.iterdir())
+    with pytest.raises(EnsembleError, match="is one of the members"):
+        ensemble([tiny_model, member], member, None, [faces], progress=False)
+    assert sorted(p.name for p in member.iterdir()) == before and load_card(member)  # untouched
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(TrainError, match="not a model folder"):
+        ensemble([tiny_model, member], tmp_path / "notes", None, [faces], progress=False)
