@@ -57,6 +57,35 @@ def read_card(model: ModelVersion) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
+def card_facts(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What a person wants to know of a model card, as (name, text) rows. Cards are files on disk,
+    so every field is checked for its type; an odd one is left out, never an error."""
+    facts: list[tuple[str, str]] = []
+    arch = card.get("arch")
+    if isinstance(arch, str):
+        training = card.get("training")
+        members = training.get("members") if isinstance(training, Mapping) else None
+        if isinstance(members, list) and members:
+            versions = [str(m.get("version", "?")) for m in members if isinstance(m, Mapping)]
+            arch += f" of {len(members)}: {', '.join(versions)}"
+        facts.append(("architecture", arch))
+    crop = card.get("crop")
+    if isinstance(crop, Mapping) and {"size", "color", "margin"} <= set(crop):
+        facts.append(("crop", f"{crop['size']} px {crop['color']}, margin {crop['margin']}"))
+    parameters = card.get("parameters")
+    if isinstance(parameters, int) and not isinstance(parameters, bool):
+        facts.append(("parameters", f"{parameters:,}"))
+    labels = card.get("labels")
+    if isinstance(labels, list):
+        facts.append(("labels", ", ".join(str(label) for label in labels)))
+    for key in ("created", "version"):
+        if isinstance(card.get(key), str):
+            facts.append((key, card[key]))
+    if isinstance(card.get("data_hash"), str):
+        facts.append(("data hash", card["data_hash"][:12]))
+    return facts
+
+
 def plot_names(model: ModelVersion) -> list[str]:
     """The image files in the model's folder (confusion matrix, curves...), by name."""
     folder = Path(model.path)

@@ -8,6 +8,7 @@ from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
 from maskgate.dashboard.files import (
     PLOT_CONTENT_SECURITY_POLICY,
+    card_facts,
     flat_metrics,
     plot_file,
     plot_names,
@@ -17,9 +18,6 @@ from maskgate.dashboard.security import admin_required
 
 blueprint = Blueprint("models", __name__)
 
-CARD_FIELDS = ("architecture", "labels", "input_size", "created", "created_at", "dataset_sha256", "data_hash")
-
-
 @blueprint.get("/models")
 def index():
     versions = services().models.list_versions()
@@ -28,7 +26,7 @@ def index():
         "models.html",
         versions=versions,
         cards=cards,
-        card_fields=CARD_FIELDS,
+        card_facts=card_facts,
         plots={model.version: plot_names(model) for model in versions},
         flat_metrics=flat_metrics,
         can_roll_back=any(model.is_active for model in versions),

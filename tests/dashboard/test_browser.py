@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from maskgate.core import Action, Event, Label, utcnow
+from maskgate.core import LABELS, Action, Event, Label, utcnow
+from maskgate.crop import CropSpec
+from maskgate.modelcard import ModelCard
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
 
 from .conftest import PASSWORD
@@ -110,8 +112,8 @@ def world(postgresql_url: str, tmp_path: Path) -> dict:
     for version, f1 in (("m1", 0.88), ("m2", 0.92)):
         folder = tmp_path / "models" / version
         folder.mkdir(parents=True)
-        card = {"architecture": "compact", "labels": [label.value for label in Label], "input_size": 96}
-        (folder / "card.json").write_text(json.dumps(card))
+        card = ModelCard(version, LABELS, CropSpec(size=96), "compact", "2026-11-29T12:00:00+00:00")
+        (folder / "card.json").write_text(json.dumps(card.to_json()))
         cv2.imwrite(str(folder / "confusion_matrix.png"), plot_image())
         registry.register(
             version, str(folder), version[-1] * 64, {"macro_f1": f1, "recall": {"improper_mask": f1}}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from maskgate.core import AckReason, DoorStatus, Label, Review
+from maskgate.core import LABELS, AckReason, DoorStatus, Label, Review
+from maskgate.crop import CropSpec
 from maskgate.dashboard.app import services
+from maskgate.modelcard import ModelCard
 from maskgate.store import EventFilter, ModelStatus
 
 EVIL = '<script>alert("x")</script>'
@@ -354,8 +357,13 @@ def model_folders(app, tmp_path):
     for version in ("m1", "m2"):
         folder = tmp_path / "models" / version
         folder.mkdir(parents=True)
-        card = {"architecture": "compact", "labels": [label.value for label in Label], "input_size": 96}
-        (folder / "card.json").write_text(json.dumps(card))
+        card = ModelCard(
+            version, LABELS, CropSpec(size=96), "compact", "2026-11-29T12:00:00+00:00", parameters=177043
+        )
+        if version == "m2":  # an ensemble names its members
+            members = [{"version": "a-1"}, {"version": "b-2"}]
+            card = replace(card, arch="ensemble", crop=CropSpec(size=128), training={"members": members})
+        (folder / "card.json").write_text(json.dumps(card.to_json()))
         (folder / "confusion.png").write_bytes(b"\x89PNG\r\n\x1a\n")
         (folder / "notes.txt").write_text("not a plot")
         metrics = {"macro_f1": 0.91, "recall": {"improper_mask": 0.8}}
@@ -367,7 +375,8 @@ def model_folders(app, tmp_path):
 def test_models_page_shows_metrics_card_and_plots(admin, model_folders):
     page = admin.get("/models").text
     assert "macro_f1" in page and "0.9100" in page and "recall.improper_mask" in page
-    assert "compact" in page and "96" in page
+    assert "compact" in page and "96 px rgb, margin 0.2" in page and "177,043" in page
+    assert "ensemble of 2: a-1, b-2" in page and "128 px rgb" in page
     assert "/models/m1/files/confusion.png" in page and "notes.txt" not in page
     plot = admin.get("/models/m1/files/confusion.png")
     assert plot.status_code == 200 and plot.mimetype == "image/png"
