@@ -129,6 +129,14 @@ def test_an_unmasked_face_is_refused(make):
 
 
 @pytest.mark.integration
+def test_the_walk_up_clip_is_refused_until_the_mask_is_on(make):
+    # gituatu_video: a man walks up unmasked (seen as two tracks), then puts his mask on.
+    decisions = run_source(make(), open_reader(str(clip("gituatu_video.mp4"))))
+    actions = [d.action for d in decisions]
+    assert actions[-1] is Action.ALLOW and set(actions[:-1]) == {Action.DENY}, decisions
+
+
+@pytest.mark.integration
 def test_putting_a_mask_on_gives_one_refusal_then_one_allow(make):
     decisions = run_source(make(), open_reader(str(clip("916241958_mask.mp4"))))
     assert [d.action for d in decisions] in (
