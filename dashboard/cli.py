@@ -10,8 +10,9 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 
-from maskgate.config import Config
+from maskgate.config import Config, rule_problems
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         check_config(config)
     except DashboardConfigError as exc:
         raise UsageError(f"cannot serve the dashboard: {exc}") from None
+    if args.port is not None and rule_problems(replace(config.dashboard, port=args.port)):
+        raise UsageError(f"--port {args.port}: a TCP port is between 0 and 65535")
 
     import waitress
 

@@ -258,6 +258,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
     from maskgate.cli import UsageError
+    from maskgate.config import rule_problems
     from maskgate.modelcard import ModelFileError
     from maskgate.training import evaluate
 
@@ -276,6 +277,9 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         else:
             if args.min_face_size:
                 detector = replace(detector, min_face_size=args.min_face_size)
+                problems = rule_problems(detector, "detector.")
+                if problems:
+                    raise UsageError(f"--min-face-size: {'; '.join(problems)}")
             report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)

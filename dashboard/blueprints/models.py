@@ -18,6 +18,7 @@ from maskgate.dashboard.security import admin_required
 
 blueprint = Blueprint("models", __name__)
 
+
 @blueprint.get("/models")
 def index():
     versions = services().models.list_versions()

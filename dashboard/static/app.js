@@ -56,7 +56,8 @@ function eventRow(e) {
   cell(row, e.label);
   cell(row, e.action, "decision " + e.action);
   cell(row, Math.round(e.confidence * 100) + "%");
-  cell(row, e.door_status || "–");
+  const door = cell(row, e.door_status || "–");
+  if (e.door_reason) door.title = e.door_reason.replace(/_/g, " "); // why the door answered so
   const review = reviewText(e);
   if (review === "open") {
     const strong = document.createElement("strong");

@@ -234,6 +234,13 @@ def test_incidents_page_lists_open_then_reviewed(admin, store, make_event):
     assert admin.get("/incidents?status=bogus").status_code == 400
 
 
+def test_the_door_reason_shows_over_the_door_column(admin, store, make_event):
+    event = make_event(Label.WITHOUT_MASK)
+    store.record_event(event.with_door(DoorStatus.REFUSED, event.occurred_at, 4.0, AckReason.BAD_SIGNATURE))
+    page = admin.get("/incidents").text
+    assert '<td title="bad signature">refused</td>' in page
+
+
 # -- review ---------------------------------------------------------------------------------------
 
 

@@ -173,6 +173,15 @@ def test_the_litert_detector_recalls_as_many_faces_as_the_reference(
     assert abs(found["mtcnn-litert"] - found["mtcnn"]) <= 1, found
 
 
+def test_a_minimum_face_below_the_detectors_window_is_refused(
+    tiny_model: Path, datasets: Path, tmp_path: Path, capsys
+):
+    copy_scenes(datasets, tmp_path / "voc", 2)
+    argv = ["evaluate", "--model", str(tiny_model), "--data", str(tmp_path / "voc"), "--mode", "scenes"]
+    assert main([*argv, "--min-face-size", "4", "--quiet"]) == 2
+    assert "--min-face-size: detector.min_face_size must be at least 12, got 4" in capsys.readouterr().err
+
+
 def test_evaluate_scenes_needs_voc(tmp_path: Path):
     (tmp_path / "with_mask").mkdir()
     with pytest.raises(evaluate.EvaluationError, match="needs VOC"):
