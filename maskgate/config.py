@@ -280,11 +280,7 @@ def _override(obj: Any, path: list[str], text: str, source: str, done: tuple[str
         raise ConfigError(f"{source}: {dotted!r} is a section; set one of its keys with __")
     else:
         value = _convert(_parse_env_value(text, hint), hint, f"{source}: {dotted}")
-    changed = dataclasses.replace(obj, **{key: value})
-    problems = rule_problems(changed, dotted[: -len(key)])
-    if problems:
-        raise ConfigError(f"{source}: {'; '.join(problems)}")
-    return changed
+    return _within_rules(dataclasses.replace(obj, **{key: value}), dotted[: -len(key)], source)
 
 
 def _parse_env_value(text: str, hint: Any) -> Any:
@@ -310,11 +306,15 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
             values[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
         else:
             values[key] = _convert(value, hint, f"{source}: {prefix}{key}")
-    built = cls(**values)
-    problems = rule_problems(built, prefix)
+    return _within_rules(cls(**values), prefix, source)
+
+
+def _within_rules(obj: Any, prefix: str, source: str) -> Any:
+    """`obj` when its fields keep their rules, else ConfigError naming each broken one and `source`."""
+    problems = rule_problems(obj, prefix)
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
-    return built
+    return obj
 
 
 def _suggest(key: str, hints: Mapping[str, Any]) -> str:

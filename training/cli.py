@@ -198,9 +198,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
         print(f"maskgate train: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    print(summary(result.card))
-    print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
-    return EXIT_OK
+    return _wrote(result, summary(result.card))
 
 
 def _register_ensemble(commands: argparse._SubParsersAction) -> None:
@@ -243,7 +241,12 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
         print(f"maskgate ensemble: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    print(summary(result.card))
+    return _wrote(result, summary(result.card))
+
+
+def _wrote(result, summary: str) -> int:
+    """Say what a training or ensemble run wrote (`result` is a train.TrainResult)."""
+    print(summary)
     print(f"wrote {result.folder} in {result.seconds:.0f} s (sha256 {result.card.sha256[:12]})")
     return EXIT_OK
 

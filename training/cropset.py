@@ -303,3 +303,9 @@ def detector_id(config: DetectorConfig) -> str:
     weights = read_detector_card(detector_folder(config)).get("files", {})
     calibration = box_calibration(config).to_json()
     return json.dumps(asdict(config) | {"weights": weights, "calibration": calibration}, sort_keys=True)
+
+
+def photo_detector_record(gate: DetectorConfig | None = None) -> dict:
+    """What cuts `photos` crops for the gate's detector settings `gate`, as a model card records it
+    (``training.detector_for_photos``): settings, weights' sha256 and box calibration."""
+    return json.loads(detector_id(photo_detector_config(gate)))

@@ -15,7 +15,6 @@ are measured like a trained model's, on the TFLite file, on the members' val and
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from maskgate.config import DetectorConfig
 from maskgate.modelcard import RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
 from maskgate.training import cropset, plots
 from maskgate.training.datasets import DataSpec
-from maskgate.training.evaluate import evaluate_crops
+from maskgate.training.evaluate import evaluate_crops, split_crops
 from maskgate.training.export import check_agreement, to_tflite
 from maskgate.training.metrics import GATE_BAND
 from maskgate.training.split import MANIFEST_FILE, split_images
@@ -189,7 +188,7 @@ def _photo_detector(cards: Sequence[ModelCard], detector: DetectorConfig | None)
     records = [card.training.get("detector_for_photos") for card in cards]
     record = next((r for r in records if r and "weights" in r), records[0])
     if record is not None:
-        current = json.loads(cropset.detector_id(cropset.photo_detector_config(detector)))
+        current = cropset.photo_detector_record(detector)
         if not same_photo_detector(record, current):
             raise EnsembleError(
                 "the configured detector cuts photo crops otherwise than the members were trained with "
@@ -206,17 +205,11 @@ def _sample_crops(
     folder: Path, specs: Sequence[DataSpec], split: str, cache_dir: Path | None, detector
 ) -> np.ndarray:
     """Up to AGREEMENT_SAMPLE crops of `split` at the ensemble's size, for the Keras/TFLite check."""
-    card = load_card(folder)
     keep = split_images(folder / MANIFEST_FILE, [split])
-    config = cropset.photo_detector_config(detector)
-    for spec in specs:
-        crops, _, _ = cropset.load_source(
-            spec, card.crop, cache_dir, cropset.detector_factory(config), cropset.detector_id(config), False
-        )
-        chosen = crops.crops[[(spec.name, image) in keep for image in crops.images]]
-        if len(chosen):
-            return chosen[:AGREEMENT_SAMPLE]
-    raise EnsembleError(f"no {split} crops to check the TFLite export against Keras")
+    crops, _ = split_crops(load_card(folder).crop, specs, keep, cache_dir, detector, progress=False)
+    if not len(crops):
+        raise EnsembleError(f"no {split} crops to check the TFLite export against Keras")
+    return crops.crops[:AGREEMENT_SAMPLE]
 
 
 def summary(card: ModelCard) -> str:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from maskgate.config import DetectorConfig
 from maskgate.core import LABELS, utcnow
-from maskgate.crop import BoxCalibration, EmptyCropError, crop_face
+from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face
 from maskgate.gate.detector import box_calibration, calibrated
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
@@ -77,6 +77,34 @@ def classify_crops(classifier, crops: np.ndarray, progress: bool = False) -> np.
     return np.asarray(rows, np.float32).reshape(-1, len(LABELS))
 
 
+def split_crops(
+    crop: CropSpec,
+    specs: Sequence[DataSpec],
+    keep: set[tuple[str, str]] | None,
+    cache_dir: Path | None,
+    detector: DetectorConfig | None = None,
+    progress: bool = True,
+) -> tuple[CropSet, list[SourceReport]]:
+    """The crops of `specs` cut to `crop` (`photos` by the gate's `detector`), only of the images in
+    `keep` ((source, path) pairs; None: all), and each source's report."""
+    detector_config = cropset.photo_detector_config(detector)
+    sets, reports = [], []
+    for spec in specs:
+        crops, report, _ = cropset.load_source(
+            spec,
+            crop,
+            cache_dir,
+            cropset.detector_factory(detector_config),
+            cropset.detector_id(detector_config),
+            progress,
+        )
+        if keep is not None:
+            crops = crops.subset(np.asarray([(spec.name, i) in keep for i in crops.images], bool))
+        sets.append(crops)
+        reports.append(report)
+    return (CropSet.concat(sets) if sets else CropSet.empty(crop)), reports
+
+
 def evaluate_crops(
     model_dir: Path,
     specs: Sequence[DataSpec],
@@ -91,22 +119,7 @@ def evaluate_crops(
     classifier = MaskClassifier(model_dir)
     card = classifier.card
     keep = _split_filter(model_dir, split)
-    detector_config = cropset.photo_detector_config(detector)
-    sets, reports = [], []
-    for spec in specs:
-        crops, report, _ = cropset.load_source(
-            spec,
-            card.crop,
-            cache_dir,
-            cropset.detector_factory(detector_config),
-            cropset.detector_id(detector_config),
-            progress,
-        )
-        if keep is not None:
-            crops = crops.subset(np.asarray([(spec.name, i) in keep for i in crops.images], bool))
-        sets.append(crops)
-        reports.append(report)
-    data = CropSet.concat(sets) if sets else CropSet.empty(card.crop)
+    data, reports = split_crops(card.crop, specs, keep, cache_dir, detector, progress)
     if len(data) == 0:
         raise EvaluationError(
             f"no labelled faces to evaluate in {', '.join(map(str, specs))} (split {split})"
@@ -121,7 +134,7 @@ def evaluate_crops(
         "model": _model_json(model_dir, card),
         "split": split,
         "data": [report.to_json() for report in reports],
-        "detector": json.loads(cropset.detector_id(detector_config)),  # what found the faces of photos
+        "detector": cropset.photo_detector_record(detector),  # what found the faces of photos
         "faces": len(data),
         "seconds": round(time.monotonic() - started, 2),
         "bands": {band: by_band[band].to_json() for band in BAND_NAMES},

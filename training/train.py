@@ -7,7 +7,6 @@ against Keras), ``manifest.csv.gz`` (every file, its hash and its split), the PN
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -324,9 +323,7 @@ def train(
             "started_from": start_card.version if start_card else None,
             # What cut the `photos` crops (the gate must calibrate its boxes the same way); None
             # when no source needed a detector: annotated boxes fit any calibrated gate.
-            "detector_for_photos": json.loads(
-                cropset.detector_id(cropset.photo_detector_config(config.detector))
-            )
+            "detector_for_photos": cropset.photo_detector_record(config.detector)
             if any(spec.layout is Layout.PHOTOS for spec in specs)
             else None,
             "history": {k: [round(float(v), 5) for v in values] for k, values in history.items()},
