@@ -63,7 +63,13 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--val", type=float, default=0.1, help="validation share of the source images")
     p.add_argument("--test", type=float, default=0.2, help="held-out test share of the source images")
-    p.add_argument("--seed", type=int, default=1337, help="split and initialisation seed")
+    p.add_argument("--seed", type=int, default=1337, help="split seed (and the run's, unless --run-seed)")
+    p.add_argument(
+        "--run-seed",
+        type=int,
+        help="seed of the initial weights, shuffling, augmentation and synthetic masks (default: --seed); "
+        "ensemble members of one split differ by it",
+    )
     p.add_argument("--max-train", type=int, help="use at most this many training crops (slow archs)")
     p.add_argument(
         "--synthetic-masks",
@@ -190,6 +196,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         detector=config.detector,
         synthetic_masks=args.synthetic_masks,
         init_from=args.init,
+        run_seed=args.run_seed,
     )
     try:
         result = train(specs, args.out, train_config, args.cache, config.paths.datasets)

@@ -11,6 +11,8 @@ Members must come from the same split (same manifest: the ensemble's held-out me
 honest if no member trained on a held-out image), and crop faces the same way (margin, colour,
 and the same detector and box calibration for `photos`). The card lists the members; its metrics
 are measured like a trained model's, on the TFLite file, on the members' val and test splits.
+An ensemble given as a member adds its own networks, so a new network joins the shipped ones at
+an equal weight; one network is never averaged in twice.
 """
 
 from __future__ import annotations
@@ -92,23 +94,55 @@ def same_photo_detector(a: dict | None, b: dict | None) -> bool:
 
 
 def build_model(folders: Sequence[Path], cards: Sequence[ModelCard]):
-    """The Keras ensemble: the largest member's crop in, the members' mean probabilities out."""
+    """The Keras ensemble: the largest member's crop in, the mean probabilities of every member
+    network out (an ensemble given as a member contributes its own members)."""
     import keras
     from keras import layers
-
-    from maskgate.training.layers import load_keras
 
     size = max(card.crop.size for card in cards)
     inputs = keras.Input((size, size, cards[0].crop.channels), name="pixels")
     outputs = []
-    for index, (folder, card) in enumerate(zip(folders, cards, strict=True)):
-        member = load_keras(folder / KERAS_FILE)
-        member.name = f"member_{index}"
+    networks = [
+        net for folder, card in zip(folders, cards, strict=True) for net in member_networks(folder, card)
+    ]
+    for index, (network, network_size) in enumerate(networks):
+        network.name = f"member_{index}"
         x = inputs
-        if card.crop.size != size:
-            x = layers.Resizing(card.crop.size, card.crop.size, name=f"resize_{index}")(x)
-        outputs.append(member(x))
+        if network_size != size:
+            x = layers.Resizing(network_size, network_size, name=f"resize_{index}")(x)
+        outputs.append(network(x))
     return keras.Model(inputs, layers.Average(name="probabilities")(outputs), name=ARCH)
+
+
+def member_networks(folder: Path, card: ModelCard) -> list[tuple[object, int]]:
+    """The networks a member folder adds, each with its input size: the folder's model, or for an
+    ensemble its members, so that a network added to an ensemble weighs as much as each of
+    the others rather than as much as all of them together."""
+    from maskgate.training.layers import load_keras
+
+    model = load_keras(folder / KERAS_FILE)
+    if card.arch != ARCH:
+        return [(model, card.crop.size)]
+    networks = [layer for layer in model.layers if layer.name.startswith("member_")]
+    recorded = card.training.get("members", [])
+    if len(networks) != len(recorded):
+        raise EnsembleError(f"{folder}: {len(networks)} member networks, its card lists {len(recorded)}")
+    return [
+        (network, int(member["crop"]["size"])) for network, member in zip(networks, recorded, strict=True)
+    ]
+
+
+def member_records(cards: Sequence[ModelCard]) -> list[dict[str, object]]:
+    """What the card says of each member network (an ensemble member: its own members);
+    EnsembleError if one network would be averaged in twice."""
+    records = []
+    for card in cards:
+        records.extend(card.training.get("members", []) if card.arch == ARCH else [_member_json(card)])
+    versions = [record["version"] for record in records]
+    twice = sorted({v for v in versions if versions.count(v) > 1})
+    if twice:
+        raise EnsembleError(f"{', '.join(twice)} would be averaged in twice")
+    return records
 
 
 def ensemble(
@@ -134,6 +168,7 @@ def ensemble(
     first = cards[0]
     photos = _photo_detector(cards, detector)
     crop = replace(first.crop, size=max(card.crop.size for card in cards))
+    members = member_records(cards)
     model = build_model(folders, cards)
 
     work = out.with_name(f".{out.name}.partial")
@@ -153,7 +188,7 @@ def ensemble(
         data=first.data,
         data_hash=first.data_hash,
         training={
-            "members": [_member_json(c) for c in cards],
+            "members": members,
             "seed": first.training.get("seed"),
             "split": first.training.get("split"),
             "flip_average": all(c.training.get("flip_average", False) for c in cards),

@@ -30,9 +30,14 @@ def faces(tmp_path_factory, tiny_model) -> DataSpec:
     return DataSpec.parse(str(make_faces_folder(tmp_path_factory.mktemp("ens") / "faces", per_class=24)))
 
 
-def _tiny(faces: DataSpec, folder: Path, size: int, seed: int = 7) -> Path:
+def _tiny(faces: DataSpec, folder: Path, size: int, seed: int = 7, run_seed: int | None = None) -> Path:
     config = TrainConfig(
-        crop=CropSpec(size=size), epochs=1, batch_size=16, split=SplitConfig(0.25, 0.25, seed), progress=False
+        crop=CropSpec(size=size),
+        epochs=1,
+        batch_size=16,
+        split=SplitConfig(0.25, 0.25, seed),
+        progress=False,
+        run_seed=run_seed,
     )
     return train([faces], folder, config, None).folder
 
@@ -43,20 +48,67 @@ def tiny40(faces, tmp_path_factory) -> Path:
     return _tiny(faces, tmp_path_factory.mktemp("m40") / "tiny40", 40)
 
 
-def test_an_ensemble_of_one_model_twice_is_that_model(tiny_model: Path, faces, tmp_path):
-    result = ensemble([tiny_model, tiny_model], tmp_path / "twice", None, [faces], progress=False)
+@pytest.fixture(scope="module")
+def tiny_b(faces, tmp_path_factory) -> Path:
+    """A third member: the tiny model's split and size, another run seed (other weights)."""
+    return _tiny(faces, tmp_path_factory.mktemp("b") / "tiny_b", 32, run_seed=9)
+
+
+def _random_crops(seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+
+
+def test_another_run_seed_trains_other_weights_on_the_same_split(tiny_model: Path, tiny_b: Path):
+    a, b = load_card(tiny_model), load_card(tiny_b)
+    assert a.data_hash == b.data_hash and a.files["manifest.csv.gz"] == b.files["manifest.csv.gz"]
+    assert (a.training["seed"], a.training["run_seed"]) == (7, 7)
+    assert (b.training["seed"], b.training["run_seed"]) == (7, 9)
+    crops = _random_crops(2, 32)
+    diff = tflite_predict(tiny_model / "model.tflite", crops) - tflite_predict(tiny_b / "model.tflite", crops)
+    assert np.max(np.abs(diff)) > 1e-3
+
+
+def test_an_ensemble_is_a_verified_model_folder_that_averages_its_members(
+    tiny_model, tiny_b, faces, tmp_path
+):
+    result = ensemble([tiny_model, tiny_b], tmp_path / "pair", None, [faces], progress=False)
     card = load_card(result.folder)  # every file verified
-    single = load_card(tiny_model)
-    assert card.arch == "ensemble" and card.crop == single.crop and card.parameters == 2 * single.parameters
-    assert [m["version"] for m in card.training["members"]] == [single.version] * 2
-    assert card.data_hash == single.data_hash and card.metrics["tflite_keras_max_diff"] < TFLITE_TOLERANCE
-    for split in ("val", "test"):  # same predictions, same metrics
-        assert card.metrics[split][">=32"] == single.metrics[split][">=32"]
-    assert card.training["split"] == single.training["split"] and card.training["seed"] == 7
+    a, b = load_card(tiny_model), load_card(tiny_b)
+    assert card.arch == "ensemble" and card.crop == a.crop and card.parameters == a.parameters + b.parameters
+    assert [m["version"] for m in card.training["members"]] == [a.version, b.version]
+    assert card.data_hash == a.data_hash and card.metrics["tflite_keras_max_diff"] < TFLITE_TOLERANCE
+    assert set(card.metrics) >= {"val", "test"} and card.metrics["test"][">=32"]["count"] > 0
+    assert card.training["split"] == a.training["split"] and card.training["seed"] == 7
     assert card.training["detector_for_photos"] is None  # faces only: no detector cut these crops
-    crops = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    expected = tflite_predict(tiny_model / "model.tflite", crops)
+    crops = _random_crops(3, 32)
+    expected = (
+        tflite_predict(tiny_model / "model.tflite", crops) + tflite_predict(tiny_b / "model.tflite", crops)
+    ) / 2
     assert np.max(np.abs(tflite_predict(result.folder / "model.tflite", crops) - expected)) < 1e-5
+
+
+def test_a_network_added_to_an_ensemble_weighs_as_much_as_each_of_its_members(
+    tiny_model, tiny_b, tiny40, faces, tmp_path
+):
+    import tensorflow as tf
+
+    pair = ensemble([tiny_model, tiny_b], tmp_path / "pair", None, [faces], progress=False).folder
+    grown = ensemble([pair, tiny40], tmp_path / "grown", None, [faces], progress=False)
+    versions = [load_card(folder).version for folder in (tiny_model, tiny_b, tiny40)]
+    assert [m["version"] for m in grown.card.training["members"]] == versions
+    assert grown.card.parameters == sum(load_card(f).parameters for f in (tiny_model, tiny_b, tiny40))
+    crops = _random_crops(5, 40)
+    small = tf.image.resize(crops.astype(np.float32), [32, 32], method="bilinear").numpy()
+    expected = (
+        keras_predict(load_keras(tiny_model / "model.keras"), small)
+        + keras_predict(load_keras(tiny_b / "model.keras"), small)
+        + keras_predict(load_keras(tiny40 / "model.keras"), crops)
+    ) / 3  # a third each, not a half for the pair
+    assert np.max(np.abs(tflite_predict(grown.folder / "model.tflite", crops) - expected)) < TFLITE_TOLERANCE
+    with pytest.raises(EnsembleError, match="averaged in twice"):
+        ensemble([pair, tiny_b], tmp_path / "again", None, [faces], progress=False)
+    with pytest.raises(EnsembleError, match="averaged in twice"):
+        ensemble([tiny_model, tiny_model], tmp_path / "twice", None, [faces], progress=False)
 
 
 def test_members_of_other_sizes_see_the_crop_resized_and_are_averaged(tiny_model, tiny40, faces, tmp_path):
@@ -64,7 +116,7 @@ def test_members_of_other_sizes_see_the_crop_resized_and_are_averaged(tiny_model
 
     result = ensemble([tiny_model, tiny40], tmp_path / "mixed", None, [faces], progress=False)
     assert result.card.crop.size == 40  # the largest member's crop
-    crops = np.random.default_rng(4).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    crops = _random_crops(4, 40)
     small = tf.image.resize(crops.astype(np.float32), [32, 32], method="bilinear").numpy()
     expected = (
         keras_predict(load_keras(tiny_model / "model.keras"), small)
