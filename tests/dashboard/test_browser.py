@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskgate.core import LABELS, Action, Event, Label, utcnow
+from maskgate.core import LABELS, AckReason, Action, DoorStatus, Event, Label, utcnow
 from maskgate.crop import CropSpec
 from maskgate.modelcard import ModelCard
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
@@ -192,7 +192,10 @@ def test_admin_workflow_in_chromium(page, world, server):
     screenshot(page, "02-overview")
     page.goto("/events")
     expect(page.locator("#live-status")).to_have_text("live")
-    arrived = event(Label.WITHOUT_MASK, "east", 0)
+    # A door that refused a forged command: the reason shows over the door cell of the new row.
+    arrived = event(Label.WITHOUT_MASK, "east", 0).with_door(
+        DoorStatus.REFUSED, utcnow(), 35.0, AckReason.BAD_SIGNATURE
+    )
     world["store"].record_event(arrived)
     row = page.locator(f'tr[data-event-id="{arrived.event_id}"]')
     expect(row).to_be_visible(timeout=15_000)
@@ -200,6 +203,9 @@ def test_admin_workflow_in_chromium(page, world, server):
         "data-event-id", str(arrived.event_id)
     )
     expect(row).to_contain_text("east")
+    door = row.locator("td").nth(5)
+    expect(door).to_have_text("refused")
+    expect(door).to_have_attribute("title", "bad signature")
     screenshot(page, "03-events-live")
 
     # Review one incident as it is, relabel another to its true class.

@@ -9,6 +9,7 @@ from skimage.data import astronaut
 
 from maskgate.config import DetectorConfig
 from maskgate.gate.mtcnn_litert import PNET_CELL, PNET_STRIDE, LiteRtMtcnnDetector, _cells_to_boxes, regress
+from maskgate.gate.synthetic import MASK_COLOURS
 from maskgate.training.detector_samples import (
     CHIN,
     SYNTHETIC_STYLES,
@@ -150,3 +151,15 @@ def test_synthetic_masks_keep_the_face_box_and_stay_on_the_face(portrait_scene):
         if style == CHIN:
             mouth = (landmarks["mouth_left"][1] + landmarks["mouth_right"][1]) / 2
             assert np.median(ys) > mouth  # on the chin: mostly below the mouth
+
+
+def test_synthetic_masks_take_their_colours_from_the_palette(portrait_scene):
+    """Not one colour: a detector taught only blue masks would learn "blue" for "mask"."""
+    detector = LiteRtMtcnnDetector(DetectorConfig(min_face_size=40))
+    masked = synthetic_scenes([portrait_scene] * 12, detector, np.random.default_rng(1))
+    colours = set()
+    for scene in masked:
+        changed = np.any(scene.image != portrait_scene.image, axis=2)
+        values, counts = np.unique(scene.image[changed], axis=0, return_counts=True)
+        colours.add(tuple(int(v) for v in values[counts.argmax()]))  # the mask's body; pleats are darker
+    assert len(masked) == 12 and colours <= set(MASK_COLOURS) and len(colours) >= 4
