@@ -185,6 +185,9 @@ class RetrainConfig:
     eval_manifest: str = "models/default/manifest.csv.gz"
     eval_split: Literal["train", "val", "test"] = "test"
     arch: Literal["compact", "seed"] = "compact"
+    # Networks trained (each from another seed) and averaged into the candidate, as the shipped
+    # model averages three: a single network rarely matches an ensemble champion.
+    networks: int = ruled(3, between(1, 8))
     crop_size: int = ruled(0, Rule(lambda v: v == 0 or v >= 8, "0 or at least 8"))  # 0: the arch's own
     epochs: int = ruled(40, at_least(1))
     patience: int = ruled(10, at_least(1))

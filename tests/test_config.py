@@ -104,6 +104,7 @@ def test_config_file_from_environment(tmp_path):
         ("[mqtt]\ndoor_command_ttl_s = 61\n", r"mqtt.door_command_ttl_s must be above 0 and at most 60"),
         ("[dashboard]\nport = 70000\n", r"dashboard.port must be between 0 and 65535, got 70000"),
         ("[retrain]\nval_share = 1\n", r"retrain.val_share must be between 0 and 1 \(exclusive\)"),
+        ("[retrain]\nnetworks = 0\n", r"retrain.networks must be between 1 and 8, got 0"),
         ("[camera\n", r"maskgate.toml: not valid TOML"),
     ],
 )

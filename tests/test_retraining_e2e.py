@@ -134,6 +134,7 @@ def world(tmp_path, sqlite_url) -> Iterator[SimpleNamespace]:
             eval_data=("frozen",),
             eval_manifest="",
             crop_size=32,
+            networks=2,  # the candidate is an ensemble, as the shipped model is
             epochs=1,
             patience=1,
             batch_size=8,
@@ -251,10 +252,12 @@ def diagnose(gate) -> str:
     )
 
 
-def run_job(world, **retrainer) -> object:
+def run_job(world, config: Config | None = None, **retrainer) -> object:
     from maskgate.training.retrain import Retrainer
 
-    job = RetrainingJob(TrainingRuns(world.engine), Retrainer(world.config, world.engine, **retrainer))
+    job = RetrainingJob(
+        TrainingRuns(world.engine), Retrainer(config or world.config, world.engine, **retrainer)
+    )
     run = job.start(RunTrigger.MANUAL)
     assert run is not None
     return job.execute(run.run_id)
@@ -303,7 +306,11 @@ def test_relabelled_incident_to_retrained_model_running_at_the_gate(world, gate)
     model = registry.active()
     card = load_card(model.path)
     assert model.version == candidate and model.sha256 == card.sha256 and card.crop.size == 32
-    assert card.training["epochs_run"] == 1 and "incidents" in {d["name"] for d in card.data}
+    assert card.arch == "ensemble" and "incidents" in {d["name"] for d in card.data}
+    members = [m["version"] for m in card.training["members"]]
+    assert [m.split("-")[:3] for m in members] == [["retrain", "1", "n0"], ["retrain", "1", "n1"]]
+    for seed in (1337, 1338):  # two networks from two seeds, one epoch each
+        assert f"(seed {seed}): 1 epochs" in finished.log
     assert finished.trigger is RunTrigger.MANUAL and finished.finished_at >= finished.started_at
     print(f"\njob: {job_seconds:.0f} s; {finished.reason}; metrics {finished.metrics}")
 
@@ -326,7 +333,8 @@ def test_relabelled_incident_to_retrained_model_running_at_the_gate(world, gate)
     wait_for_version(gate, default.version)
 
     # 5. A deliberately worse candidate is rejected, with its reason; nothing is announced.
-    worse = run_job(world, train_fn=rotated_copy_of(DEFAULT_MODEL))
+    one_network = replace(config, retrain=replace(config.retrain, networks=1))  # the stand-in is whole
+    worse = run_job(world, one_network, train_fn=rotated_copy_of(DEFAULT_MODEL))
     assert worse.status is RunStatus.REJECTED
     assert worse.reason.startswith(f"not promoted: worse than {default.version}: frozen macro_f1")
     assert registry.get(worse.candidate_version).status is ModelStatus.CANDIDATE

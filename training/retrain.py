@@ -358,7 +358,7 @@ class Retrainer:
             champion = self._champion(work, say)
             pool = self._pool(work, say)
         with phases("train"):
-            card, folder = self._train(run, pool, say)
+            card, folder = self._train(run, pool, work, say)
         with phases("evaluate"):
             comparisons = self._evaluate(champion, folder, pool, say)
         verdict = decide(comparisons, self.config.retrain, champion.version if champion else None)
@@ -446,21 +446,60 @@ class Retrainer:
         )
         return Pool(specs, frozen, base, held_spec, counts)
 
-    def _train(self, run: TrainingRun, pool: Pool, say: Log) -> tuple[ModelCard, Path]:
+    def _train(self, run: TrainingRun, pool: Pool, work: Path, say: Log) -> tuple[ModelCard, Path]:
         out = fresh_model_folder(Path(self.config.paths.models), f"retrain-{run.run_id}")
         retrain = self.config.retrain
-        say(f"training a {retrain.arch} candidate into {out} (at most {retrain.epochs} epochs)")
+        config = train_config(retrain, self.progress, self.config.detector)
         train_fn = self.train_fn or _default_train_fn()
+        if retrain.networks == 1:
+            say(f"training a {retrain.arch} candidate into {out} (at most {retrain.epochs} epochs)")
+            folder = Path(self._train_network(train_fn, pool, out, config, say).folder)
+        else:
+            say(
+                f"training {retrain.networks} {retrain.arch} networks (at most {retrain.epochs} epochs "
+                f"each), averaged into the candidate {out}"
+            )
+            networks = [
+                self._train_network(
+                    train_fn,
+                    pool,
+                    work / "networks" / f"{out.name}-n{index}",
+                    replace(config, run_seed=config.seed + index),
+                    say,
+                ).folder
+                for index in range(retrain.networks)
+            ]
+            folder = self._average(networks, out, pool)
+        card = load_card(folder)  # what is registered is what is on disk, verified
+        say(f"candidate {card.version}: sha256 {card.sha256}")
+        return card, folder
+
+    def _train_network(self, train_fn: TrainFn, pool: Pool, out: Path, config, say: Log):
         result = train_fn(
-            pool.specs,
-            out,
-            train_config(retrain, self.progress, self.config.detector),
-            Path(retrain.cache),
-            self.config.paths.datasets,
+            pool.specs, out, config, Path(self.config.retrain.cache), self.config.paths.datasets
         )
-        card = load_card(result.folder)  # what is registered is what is on disk, verified
-        say(f"candidate {card.version}: sha256 {card.sha256}, {card.training.get('epochs_run', '?')} epochs")
-        return card, Path(result.folder)
+        epochs = result.card.training.get("epochs_run", "?")
+        say(f"trained {result.card.version} (seed {config.seed}): {epochs} epochs")
+        return result
+
+    def _average(self, networks: Sequence[Path], out: Path, pool: Pool) -> Path:
+        from maskgate.training.ensemble import EnsembleError, ensemble
+
+        cache = Path(self.config.retrain.cache)
+        try:
+            return Path(
+                ensemble(
+                    networks,
+                    out,
+                    cache,
+                    pool.specs,
+                    self.config.paths.datasets,
+                    self.config.detector,
+                    self.progress,
+                ).folder
+            )
+        except EnsembleError as exc:
+            raise RetrainError(f"the trained networks cannot be averaged: {exc}") from None
 
     def _evaluate(
         self, champion: Champion | None, folder: Path, pool: Pool, say: Log

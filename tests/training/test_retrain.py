@@ -334,6 +334,7 @@ def world(tmp_path, sqlite_url):
             tolerance_improper_recall=0.02,
             incident_days=30,
             incident_holdout=1.0,  # every recent incident is held out; older ones train
+            networks=1,  # the stand-in "trains" a copy of the shipped model
         ),
     )
     yield SimpleNamespace(config=config, engine=engine, store=EventStore(engine), tmp=tmp_path)
