@@ -216,7 +216,12 @@ def _register_ensemble(commands: argparse._SubParsersAction) -> None:
         "folder (one model.tflite for the gate; held-out metrics on the members' val and test splits).",
     )
     p.add_argument(
-        "--models", type=Path, nargs="+", required=True, metavar="DIR", help="member model folders"
+        "--models",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="member model folders of one split; an ensemble among them adds its own networks",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/NAME")
     p.add_argument(
