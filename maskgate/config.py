@@ -202,7 +202,7 @@ class RetrainConfig:
     min_incident_faces: int = ruled(20, at_least(1))  # held-out incident faces needed to reject a candidate
     tolerance_macro_f1: float = ruled(0.01, FRACTION)  # a candidate may be this much worse and be promoted
     tolerance_improper_recall: float = ruled(0.02, FRACTION)
-    work_dir: Path = Path("var/retrain")  # per-run pool folders (links to the data, incident crops)
+    work_dir: Path = Path("var/retrain")  # per-run folders: links to the data, incident crops, networks
     cache: Path = Path("var/cache/crops")  # crop cache shared with `maskgate train`
 
 

@@ -307,10 +307,10 @@ def test_relabelled_incident_to_retrained_model_running_at_the_gate(world, gate)
     card = load_card(model.path)
     assert model.version == candidate and model.sha256 == card.sha256 and card.crop.size == 32
     assert card.arch == "ensemble" and "incidents" in {d["name"] for d in card.data}
-    members = [m["version"] for m in card.training["members"]]
-    assert [m.split("-")[:3] for m in members] == [["retrain", "1", "n0"], ["retrain", "1", "n1"]]
-    for seed in (1337, 1338):  # two networks from two seeds, one epoch each
-        assert f"(seed {seed}): 1 epochs" in finished.log
+    members = card.training["members"]  # two networks from two run seeds, one epoch each
+    assert [m["version"].split("-")[:3] for m in members] == [["retrain", "1", "n0"], ["retrain", "1", "n1"]]
+    assert [(m["run_seed"], m["epochs_run"]) for m in members] == [(1337, 1), (1338, 1)]
+    assert "(run seed 1338): 1 epochs" in finished.log
     assert finished.trigger is RunTrigger.MANUAL and finished.finished_at >= finished.started_at
     print(f"\njob: {job_seconds:.0f} s; {finished.reason}; metrics {finished.metrics}")
 

@@ -123,25 +123,37 @@ def member_networks(folder: Path, card: ModelCard) -> list[tuple[object, int]]:
     model = load_keras(folder / KERAS_FILE)
     if card.arch != ARCH:
         return [(model, card.crop.size)]
-    networks = [layer for layer in model.layers if layer.name.startswith("member_")]
-    recorded = card.training.get("members", [])
-    if len(networks) != len(recorded):
-        raise EnsembleError(f"{folder}: {len(networks)} member networks, its card lists {len(recorded)}")
-    return [
-        (network, int(member["crop"]["size"])) for network, member in zip(networks, recorded, strict=True)
-    ]
+    records = card.training.get("members", [])
+    inner = [layer for layer in model.layers if layer.name.startswith("member_")]
+    if len(inner) != len(records):
+        raise EnsembleError(f"{folder}: {len(inner)} member networks, its card lists {len(records)}")
+    networks = []
+    for index, record in enumerate(records):
+        try:
+            network = model.get_layer(f"member_{index}")
+        except ValueError:
+            raise EnsembleError(
+                f"{folder}: its card lists member {index}, its model has no member_{index}"
+            ) from None
+        size = int(record["crop"]["size"])
+        if record.get("arch") == ARCH or tuple(network.inputs[0].shape[1:3]) != (size, size):
+            raise EnsembleError(f"{folder}: member {index} is not the {size} px network its card says")
+        networks.append((network, size))
+    return networks
 
 
 def member_records(cards: Sequence[ModelCard]) -> list[dict[str, object]]:
     """What the card says of each member network (an ensemble member: its own members);
-    EnsembleError if one network would be averaged in twice."""
+    EnsembleError if one network (by its sha256) would be averaged in twice."""
     records = []
     for card in cards:
         records.extend(card.training.get("members", []) if card.arch == ARCH else [_member_json(card)])
-    versions = [record["version"] for record in records]
-    twice = sorted({v for v in versions if versions.count(v) > 1})
-    if twice:
-        raise EnsembleError(f"{', '.join(twice)} would be averaged in twice")
+    seen: dict[str, str] = {}
+    for record in records:
+        sha256, version = str(record["sha256"]), str(record["version"])
+        if sha256 in seen:
+            raise EnsembleError(f"{version} would be averaged in twice (the network of {seen[sha256]})")
+        seen[sha256] = version
     return records
 
 
@@ -233,7 +245,16 @@ def _photo_detector(cards: Sequence[ModelCard], detector: DetectorConfig | None)
 
 
 def _member_json(card: ModelCard) -> dict[str, object]:
-    return {"version": card.version, "arch": card.arch, "crop": card.crop.to_json(), "sha256": card.sha256}
+    """A member network as the ensemble's card lists it: enough to tell how it was trained after
+    its own folder is gone (a retraining run's networks live only in the run's work folder)."""
+    training = card.training
+    return {
+        "version": card.version,
+        "arch": card.arch,
+        "crop": card.crop.to_json(),
+        "sha256": card.sha256,
+        **{key: training[key] for key in ("run_seed", "epochs_run", "synthetic_masks") if key in training},
+    }
 
 
 def _sample_crops(

@@ -9,7 +9,10 @@ One run (docs/retraining.md):
    cannot be loaded fails the run at once;
 2. **pool** (:mod:`maskgate.training.pool`): ``retrain.base_data`` + the incidents staff
    confirmed or relabelled, deduplicated by content, without the frozen evaluation images;
-3. **candidate**: :func:`maskgate.training.train.train` into a new folder under ``paths.models``;
+3. **candidate**: ``retrain.networks`` runs of :func:`maskgate.training.train.train` on one
+   split from successive run seeds, in the run's work folder, averaged by
+   :func:`maskgate.training.ensemble.ensemble` into a new folder under ``paths.models`` (one
+   network: trained straight into it);
 4. **champion / challenger** on the frozen evaluation set and on the recently reviewed
    incidents held out from training (a share chosen by content hash), both measured like the
    gate runs them (``model.tflite`` through LiteRT, :func:`maskgate.training.evaluate.evaluate_crops`);
@@ -37,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from sqlalchemy import Engine
@@ -73,6 +76,9 @@ from maskgate.training.pool import (
     reviewed_incidents,
     write_incident_source,
 )
+
+if TYPE_CHECKING:  # TensorFlow is imported only when a run trains
+    from maskgate.training.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +470,7 @@ class Retrainer:
                     train_fn,
                     pool,
                     work / "networks" / f"{out.name}-n{index}",
-                    replace(config, run_seed=config.seed + index),
+                    replace(config, run_seed=config.effective_run_seed + index),
                     say,
                 ).folder
                 for index in range(retrain.networks)
@@ -474,12 +480,14 @@ class Retrainer:
         say(f"candidate {card.version}: sha256 {card.sha256}")
         return card, folder
 
-    def _train_network(self, train_fn: TrainFn, pool: Pool, out: Path, config, say: Log):
+    def _train_network(
+        self, train_fn: TrainFn, pool: Pool, out: Path, config: TrainConfig, say: Log
+    ) -> TrainResult:
         result = train_fn(
             pool.specs, out, config, Path(self.config.retrain.cache), self.config.paths.datasets
         )
         epochs = result.card.training.get("epochs_run", "?")
-        say(f"trained {result.card.version} (seed {config.seed}): {epochs} epochs")
+        say(f"trained {result.card.version} (run seed {config.effective_run_seed}): {epochs} epochs")
         return result
 
     def _average(self, networks: Sequence[Path], out: Path, pool: Pool) -> Path:
@@ -645,7 +653,8 @@ def fresh_model_folder(models: Path, name: str) -> Path:
 
 
 def fresh_work_dir(root: Path, run_id: int) -> Path:
-    """This run's pool folder; earlier runs' folders go (only links and incident copies live there)."""
+    """This run's work folder; earlier runs' folders go (links to the data, incident copies, the
+    champion's copy and the networks averaged into a candidate: the candidate keeps them all)."""
     if root.is_dir():
         for old in root.glob("run-*"):
             shutil.rmtree(old, ignore_errors=True)

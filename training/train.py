@@ -82,7 +82,7 @@ class TrainConfig:
     run_seed: int | None = None  # weights, shuffling, augmentation, synthetic masks; None: the split's seed
 
     @property
-    def seed(self) -> int:
+    def effective_run_seed(self) -> int:
         """The seed of everything random in the run but the split (so ensemble members can differ)."""
         return self.split.seed if self.run_seed is None else self.run_seed
 
@@ -238,13 +238,13 @@ def train(
     if config.synthetic_masks < 0:
         raise TrainError(f"synthetic masks must be 0 or more, not {config.synthetic_masks}")
     start_card = _start_card(config) if config.init_from else None
-    configure_tensorflow(config.threads, config.seed)
+    configure_tensorflow(config.threads, config.effective_run_seed)
     pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
     if config.init_from:
         _check_unseen(config.init_from, pool.rows)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     if config.max_train and len(train_set) > config.max_train:
-        rng = np.random.default_rng(config.seed)
+        rng = np.random.default_rng(config.effective_run_seed)
         train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.max_train, replace=False)))
     if len(train_set) == 0 or len(val_set) == 0:
         raise TrainError(f"not enough data: {len(train_set)} training and {len(val_set)} validation crops")
@@ -254,7 +254,7 @@ def train(
             train_set,
             config.synthetic_masks,
             cropset.make_detector(cropset.photo_detector_config(config.detector)).detect,
-            np.random.default_rng(config.seed),
+            np.random.default_rng(config.effective_run_seed),
             config.progress,
         )
         train_set = CropSet.concat([train_set, drawn])
@@ -316,7 +316,7 @@ def train(
             "seconds": round(time.monotonic() - started, 1),
             "fit_seconds": round(fit_seconds, 1),
             "seed": config.split.seed,
-            "run_seed": config.seed,
+            "run_seed": config.effective_run_seed,
             "split": {"val": config.split.val, "test": config.split.test, "by": "source image"},
             "crops": {s.value: pool.part(s).counts() for s in Split} | {"train_used": train_set.counts()},
             "flip_average": arch.flip_average,
@@ -404,7 +404,7 @@ def _fit(config: TrainConfig, train_set: CropSet, val_set: CropSet, weights: np.
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
-    seed = config.seed
+    seed = config.effective_run_seed
     history = model.fit(
         make_dataset(train_set, config.batch_size, weights, config.augment, seed, shuffle=True),
         validation_data=make_dataset(val_set, config.batch_size, None, None, seed, shuffle=False),
