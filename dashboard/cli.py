@@ -43,8 +43,10 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         check_config(config)
     except DashboardConfigError as exc:
         raise UsageError(f"cannot serve the dashboard: {exc}") from None
-    if args.port is not None and rule_problems(replace(config.dashboard, port=args.port)):
-        raise UsageError(f"--port {args.port}: a TCP port is between 0 and 65535")
+    if args.port is not None:  # the config's own rule, as `evaluate --min-face-size` checks its value
+        problems = rule_problems(replace(config.dashboard, port=args.port), "dashboard.")
+        if problems:
+            raise UsageError(f"--port: {'; '.join(problems)}")
 
     import waitress
 

@@ -9,11 +9,11 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
-# Face size bands (longer box side, pixels) for metrics and reports.
 # A door command claiming a longer life than this is refused by the controller, and the gate
 # refuses to be configured to send one (mqtt.door_command_ttl_s).
 MAX_DOOR_COMMAND_TTL_S = 60
 
+# Face size bands (longer box side, pixels) for metrics and reports.
 SIZE_BANDS = ((0, 32, "<32"), (32, 96, "32-96"), (96, 1_000_000, ">=96"))
 
 USER_ROLES = ("admin", "viewer")

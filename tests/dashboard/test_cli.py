@@ -32,7 +32,7 @@ def test_refuses_a_port_that_is_not_one(capsys, sqlite_url, monkeypatch):
     monkeypatch.setenv("MASKGATE_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("MASKGATE_DASHBOARD__SECRET_KEY", "k" * 32)
     assert main(["dashboard", "--port", "70000"]) == 2
-    assert "--port 70000: a TCP port is between 0 and 65535" in capsys.readouterr().err
+    assert "--port: dashboard.port must be between 0 and 65535, got 70000" in capsys.readouterr().err
 
 
 def test_refuses_an_unmigrated_database(capsys, sqlite_url, monkeypatch):
