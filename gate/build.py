@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from maskgate.config import Config
+from maskgate.config import Config, DetectorConfig
 from maskgate.gate.agent import Agent, DecisionSink
 from maskgate.gate.annotate import VideoSink
 from maskgate.gate.classifier import MaskClassifier
-from maskgate.gate.detector import FaceDetector, MtcnnDetector, box_calibration
+from maskgate.gate.detector import (
+    FaceDetector,
+    MtcnnDetector,
+    StockFirstDetector,
+    box_calibration,
+    detector_folder,
+    folder_calibration,
+)
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.tracker import Tracker, TrackerConfig
@@ -22,11 +29,30 @@ from maskgate.store.spool import SpoolForwarder, prepare_spool
 
 
 def make_detector(config: Config) -> FaceDetector:
-    if config.detector.kind == "mtcnn-litert":
+    detector = config.detector
+    if not (detector.with_stock and detector.model):
+        return _detector_of_kind(detector)
+    from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
+
+    stock = replace(detector, model="")
+    stock_nets = _detector_of_kind(stock)
+    return StockFirstDetector(
+        tuned=_detector_of_kind(detector),
+        stock=stock_nets,
+        tuned_calibration=folder_calibration(detector_folder(detector)),
+        stock_calibration=folder_calibration(detector_folder(stock)),
+        # The check is LiteRT's ONet whatever the kind: the reference gives the same scores.
+        checker=stock_nets if isinstance(stock_nets, LiteRtMtcnnDetector) else LiteRtMtcnnDetector(stock),
+        stock_check=detector.stock_check,
+    )
+
+
+def _detector_of_kind(config: DetectorConfig) -> FaceDetector:
+    if config.kind == "mtcnn-litert":
         from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
-        return LiteRtMtcnnDetector(config.detector)
-    return MtcnnDetector(config.detector)  # the reference: needs TensorFlow
+        return LiteRtMtcnnDetector(config)
+    return MtcnnDetector(config)  # the reference: needs TensorFlow
 
 
 def make_tracker(config: Config) -> Tracker:

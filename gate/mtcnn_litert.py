@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -83,6 +84,22 @@ class LiteRtMtcnnDetector:
         with self._lock:
             boxes = self._detect(small)
         return [_face(row, 1 / factor) for row in boxes]
+
+    def face_scores(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """ONet's face probability for each box of `image` (its pixels), as the box's square sees it.
+
+        A second opinion on faces another detector found; ONet alone, since PNet and RNet are what
+        lose masked faces, and ONet judges a whole face patch (docs/detector.md).
+        """
+        check_frame(image)
+        if not boxes:
+            return np.empty(0, np.float32)
+        small, factor = resize_to_width(image, self.config.working_width)
+        rows = np.array([[b.x1, b.y1, b.x2, b.y2, 0.0] for b in boxes], np.float32) * [*[factor] * 4, 1]
+        normalised = (small.astype(np.float32) - 127.5) / 128
+        with self._lock:
+            _, _, probability = self._onet.run(patches(normalised, square(rows), 48))
+        return probability[:, 1]
 
     def _detect(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]

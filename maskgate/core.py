@@ -143,13 +143,22 @@ class Box:
             min(max(self.y2, 0.0), height),
         )
 
-    def iou(self, other: Box) -> float:
-        """Intersection over union; 0 for disjoint or empty boxes."""
-        inter = Box(
+    def intersection(self, other: Box) -> float:
+        """The area both boxes cover."""
+        return Box(
             max(self.x1, other.x1), max(self.y1, other.y1), min(self.x2, other.x2), min(self.y2, other.y2)
         ).area
+
+    def iou(self, other: Box) -> float:
+        """Intersection over union; 0 for disjoint or empty boxes."""
+        inter = self.intersection(other)
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
+
+    def overlap(self, other: Box) -> float:
+        """Intersection over the smaller box's area: 1 when one box lies inside the other."""
+        smaller = min(self.area, other.area)
+        return self.intersection(other) / smaller if smaller > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -85,6 +85,13 @@ class BoxCalibration:
         half_w, half_h = box.width * self.width_scale / 2, box.height * self.height_scale / 2
         return Box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
+    def invert(self, box: Box) -> Box:
+        """The box that :meth:`apply` maps to `box`."""
+        width, height = box.width / self.width_scale, box.height / self.height_scale
+        cx, cy = box.center
+        cx, cy = cx - self.dx * width, cy - self.dy * height
+        return Box(cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2)
+
     @classmethod
     def fit(cls, detected: Sequence[Box], drawn: Sequence[Box]) -> BoxCalibration:
         """The calibration from pairs of (detector box, hand-drawn box) of the same faces.

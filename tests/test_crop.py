@@ -66,6 +66,18 @@ def test_box_calibration_moves_the_centre_by_a_share_of_the_box_and_scales_it():
     assert BoxCalibration().is_identity and not calibration.is_identity
 
 
+def test_box_calibration_invert_undoes_apply():
+    calibration = BoxCalibration(dx=0.05, dy=0.156, width_scale=1.07, height_scale=0.952)
+    for box in (Box(10, 20, 50, 100), Box(0, 0, 300, 240), Box(-4, 7, 9, 8)):
+        for there_and_back in (
+            calibration.apply(calibration.invert(box)),
+            calibration.invert(calibration.apply(box)),
+        ):
+            assert there_and_back.center == pytest.approx(box.center)
+            assert (there_and_back.width, there_and_back.height) == pytest.approx((box.width, box.height))
+    assert calibration.invert(Box(0, 0, 107, 95.2)).width == pytest.approx(100)
+
+
 def test_box_calibration_fit_recovers_a_known_mapping_and_ignores_a_stray_pair():
     truth = BoxCalibration(dx=0.05, dy=0.15, width_scale=1.1, height_scale=0.9)
     # Boxes wider than high and higher than wide: a fit that mixed up the axes would not recover it.

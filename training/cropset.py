@@ -302,7 +302,11 @@ def detector_id(config: DetectorConfig) -> str:
 
     weights = read_detector_card(detector_folder(config)).get("files", {})
     calibration = box_calibration(config).to_json()
-    return json.dumps(asdict(config) | {"weights": weights, "calibration": calibration}, sort_keys=True)
+    record = asdict(config) | {"weights": weights, "calibration": calibration}
+    if config.with_stock and config.model:
+        stock = read_detector_card(detector_folder(replace(config, model="")))
+        record["stock_weights"] = stock.get("files", {})
+    return json.dumps(record, sort_keys=True)
 
 
 def photo_detector_record(gate: DetectorConfig | None = None) -> dict:

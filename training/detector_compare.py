@@ -2,17 +2,19 @@
 
 For each detector folder (stock = the shipped export) it runs ``evaluate --mode scenes`` with the
 shipped classifier on the held-out split, with the extra band of faces of at least 60 px (the
-issue's figure), and counts on every clip in ``videos/`` the frames with a face and with a face
-classified as masked.
+issue's figure), and on every clip in ``videos/`` counts the frames with a face and with a face
+classified as masked, and runs the agent to list what it tells the door. Scene precision does not
+show a false face that the classifier calls masked; the door's answers do.
 
     .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
-        --detector masked=models/detector-masked [--json OUT]
+        --detector masked=models/detector-masked --with-stock both=models/detector-masked [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +23,7 @@ import cv2
 from tqdm import tqdm
 
 from maskgate.config import Config, DetectorConfig
-from maskgate.core import Label
+from maskgate.core import Decision, Event, Label
 from maskgate.gate.detector import CalibratedDetector, box_calibration
 from maskgate.training import cropset, evaluate
 from maskgate.training.datasets import DataSpec
@@ -63,6 +65,36 @@ def clip_frames(detector, classifier, card, videos: Path, progress: bool = True)
     return out
 
 
+class _Decisions:
+    """A decision sink that only keeps the decisions (no store, no broker)."""
+
+    def __init__(self):
+        self.decisions: list[Decision] = []
+
+    def submit(self, decision: Decision, snapshot_path: str | None) -> Event:
+        self.decisions.append(decision)
+        return Event.from_decision(decision, snapshot_path)
+
+
+def clip_decisions(config: Config, detector, model: Path, videos: Path) -> dict[str, list[str]]:
+    """Per clip: what the agent tells the door ("allow with_mask 0.97", ...), in order."""
+    from maskgate.gate.build import make_agent
+    from maskgate.gate.sources import Capture, open_reader
+
+    out = {}
+    with tempfile.TemporaryDirectory() as snapshots:
+        config = replace(config, paths=replace(config.paths, snapshots=Path(snapshots)))
+        for path in sorted(videos.glob("*.mp4")):
+            sink = _Decisions()
+            capture = Capture(open_reader(str(path))).start()
+            try:
+                make_agent(config, sink, detector, model=model).run(capture)
+            finally:
+                capture.stop()
+            out[path.name] = [f"{d.action.value} {d.label.value} {d.confidence:.2f}" for d in sink.decisions]
+    return out
+
+
 def compare(
     detectors: dict[str, DetectorConfig],
     model: Path,
@@ -87,6 +119,8 @@ def compare(
             # The boxes the gate crops: calibrated as evaluate_scenes calibrates them.
             gate_view = CalibratedDetector(detector, box_calibration(config))
             results[name]["clips"] = clip_frames(gate_view, classifier, classifier.card, videos, progress)
+            gate = replace(Config(), detector=config)
+            results[name]["door"] = clip_decisions(gate, detector, model, videos)
     return results
 
 
@@ -123,6 +157,13 @@ def table(results: dict[str, dict]) -> str:
                 for n in names
             )
             lines.append(f"| {clip} | {counts['frames']} | {cells} |")
+    if all("door" in result for result in results.values()):
+        names = list(results)
+        lines += ["", "| clip | " + " | ".join(f"{n}: door" for n in names) + " |"]
+        lines.append("| --- |" + " --- |" * len(names))
+        for clip in results[names[0]]["door"]:
+            cells = " | ".join(", ".join(results[n]["door"][clip]) or "none" for n in names)
+            lines.append(f"| {clip} | {cells} |")
     return "\n".join(lines)
 
 
@@ -139,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="NAME=FOLDER, repeatable: a detector with its box calibration (--detector: as configured)",
     )
+    parser.add_argument(
+        "--with-stock",
+        action="append",
+        default=[],
+        help="NAME=FOLDER, repeatable: the folder's nets beside the stock nets (detector.with_stock)",
+    )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
     parser.add_argument("--split", default="test")
@@ -146,13 +193,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     config = Config()
+    as_configured, stock = config.detector.box_calibration, config.detector.with_stock
     named = [
-        (name, replace(config.detector, model=folder, box_calibration=calibrate))
-        for items, calibrate in ((args.detector, config.detector.box_calibration), (args.calibrated, True))
+        (name, replace(config.detector, model=folder, box_calibration=calibrate, with_stock=paired))
+        for items, calibrate, paired in (
+            (args.detector, as_configured, stock),
+            (args.calibrated, True, stock),
+            (args.with_stock, as_configured, True),
+        )
         for name, folder in (item.partition("=")[::2] for item in items)
     ]
     if not named or len({name for name, _ in named}) < len(named):
-        parser.error("give each detector a different NAME (--detector or --calibrated NAME=FOLDER)")
+        parser.error(
+            "give each detector a different NAME (--detector, --calibrated or --with-stock NAME=FOLDER)"
+        )
     detectors = dict(named)
     videos = config.paths.datasets / args.videos if args.videos else None
     results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)

@@ -154,6 +154,10 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     card["files"]["onet.tflite"] = "0" * 64
     (folder / "card.json").write_text(json.dumps(card))
     assert cropset.detector_id(retrained) != before
+    # Beside the stock nets, the stock weights are part of what finds the faces too.
+    paired = replace(retrained, with_stock=True)
+    assert json.loads(cropset.detector_id(paired))["stock_weights"] == json.loads(before)["weights"]
+    assert cropset.detector_id(paired) != cropset.detector_id(retrained)
     crops, _, _ = cropset.load_source(
         spec, SPEC, tmp_path / "cache", cropset.detector_factory(config), cropset.detector_id(config), False
     )
