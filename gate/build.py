@@ -44,6 +44,7 @@ def make_detector(config: Config) -> FaceDetector:
         # The check is LiteRT's ONet whatever the kind: the reference gives the same scores.
         checker=stock_nets if isinstance(stock_nets, LiteRtMtcnnDetector) else LiteRtMtcnnDetector(stock),
         stock_check=detector.stock_check,
+        calibrated=detector.box_calibration,
     )
 
 

@@ -199,8 +199,9 @@ class StockFirstDetector:
     """A trained detector folder's nets with the stock nets beside them (`detector.with_stock`).
 
     Every face the stock nets find is kept with the stock box. The folder's nets add the faces the
-    stock nets miss, where the stock ONet scores the added box at least `stock_check` (a face of
-    theirs lying mostly inside a kept one is the same face, as ONet's last suppression judges it).
+    stock nets miss, where the stock ONet's face probability for the added box is at least
+    `stock_check` (0: no check); a face of theirs lying mostly inside a kept one is the same face,
+    as ONet's last suppression judges it.
 
     Why stock first and the check: the shipped classifier learned from crops around stock boxes,
     and a tuned detector alone was measured to open the door for an unmasked man, both by its own
@@ -208,7 +209,9 @@ class StockFirstDetector:
     The stock ONet rejects such false faces and keeps most masked ones: the stock nets miss masked
     faces mostly at PNet and RNet (docs/detector.md). Boxes come out in the folder's convention,
     stock ones mapped through both calibrations, so the gate's calibration for the folder crops a
-    stock face exactly as the stock calibration would.
+    stock face exactly as the stock calibration would; a gate that crops raw boxes
+    (`calibrated` off) gets the stock boxes raw. The check maps an added box into the stock
+    convention with the folders' calibrations either way.
     """
 
     SAME_FACE = 0.7  # intersection over the smaller box
@@ -221,13 +224,18 @@ class StockFirstDetector:
         stock_calibration: BoxCalibration,
         checker: FaceScorer | None = None,
         stock_check: float = 0.0,
+        calibrated: bool = True,
     ):
         self.tuned, self.stock, self.checker = tuned, stock, checker
         self.tuned_calibration, self.stock_calibration = tuned_calibration, stock_calibration
         self.stock_check = stock_check
+        # A gate that crops raw boxes (detector.box_calibration off) gets the stock boxes raw too.
+        self.calibrated = calibrated
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        kept = [replace(face, box=self.to_tuned(face.box)) for face in self.stock.detect(image)]
+        kept = self.stock.detect(image)
+        if self.calibrated:
+            kept = [replace(face, box=self.to_tuned(face.box)) for face in kept]
         added = [face for face in self.tuned.detect(image) if not self._seen(face, kept)]
         if added and self.checker is not None and self.stock_check > 0:
             stock_boxes = [self.to_stock(face.box) for face in added]
@@ -239,7 +247,7 @@ class StockFirstDetector:
         return kept
 
     def _seen(self, face: Face, kept: list[Face]) -> bool:
-        return any(face.box.overlap(other.box) > self.SAME_FACE for other in kept)
+        return any(face.box.overlap_of_smaller(other.box) > self.SAME_FACE for other in kept)
 
     def to_tuned(self, box: Box) -> Box:
         """A stock box in the folder's convention: the box its calibration maps to the same place."""

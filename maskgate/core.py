@@ -155,7 +155,7 @@ class Box:
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 
-    def overlap(self, other: Box) -> float:
+    def overlap_of_smaller(self, other: Box) -> float:
         """Intersection over the smaller box's area: 1 when one box lies inside the other."""
         smaller = min(self.area, other.area)
         return self.intersection(other) / smaller if smaller > 0 else 0.0

@@ -53,9 +53,9 @@ def test_box_geometry():
     assert a.iou(Box(20, 20, 30, 30)) == 0.0
     assert a.intersection(b) == 25.0
     # Over the smaller box: a box inside another overlaps it fully, whatever their IoU.
-    assert a.overlap(Box(2, 2, 4, 4)) == 1.0 and a.iou(Box(2, 2, 4, 4)) == pytest.approx(0.04)
-    assert a.overlap(Box(5, 0, 25, 10)) == pytest.approx(0.5)
-    assert a.overlap(Box(3, 3, 3, 3)) == 0.0  # empty
+    assert a.overlap_of_smaller(Box(2, 2, 4, 4)) == 1.0 and a.iou(Box(2, 2, 4, 4)) == pytest.approx(0.04)
+    assert a.overlap_of_smaller(Box(5, 0, 25, 10)) == pytest.approx(0.5)
+    assert a.overlap_of_smaller(Box(3, 3, 3, 3)) == 0.0  # empty
     assert Box(-5, -5, 5, 50).clip(8, 8) == Box(0, 0, 5, 8)
     assert Box(10, 10, 5, 5).area == 0.0
     assert Box(0, 0, 4, 9).side == 9

@@ -304,8 +304,13 @@ def detector_id(config: DetectorConfig) -> str:
     calibration = box_calibration(config).to_json()
     record = asdict(config) | {"weights": weights, "calibration": calibration}
     if config.with_stock and config.model:
-        stock = read_detector_card(detector_folder(replace(config, model="")))
-        record["stock_weights"] = stock.get("files", {})
+        stock = replace(config, model="")
+        record["stock_weights"] = read_detector_card(detector_folder(stock)).get("files", {})
+        record["stock_calibration"] = box_calibration(stock).to_json()
+    else:
+        # Unpaired, the pairing settings change nothing: the records and crop caches of models
+        # trained before they existed stay equal to today's.
+        del record["with_stock"], record["stock_check"]
     return json.dumps(record, sort_keys=True)
 
 

@@ -156,8 +156,12 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     assert cropset.detector_id(retrained) != before
     # Beside the stock nets, the stock weights are part of what finds the faces too.
     paired = replace(retrained, with_stock=True)
-    assert json.loads(cropset.detector_id(paired))["stock_weights"] == json.loads(before)["weights"]
-    assert cropset.detector_id(paired) != cropset.detector_id(retrained)
+    paired_record = json.loads(cropset.detector_id(paired))
+    assert paired_record["stock_weights"] == json.loads(before)["weights"]
+    assert paired_record["stock_calibration"] == box_calibration(replace(paired, model="")).to_json()
+    # Unpaired, the pairing settings are left out: cards and caches made before they existed match.
+    assert "with_stock" not in json.loads(before) and "stock_check" not in json.loads(before)
+    assert cropset.detector_id(replace(retrained, stock_check=0.9)) == cropset.detector_id(retrained)
     crops, _, _ = cropset.load_source(
         spec, SPEC, tmp_path / "cache", cropset.detector_factory(config), cropset.detector_id(config), False
     )
