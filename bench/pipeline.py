@@ -2,7 +2,9 @@
 
 stock:    mtcnn's `detect_faces` (TensorFlow, its default settings) + the seed architecture
           (255 px grey) with Keras `model.predict` once per face
-maskgate: MTCNN on LiteRT at the gate's settings + one batched LiteRT call per frame (shipped model)
+maskgate: MTCNN on LiteRT at the gate's settings + one batched LiteRT call per frame (shipped model);
+          --detector-model DIR [--with-stock] runs a tuned detector folder, alone or beside the
+          stock nets (detector.with_stock), as the agent builds it
 
 Frames (640x480), the same for both: `one_face` and `four_faces` compose real face photos from
 folders/chandrikadeb7 of the shared datasets (with and without masks, about 200 px as a person at
@@ -19,6 +21,7 @@ frames/s, so 30 fps input would only queue up), so this figure is maskgate's.
 The seed network's weights are freshly initialised: its cost per call does not depend on them.
 
     .venv/bin/python bench/pipeline.py [--seconds 10] [--runs 3] [--json OUT]
+        [--detector-model models/detector-masked [--with-stock]]
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ FRAME_SHAPE = (480, 640)
 DECISION = re.compile(r"track \d+: (\w+) ")
 
 Stages = dict[str, float]  # stage name -> seconds for one frame
+DetectorSettings = dict[str, object]  # DetectorConfig fields other than the defaults
 Step = Callable[[np.ndarray], tuple[int, Stages]]
 
 
@@ -126,7 +130,7 @@ def write_frames(datasets: Path, path: Path, count: int = 8) -> None:
 # -- the two pipelines (each built inside its own worker process) ----------------------------
 
 
-def stock_pipeline(model_dir: Path) -> Step:
+def stock_pipeline(model_dir: Path, _detector_config: DetectorSettings) -> Step:
     from mtcnn import MTCNN
 
     from maskgate.core import Box
@@ -158,13 +162,15 @@ def stock_pipeline(model_dir: Path) -> Step:
     return step
 
 
-def maskgate_pipeline(model_dir: Path) -> Step:
-    from maskgate.config import DetectorConfig
-    from maskgate.crop import crop_face
-    from maskgate.gate.classifier import MaskClassifier
-    from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
+def maskgate_pipeline(model_dir: Path, detector_config: DetectorSettings) -> Step:
+    from dataclasses import replace
 
-    detector = LiteRtMtcnnDetector(DetectorConfig())
+    from maskgate.config import Config, DetectorConfig
+    from maskgate.crop import crop_face
+    from maskgate.gate.build import make_detector
+    from maskgate.gate.classifier import MaskClassifier
+
+    detector = make_detector(replace(Config(), detector=DetectorConfig(**detector_config)))
     classifier = MaskClassifier(model_dir)
 
     def step(frame: np.ndarray) -> tuple[int, Stages]:
@@ -184,7 +190,10 @@ def maskgate_pipeline(model_dir: Path) -> Step:
     return step
 
 
-PIPELINES: dict[str, Callable[[Path], Step]] = {"stock": stock_pipeline, "maskgate": maskgate_pipeline}
+PIPELINES: dict[str, Callable[[Path, DetectorSettings], Step]] = {
+    "stock": stock_pipeline,
+    "maskgate": maskgate_pipeline,
+}
 
 
 def measure(step: Step, frames: list[np.ndarray], seconds: float) -> dict[str, object]:
@@ -213,10 +222,10 @@ def measure(step: Step, frames: list[np.ndarray], seconds: float) -> dict[str, o
     }
 
 
-def worker(name: str, model_dir: Path, frames: Path, seconds: float) -> None:
+def worker(name: str, model_dir: Path, detector: DetectorSettings, frames: Path, seconds: float) -> None:
     """Runs in a child process: one pipeline over every frame kind; prints its figures as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    step = PIPELINES[name](model_dir)
+    step = PIPELINES[name](model_dir, detector)
     with np.load(frames) as saved:
         result: dict[str, object] = {kind: measure(step, list(saved[kind]), seconds) for kind in KINDS}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -227,6 +236,7 @@ def run_worker(name: str, args: argparse.Namespace, frames: Path) -> dict:
     command = [
         sys.executable, __file__, "--worker", name, "--model", str(args.model),
         "--frames", str(frames), "--seconds", str(args.seconds),
+        "--detector-model", args.detector_model, *(["--with-stock"] if args.with_stock else []),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -372,11 +382,16 @@ def main() -> None:
     parser.add_argument("--url", default="mqtt://127.0.0.1:1883", help="the broker for the decision latency")
     parser.add_argument("--runs", type=int, default=3, help="real-time walk-ups (three people each)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--detector-model", default="", help="maskgate's detector folder (detector.model); '' = stock nets"
+    )
+    parser.add_argument("--with-stock", action="store_true", help="the folder's nets beside the stock nets")
     parser.add_argument("--worker", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.model, args.frames, args.seconds)
+        detector = {"model": args.detector_model, "with_stock": args.with_stock}
+        worker(args.worker, args.model, detector, args.frames, args.seconds)
         return
     with tempfile.TemporaryDirectory() as folder:
         frames = Path(folder) / "frames.npz"
