@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,9 +28,13 @@ from maskgate.store import DatabaseUnavailable, EventStore, make_engine, migrate
 from maskgate.store.db import database_answers, parse_database_url
 from maskgate.store.spool import SpoolForwarder, prepare_spool
 
+log = logging.getLogger(__name__)
+
 
 def make_detector(config: Config) -> FaceDetector:
     detector = config.detector
+    if detector.with_stock and not detector.model:
+        log.warning("detector.with_stock is set without detector.model: the stock nets run alone")
     if not (detector.with_stock and detector.model):
         return _detector_of_kind(detector)
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector

@@ -314,7 +314,7 @@ def test_the_masked_detector_beside_the_stock_nets_finds_masked_faces_stock_miss
 
 
 @pytest.mark.slow
-def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_folder, door_frame):
+def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_folder, door_frame, caplog):
     from dataclasses import replace
 
     from maskgate.config import Config
@@ -333,9 +333,11 @@ def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_fo
         for face, stock_face in zip(found, expected, strict=True):
             gate_box = box_calibration(paired_config).apply(face.box)
             assert gate_box.iou(box_calibration(stock_config).apply(stock_face.box)) > 0.999
-    # Without a folder there is nothing to pair: the stock nets alone.
-    alone = make_detector(replace(Config(), detector=DetectorConfig(with_stock=True)))
+    # Without a folder there is nothing to pair: the stock nets alone, and the gate says so.
+    with caplog.at_level("WARNING", logger="maskgate.gate.build"):
+        alone = make_detector(replace(Config(), detector=DetectorConfig(with_stock=True)))
     assert isinstance(alone, LiteRtMtcnnDetector)
+    assert "without detector.model" in caplog.text
 
 
 def test_a_detector_folder_without_keras_weights_is_refused_by_the_reference(tmp_path):
