@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -229,14 +230,17 @@ class StockFirstDetector:
         self.tuned, self.stock, self.checker = tuned, stock, checker
         self.tuned_calibration, self.stock_calibration = tuned_calibration, stock_calibration
         self.stock_check = stock_check
-        # A gate that crops raw boxes (detector.box_calibration off) gets the stock boxes raw too.
         self.calibrated = calibrated
+        # The tuned nets run in a thread of their own beside the stock nets: LiteRT lets go of the
+        # GIL while a network runs, so on two cores a frame costs about one detector, not two.
+        self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-detector")
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        tuned = self._beside.submit(self.tuned.detect, image)
         kept = self.stock.detect(image)
         if self.calibrated:
             kept = [replace(face, box=self.to_tuned(face.box)) for face in kept]
-        added = [face for face in self.tuned.detect(image) if not self._seen(face, kept)]
+        added = [face for face in tuned.result() if not self._seen(face, kept)]
         if added and self.checker is not None and self.stock_check > 0:
             stock_boxes = [self.to_stock(face.box) for face in added]
             scores = self.checker.face_scores(image, stock_boxes)
