@@ -32,24 +32,24 @@ log = logging.getLogger(__name__)
 
 
 def make_detector(config: Config) -> FaceDetector:
-    detector = config.detector
-    if detector.with_stock and not detector.model:
-        log.warning("detector.with_stock is set without detector.model: the stock nets run alone")
-    if not (detector.with_stock and detector.model):
-        return _detector_of_kind(detector)
+    settings = config.detector
+    if not settings.with_stock or not settings.model:
+        if settings.with_stock:
+            log.warning("detector.with_stock is set without detector.model: the stock nets run alone")
+        return _detector_of_kind(settings)
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
-    stock = replace(detector, model="")
+    stock = replace(settings, model="")
     stock_nets = _detector_of_kind(stock)
     return StockFirstDetector(
-        tuned=_detector_of_kind(detector),
+        tuned=_detector_of_kind(settings),
         stock=stock_nets,
-        tuned_calibration=folder_calibration(detector_folder(detector)),
+        tuned_calibration=folder_calibration(detector_folder(settings)),
         stock_calibration=folder_calibration(detector_folder(stock)),
         # The check is LiteRT's ONet whatever the kind: the reference gives the same scores.
         checker=stock_nets if isinstance(stock_nets, LiteRtMtcnnDetector) else LiteRtMtcnnDetector(stock),
-        stock_check=detector.stock_check,
-        calibrated=detector.box_calibration,
+        stock_check=settings.stock_check,
+        calibrated=settings.box_calibration,
     )
 
 

@@ -42,6 +42,11 @@ NMS_PNET_LEVEL, NMS_PNET_ALL, NMS_RNET, NMS_ONET = 0.5, 0.7, 0.7, 0.7
 PNET_CACHE = 48
 
 
+def normalise(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels as MTCNN's networks take them: (x - 127.5) / 128, float32."""
+    return (image.astype(np.float32) - 127.5) / 128
+
+
 class _Network:
     """One TFLite network; `run` returns its outputs ordered as the reference returns them."""
 
@@ -96,14 +101,14 @@ class LiteRtMtcnnDetector:
             return np.empty(0, np.float32)
         small, factor = resize_to_width(image, self.config.working_width)
         rows = np.array([[b.x1, b.y1, b.x2, b.y2, 0.0] for b in boxes], np.float32) * [*[factor] * 4, 1]
-        normalised = (small.astype(np.float32) - 127.5) / 128
+        normalised = normalise(small)
         with self._lock:
             _, _, probability = self._onet.run(patches(normalised, square(rows), 48))
         return probability[:, 1]
 
     def _detect(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        normalised = (image.astype(np.float32) - 127.5) / 128
+        normalised = normalise(image)
         low, mid, high = self.config.thresholds
         boxes = self._proposals(normalised, low)
         if len(boxes):

@@ -193,13 +193,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     config = Config()
-    as_configured, stock = config.detector.box_calibration, config.detector.with_stock
+    calibrated, paired_as_configured = config.detector.box_calibration, config.detector.with_stock
     named = [
         (name, replace(config.detector, model=folder, box_calibration=calibrate, with_stock=paired))
         for items, calibrate, paired in (
-            (args.detector, as_configured, stock),
-            (args.calibrated, True, stock),
-            (args.with_stock, as_configured, True),
+            (args.detector, calibrated, paired_as_configured),
+            (args.calibrated, True, paired_as_configured),
+            (args.with_stock, calibrated, True),
         )
         for name, folder in (item.partition("=")[::2] for item in items)
     ]

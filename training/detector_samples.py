@@ -306,11 +306,11 @@ def cut(image: np.ndarray, crops: np.ndarray, size: int) -> np.ndarray:
     pyramid level that was shrunk with area averaging, so its patches are cut at 4x and shrunk
     the same way rather than sampled at 12 points (which would alias).
     """
-    from maskgate.gate.mtcnn_litert import patches
+    from maskgate.gate.mtcnn_litert import normalise, patches
 
     if len(crops) == 0:
         return np.zeros((0, size, size, 3), np.float32)
-    normalised = (image.astype(np.float32) - 127.5) / 128
+    normalised = normalise(image)
     if size > NETWORK_SIZE["pnet"]:
         return patches(normalised, np.asarray(crops, np.float32), size)
     big = patches(normalised, np.asarray(crops, np.float32), 4 * size)
@@ -319,9 +319,11 @@ def cut(image: np.ndarray, crops: np.ndarray, size: int) -> np.ndarray:
 
 def stage_proposals(detector, image: np.ndarray, network: str) -> np.ndarray:
     """The boxes the stock detector hands to `network`: P-net's for R-net, R-net's for O-net."""
+    from maskgate.gate.mtcnn_litert import normalise
+
     if network == "pnet":
         return np.zeros((0, 5))
-    normalised = (image.astype(np.float32) - 127.5) / 128
+    normalised = normalise(image)
     low, mid, _ = detector.config.thresholds
     boxes = detector._proposals(normalised, low)
     if network == "onet" and len(boxes):

@@ -28,7 +28,9 @@ MIN_SIDE = 32  # the band the gate cares about
 
 def stage_boxes(detector, image: np.ndarray) -> dict[str, np.ndarray]:
     """Each stage's output boxes (x1, y1, x2, y2) for one RGB image at the detector's working width."""
-    normalised = (image.astype(np.float32) - 127.5) / 128
+    from maskgate.gate.mtcnn_litert import normalise
+
+    normalised = normalise(image)
     low, mid, high = detector.config.thresholds
     out = {}
     boxes = detector._proposals(normalised, low)
