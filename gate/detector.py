@@ -236,19 +236,30 @@ class StockFirstDetector:
         self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-detector")
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        tuned = self._beside.submit(self.tuned.detect, image)
-        kept = self.stock.detect(image)
-        if self.calibrated:
-            kept = [replace(face, box=self.to_tuned(face.box)) for face in kept]
-        added = [face for face in tuned.result() if not self._seen(face, kept)]
-        if added and self.checker is not None and self.stock_check > 0:
-            stock_boxes = [self.to_stock(face.box) for face in added]
-            scores = self.checker.face_scores(image, stock_boxes)
+        kept, added, scores = self.proposals(image)
+        if self.checked:
             added = [face for face, score in zip(added, scores, strict=True) if score >= self.stock_check]
         for face in sorted(added, key=lambda f: -f.score):
             if not self._seen(face, kept):
                 kept.append(face)
         return kept
+
+    @property
+    def checked(self) -> bool:
+        return self.checker is not None and self.stock_check > 0
+
+    def proposals(self, image: np.ndarray) -> tuple[list[Face], list[Face], np.ndarray]:
+        """The stock nets' faces (boxes as :meth:`detect` gives them), the faces only the folder's
+        nets find, and the stock ONet's score for each of those (ones when nothing checks)."""
+        tuned = self._beside.submit(self.tuned.detect, image)
+        stock = self.stock.detect(image)
+        if self.calibrated:
+            stock = [replace(face, box=self.to_tuned(face.box)) for face in stock]
+        added = [face for face in tuned.result() if not self._seen(face, stock)]
+        if not (added and self.checked):
+            return stock, added, np.ones(len(added))
+        scores = self.checker.face_scores(image, [self.to_stock(face.box) for face in added])
+        return stock, added, np.asarray(scores, float)
 
     def _seen(self, face: Face, kept: list[Face]) -> bool:
         return any(face.box.overlap_of_smaller(other.box) > self.SAME_FACE for other in kept)

@@ -8,6 +8,8 @@ show a false face that the classifier calls masked; the door's answers do.
 
     .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
         --detector masked=models/detector-masked --with-stock both=models/detector-masked [--json OUT]
+
+``--with-stock NAME=FOLDER@0.3`` sets the stock check of that pair (a sweep names several).
 """
 
 from __future__ import annotations
@@ -167,6 +169,20 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def with_check(settings: DetectorConfig) -> DetectorConfig:
+    """`settings` whose model names ``FOLDER@CHECK`` as the folder and its stock check."""
+    folder, at, check = settings.model.rpartition("@")
+    if not at:
+        return settings
+    try:
+        value = float(check)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise SystemExit(f"--with-stock {settings.model}: {check!r} is not a stock check (0 to 1)")
+    return replace(settings, model=folder, stock_check=value)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--with-stock",
         action="append",
         default=[],
-        help="NAME=FOLDER, repeatable: the folder's nets beside the stock nets (detector.with_stock)",
+        help="NAME=FOLDER[@CHECK], repeatable: the folder's nets beside the stock nets "
+        "(detector.with_stock), CHECK the detector.stock_check to use (default: as configured)",
     )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
@@ -207,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             "give each detector a different NAME (--detector, --calibrated or --with-stock NAME=FOLDER)"
         )
-    detectors = dict(named)
+    detectors = {name: with_check(settings) if settings.with_stock else settings for name, settings in named}
     videos = config.paths.datasets / args.videos if args.videos else None
     results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)
     print(table(results))

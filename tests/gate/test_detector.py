@@ -250,8 +250,13 @@ def test_with_stock_a_face_only_the_tuned_nets_find_must_pass_the_stock_check():
     for asked, face in zip(scores.boxes, (masked, trees), strict=True):
         there = stock_calibration.apply(asked)
         assert there.center == pytest.approx(tuned_calibration.apply(face.box).center)
+    stock_faces, added, added_scores = checked.proposals(np.zeros((480, 640, 3), np.uint8))
+    assert (stock_faces, added, list(added_scores)) == ([], [masked, trees], [0.9, 0.1])
     unchecked = StockFirstDetector(tuned, FixedFaces(), tuned_calibration, stock_calibration, scores, 0.0)
     assert unchecked.detect(np.zeros((480, 640, 3), np.uint8)) == [trees, masked]
+    asked = len(scores.boxes)
+    assert list(unchecked.proposals(np.zeros((480, 640, 3), np.uint8))[2]) == [1.0, 1.0]
+    assert len(scores.boxes) == asked  # without a check the stock ONet is not run
 
 
 def test_with_stock_a_gate_that_crops_raw_boxes_gets_the_stock_boxes_raw():
@@ -280,8 +285,9 @@ def test_the_stock_onet_scores_a_face_high_and_a_wall_low_at_any_frame_width(doo
 
 
 # fmd scenes of the validation split (never trained on; the split stock_check was chosen on) whose
-# masked faces of 60 px and more the stock nets miss.
-MISSED_BY_STOCK = ["maksssksksss25", "maksssksksss275", "maksssksksss309"]
+# masked faces of 60 px and more the stock nets miss. The stock ONet scores the face of 505 0.088:
+# a check at 0.3 (the first default) turned it away.
+MISSED_BY_STOCK = ["maksssksksss25", "maksssksksss275", "maksssksksss309", "maksssksksss505"]
 
 
 @pytest.mark.slow
@@ -311,6 +317,34 @@ def test_the_masked_detector_beside_the_stock_nets_finds_masked_faces_stock_miss
 
         assert not any(found(stock, DetectorConfig(), box) for box in faces), name
         assert all(found(paired, paired_config, box) for box in faces), name
+
+
+@pytest.mark.slow
+def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_the_stock_check():
+    # In gituatu_nomask the tuned nets alone box the trees behind the bearded man as a face, and
+    # the classifier calls it masked: the door opened. Those faces score at most 0.011 with the
+    # stock ONet; the default check must turn them away with room to spare.
+    from dataclasses import replace
+
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+
+    clip = DATASETS / "videos" / "gituatu_nomask.mp4"
+    if not clip.is_file():
+        pytest.skip(f"shared clip {clip} is not present")
+    paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
+    paired = make_detector(replace(Config(), detector=paired_config))
+    capture = cv2.VideoCapture(str(clip))
+    scores = []
+    for index in range(1, 97):  # the trees are boxed in frames 33 to 96
+        ok, bgr = capture.read()
+        assert ok, index
+        if index >= 33:
+            _, _, added_scores = paired.proposals(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            scores += list(added_scores)
+    capture.release()
+    assert len(scores) >= 20  # the false faces are there to check
+    assert max(scores) < paired_config.stock_check / 2, scores
 
 
 @pytest.mark.slow

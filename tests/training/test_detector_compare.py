@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from maskgate.config import Config
+from maskgate.config import Config, DetectorConfig
 from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
-from maskgate.training.detector_compare import clip_decisions, table
+from maskgate.training.detector_compare import clip_decisions, table, with_check
 from tests.training.conftest import DATASETS, ROOT
 
 MODEL = ROOT / "models" / "default"
@@ -54,3 +54,14 @@ def test_the_table_puts_each_detectors_door_decisions_side_by_side():
     assert "| clip | stock: door | tuned: door |" in text
     assert "| a.mp4 | deny without_mask 0.63 | none |" in text
     assert "| >=60 | tuned | 0.900 (n=10) |" in text
+
+
+def test_a_pair_may_name_its_stock_check_after_the_folder():
+    paired = DetectorConfig(model="models/detector-masked@0.3", with_stock=True)
+    expected = DetectorConfig(model="models/detector-masked", with_stock=True, stock_check=0.3)
+    assert with_check(paired) == expected
+    as_configured = DetectorConfig(model="models/detector-masked", with_stock=True)
+    assert with_check(as_configured) == as_configured
+    for bad in ("models/detector-masked@high", "models/detector-masked@1.5", "models/detector-masked@"):
+        with pytest.raises(SystemExit, match="is not a stock check"):
+            with_check(DetectorConfig(model=bad, with_stock=True))
