@@ -285,9 +285,8 @@ def test_the_stock_onet_scores_a_face_high_and_a_wall_low_at_any_frame_width(doo
 
 
 # fmd scenes of the validation split (never trained on; the split stock_check was chosen on) whose
-# masked faces of 60 px and more the stock nets miss. The stock ONet scores the face of 505 0.088:
-# a check at 0.3 (the first default) turned it away.
-MISSED_BY_STOCK = ["maksssksksss25", "maksssksksss275", "maksssksksss309", "maksssksksss505"]
+# masked faces of 60 px and more the stock nets miss.
+MISSED_BY_STOCK = ["maksssksksss25", "maksssksksss275", "maksssksksss309"]
 
 
 @pytest.mark.slow
@@ -345,6 +344,37 @@ def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_t
     capture.release()
     assert len(scores) >= 20  # the false faces are there to check
     assert max(scores) < paired_config.stock_check / 2, scores
+
+
+# Unmasked photos on which the tuned nets alone find a false face of at least 60 px that the
+# shipped classifier calls masked, with the stock ONet's score for it (docs/detector.md).
+FALSE_MASKED_FACES = [
+    ("chandrikadeb7/without_mask/54.jpg", 0.139),
+    ("comp6721/without_mask/nomask_images_23.jpg", 0.005),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("photo", "measured"), FALSE_MASKED_FACES)
+def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_masked(photo, measured):
+    # A check at 0.05 finds more masked faces (docs/detector.md) but lets the first of these
+    # through: beside an unmasked person it would be a second, "masked" track at the door.
+    from dataclasses import replace
+
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+    from maskgate.training.cropset import read_rgb
+
+    path = DATASETS / "folders" / photo
+    if not path.is_file():
+        pytest.skip(f"shared photo {path} is not present")
+    paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
+    paired = make_detector(replace(Config(), detector=paired_config))
+    image = read_rgb(path)
+    stock_faces, [false_face], [score] = paired.proposals(image)
+    assert false_face.box.side >= 60 and score == pytest.approx(measured, abs=0.02)
+    assert score < paired_config.stock_check
+    assert paired.detect(image) == stock_faces
 
 
 @pytest.mark.slow
