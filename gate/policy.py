@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from maskgate.config import PolicyConfig
-from maskgate.core import Action, Classification, Decision, Label, Track
+from maskgate.core import Action, Classification, Decision, Face, Label, Track
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DecisionPolicy:
     ) -> Decision | None:
         """Add one frame's classification of `track`; return a Decision when one is due."""
         history = self._tracks.setdefault(track.track_id, _TrackHistory(deque(maxlen=self.config.window)))
-        if self._is_evidence(track, classification):
+        if self.is_evidence(track.face, classification):
             history.evidence.append(_Evidence(classification.label, track.face.box.side, classification))
         if track.hits < self.config.min_track_hits:
             return None  # evidence gathers while the tracker confirms the person; no decision yet
@@ -73,14 +73,19 @@ class DecisionPolicy:
         """The track ended: drop its evidence."""
         self._tracks.pop(track_id, None)
 
-    def _is_evidence(self, track: Track, classification: Classification) -> bool:
+    def opens(self, label: Label) -> bool:
+        """Whether a decision for `label` opens the door."""
+        return self.actions[label] is Action.ALLOW
+
+    def is_evidence(self, face: Face, classification: Classification) -> bool:
+        """Whether one frame's `classification` of `face` counts toward a decision."""
         # Opening the door for the wrong person is the worst error a gate can make, so a label
         # that opens it must be more certain than one that keeps it shut (fail closed).
-        opens = self.actions[classification.label] is Action.ALLOW
+        opens = self.opens(classification.label)
         floor = self.config.allow_confidence_floor if opens else self.config.confidence_floor
         return (
-            track.face.box.side >= self.config.min_face_size
-            and track.face.score >= self.config.min_detector_score
+            face.box.side >= self.config.min_face_size
+            and face.score >= self.config.min_detector_score
             and classification.confidence >= floor
         )
 

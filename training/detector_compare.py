@@ -4,7 +4,8 @@ For each detector folder (stock = the shipped export) it runs ``evaluate --mode 
 shipped classifier on the held-out split, with the extra band of faces of at least 60 px (the
 issue's figure), and on every clip in ``videos/`` counts the frames with a face and with a face
 classified as masked, and runs the agent to list what it tells the door. Scene precision does not
-show a false face that the classifier calls masked; the door's answers do.
+show a false face that the classifier calls masked; the door's answers do, and so do photos of
+unmasked people (``--unmasked``): how many offer the policy a face it would count toward opening.
 
     .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
         --detector masked=models/detector-masked --with-stock both=models/detector-masked [--json OUT]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,6 +35,9 @@ from maskgate.training.datasets import DataSpec
 LARGE = ">=60"  # the issue's "faces of 60 px and more"
 BANDS = ("all", "<32", "32-96", ">=96", ">=32")
 MASKED = (Label.WITH_MASK, Label.IMPROPER_MASK)
+# Photos of unmasked people. The classifier trained on most of them: what they test is the
+# detector offering it false faces.
+UNMASKED = ("folders/chandrikadeb7/without_mask", "folders/comp6721/without_mask")
 
 
 def clip_frames(detector, classifier, card, videos: Path, progress: bool = True) -> dict[str, dict[str, int]]:
@@ -65,6 +70,41 @@ def clip_frames(detector, classifier, card, videos: Path, progress: bool = True)
         bar.close()
         out[path.name] = {"frames": frames, "with_face": with_face, "masked_face": masked}
     return out
+
+
+def unmasked_photos(
+    detector, calibration, classifier, policy, folders: Sequence[Path], progress: bool = True
+) -> dict[str, object]:
+    """On photos of people without a mask: photos, photos with a face, and the photos with a face
+    whose classification the gate's policy would count toward opening the door (listed).
+
+    Five clips show a detector's door decisions for two unmasked people; thousands of unmasked
+    photos show how often it offers the classifier a face to call masked. Boxes as the agent
+    uses them: the detector's own for the policy, calibrated for the crop.
+    """
+    from maskgate.crop import EmptyCropError, crop_face
+    from maskgate.training.cropset import read_rgb
+
+    paths = [path for folder in folders for path in sorted(folder.iterdir()) if path.is_file()]
+    photos = with_face = 0
+    opening: list[str] = []
+    for path in tqdm(paths, desc="unmasked photos", disable=not progress, leave=False):
+        rgb = read_rgb(path)
+        if rgb is None:
+            continue
+        photos += 1
+        faces, crops = [], []
+        for face in detector.detect(rgb):
+            try:
+                crops.append(crop_face(rgb, face.box, classifier.crop, calibration))
+            except EmptyCropError:
+                continue
+            faces.append(face)
+        with_face += bool(faces)
+        pairs = zip(faces, classifier.classify(crops), strict=True)
+        if any(policy.opens(c.label) and policy.is_evidence(face, c) for face, c in pairs):
+            opening.append(f"{path.parent.name}/{path.name}")
+    return {"photos": photos, "with_face": with_face, "opening": len(opening), "opening_photos": opening}
 
 
 class _Decisions:
@@ -105,11 +145,14 @@ def compare(
     videos: Path | None,
     root: Path,
     progress: bool = True,
+    unmasked: Sequence[Path] = (),
 ) -> dict[str, dict]:
     from maskgate.gate.classifier import MaskClassifier
+    from maskgate.gate.policy import DecisionPolicy
 
     spec = DataSpec.parse(data, root)
     classifier = MaskClassifier(model)
+    policy = DecisionPolicy(Config().policy, "compare")
     results = {}
     for name, config in detectors.items():
         detector = cropset.make_detector(config)
@@ -123,6 +166,10 @@ def compare(
             results[name]["clips"] = clip_frames(gate_view, classifier, classifier.card, videos, progress)
             gate = replace(Config(), detector=config)
             results[name]["door"] = clip_decisions(gate, detector, model, videos)
+        if unmasked:
+            results[name]["unmasked"] = unmasked_photos(
+                detector, box_calibration(config), classifier, policy, unmasked, progress
+            )
     return results
 
 
@@ -159,6 +206,14 @@ def table(results: dict[str, dict]) -> str:
                 for n in names
             )
             lines.append(f"| {clip} | {counts['frames']} | {cells} |")
+    if all("unmasked" in result for result in results.values()):
+        names = list(results)
+        header = " | ".join(f"{n}: with a face / opening" for n in names)
+        lines += ["", f"| unmasked photos | {header} |"]
+        lines.append("| --- |" + " --- |" * len(names))
+        counts = [results[n]["unmasked"] for n in names]
+        cells = " | ".join(f"{c['with_face']} / {c['opening']}" for c in counts)
+        lines.append(f"| {counts[0]['photos']} | {cells} |")
     if all("door" in result for result in results.values()):
         names = list(results)
         lines += ["", "| clip | " + " | ".join(f"{n}: door" for n in names) + " |"]
@@ -207,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", default="scenes/fmd")
     parser.add_argument("--split", default="test")
     parser.add_argument("--videos", default="videos", help="clip folder (under paths.datasets); '' = none")
+    parser.add_argument(
+        "--unmasked",
+        nargs="*",
+        default=list(UNMASKED),
+        help="folders of photos of people without a mask (under paths.datasets), where a face the "
+        "policy would count toward opening the door is a fault; none: skip",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     config = Config()
@@ -226,7 +288,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     detectors = {name: with_check(settings) if settings.with_stock else settings for name, settings in named}
     videos = config.paths.datasets / args.videos if args.videos else None
-    results = compare(detectors, args.model, args.data, args.split, videos, config.paths.datasets)
+    unmasked = [config.paths.datasets / folder for folder in args.unmasked]
+    for folder in unmasked:
+        if not folder.is_dir():
+            print(f"--unmasked: {folder} is not a folder; left out", file=sys.stderr)
+    unmasked = [folder for folder in unmasked if folder.is_dir()]
+    results = compare(
+        detectors, args.model, args.data, args.split, videos, config.paths.datasets, unmasked=unmasked
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")

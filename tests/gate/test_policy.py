@@ -82,6 +82,17 @@ def test_small_faces_low_scores_and_unsure_classifications_are_not_evidence(poli
     assert feed(policy, [probs(W, confidence=0.4)] * 30, track(track_id=3)) == []
 
 
+def test_one_frame_of_one_face_is_judged_as_evidence_alone(policy):
+    # What tools ask of a single photo: would this face count toward a decision, and would it open?
+    face = track().face
+    assert policy.opens(W) and not policy.opens(WO) and not policy.opens(IM)
+    assert policy.is_evidence(face, probs(W, confidence=0.9))
+    assert not policy.is_evidence(face, probs(W, confidence=0.7))  # the door's floor is higher
+    assert policy.is_evidence(face, probs(WO, confidence=0.7))
+    assert not policy.is_evidence(track(side=30).face, probs(WO, confidence=0.99))
+    assert not policy.is_evidence(track(score=0.5).face, probs(WO, confidence=0.99))
+
+
 def test_evidence_gathers_before_the_track_is_confirmed_but_no_decision_is_made(policy):
     for hits in (1, 2):
         unconfirmed = Track(1, Face(Box(0, 0, 150, 150), 0.99), hits, first_seen=0.0, last_seen=0.0)

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from maskgate.config import Config, DetectorConfig
+from maskgate.core import Box, Face
+from maskgate.crop import BoxCalibration
 from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
-from maskgate.training.detector_compare import clip_decisions, table, with_check
+from maskgate.training.detector_compare import clip_decisions, table, unmasked_photos, with_check
 from tests.training.conftest import DATASETS, ROOT
 
 MODEL = ROOT / "models" / "default"
@@ -49,7 +51,11 @@ def test_the_table_puts_each_detectors_door_decisions_side_by_side():
             "door": {"a.mp4": door},
         }
 
-    text = table({"stock": result(0.7, ["deny without_mask 0.63"]), "tuned": result(0.9, [])})
+    stock, tuned = result(0.7, ["deny without_mask 0.63"]), result(0.9, [])
+    stock["unmasked"] = {"photos": 20, "with_face": 19, "opening": 0, "opening_photos": []}
+    tuned["unmasked"] = {"photos": 20, "with_face": 20, "opening": 1, "opening_photos": ["x/1.jpg"]}
+    text = table({"stock": stock, "tuned": tuned})
+    assert "| 20 | 19 / 0 | 20 / 1 |" in text
     assert "| a.mp4 | 10 | 9 / 8 | 9 / 8 |" in text
     assert "| clip | stock: door | tuned: door |" in text
     assert "| a.mp4 | deny without_mask 0.63 | none |" in text
@@ -65,3 +71,37 @@ def test_a_pair_may_name_its_stock_check_after_the_folder():
     for bad in ("models/detector-masked@high", "models/detector-masked@1.5", "models/detector-masked@"):
         with pytest.raises(SystemExit, match="is not a stock check"):
             with_check(DetectorConfig(model=bad, with_stock=True))
+
+
+class WholeImage:
+    """A detector that finds one face filling the image, at a given score."""
+
+    def __init__(self, score: float):
+        self.score = score
+
+    def detect(self, image):
+        height, width = image.shape[:2]
+        return [Face(Box(0, 0, width, height), self.score, {})]
+
+
+@pytest.mark.slow
+def test_unmasked_photos_count_the_faces_the_policy_would_open_the_door_for(tmp_path: Path):
+    from maskgate.gate.classifier import MaskClassifier
+    from maskgate.gate.policy import DecisionPolicy
+
+    photos = DATASETS / "folders" / "chandrikadeb7"
+    masked, bare = photos / "with_mask" / "0417.jpg", photos / "without_mask" / "0_0_aidai_0014.jpg"
+    if not (masked.is_file() and bare.is_file()):
+        pytest.skip(f"shared photos in {photos} are not present")
+    folder = tmp_path / "without_mask"
+    folder.mkdir()
+    shutil.copy(masked, folder / "masked.jpg")  # as if a false face: the classifier calls it masked
+    shutil.copy(bare, folder / "bare.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")  # unreadable: not counted, no crash
+    classifier, policy = MaskClassifier(MODEL), DecisionPolicy(Config().policy, "test")
+
+    sure = unmasked_photos(WholeImage(0.99), BoxCalibration(), classifier, policy, [folder], progress=False)
+    assert sure == {"photos": 2, "with_face": 2, "opening": 1, "opening_photos": ["without_mask/masked.jpg"]}
+    # A face the detector is unsure of is no evidence for the policy, whatever the classifier says.
+    unsure = unmasked_photos(WholeImage(0.5), BoxCalibration(), classifier, policy, [folder], progress=False)
+    assert (unsure["with_face"], unsure["opening"]) == (2, 0)
