@@ -20,7 +20,13 @@ from maskgate.core import Action, Classification, Decision, Event, Frame, Track
 from maskgate.crop import BoxCalibration, EmptyCropError, crop_face
 from maskgate.gate.annotate import VideoSink, draw
 from maskgate.gate.classifier import MaskClassifier
-from maskgate.gate.detector import FaceDetector, InvalidFrameError, calibration_mismatch, check_frame
+from maskgate.gate.detector import (
+    FaceDetector,
+    InvalidFrameError,
+    calibration_mismatch,
+    check_frame,
+    crops_calibrated_as,
+)
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
 from maskgate.gate.sources import Capture, check_complete
@@ -122,7 +128,8 @@ class Agent:
     def _warn_on_crop_mismatch(self, classifier: MaskClassifier) -> None:
         # A warning, not a refusal: the door still fails closed on low confidence, and an operator
         # may run a detector the model was not trained with on purpose (e.g. to compare).
-        reason = calibration_mismatch(classifier.card, self.box_calibration)
+        cropped_as = crops_calibrated_as(self.detector, self.box_calibration)
+        reason = calibration_mismatch(classifier.card, cropped_as)
         if reason:
             log.warning("%s", reason)
 

@@ -276,6 +276,18 @@ class StockFirstDetector:
 CALIBRATION_TOLERANCE = 0.02  # per term; smaller differences do not visibly change a crop
 
 
+def crops_calibrated_as(detector: FaceDetector, calibration: BoxCalibration) -> BoxCalibration:
+    """The calibration the gate's crops of `detector`'s faces amount to when it crops through
+    `calibration`: `calibration` itself, but for a :class:`StockFirstDetector` that calibrates the
+    stock calibration. It hands over each stock face so that `calibration` crops it exactly as the
+    stock calibration would, and crops the faces only its folder's nets find like the drawn boxes
+    of the classifier's scene crops; so its crops are those a stock-trained classifier expects.
+    """
+    if isinstance(detector, StockFirstDetector) and detector.calibrated:
+        return detector.stock_calibration
+    return calibration
+
+
 def calibration_mismatch(card: ModelCard, calibration: BoxCalibration) -> str | None:
     """Why the classifier of `card` would see other crops at this gate than it was trained on, or None.
 

@@ -201,6 +201,26 @@ def test_the_agent_warns_when_it_cuts_other_crops_than_its_model_was_trained_on(
     assert "was trained on crops" in caplog.text and agent.classifier.version in caplog.text
 
 
+@pytest.mark.slow
+def test_the_tuned_nets_beside_the_stock_nets_crop_as_the_model_was_trained(config, sqlite_store, caplog):
+    # Alone, the tuned folder's calibration differs from the one the shipped model's photo crops
+    # were cut with, and the agent says so. Beside the stock nets, the faces the stock nets find
+    # are cropped as the stock calibration crops them: nothing to warn about, unless the gate
+    # crops raw boxes.
+    from maskgate.gate.build import make_detector
+
+    tuned = replace(config, detector=DetectorConfig(model=str(MASKED_DETECTOR)))
+    make_agent(tuned, StoreSink(sqlite_store), make_detector(tuned))
+    assert "was trained on crops" in caplog.text
+    caplog.clear()
+    paired = replace(config, detector=DetectorConfig(model=str(MASKED_DETECTOR), with_stock=True))
+    make_agent(paired, StoreSink(sqlite_store), make_detector(paired))
+    assert "was trained on crops" not in caplog.text
+    raw = replace(paired, detector=replace(paired.detector, box_calibration=False))
+    make_agent(raw, StoreSink(sqlite_store), make_detector(raw))
+    assert "was trained on crops" in caplog.text
+
+
 def test_a_swapped_in_model_trained_on_other_crops_is_warned_about(make, tmp_path, caplog):
     import json
     import shutil
