@@ -236,8 +236,8 @@ class StockFirstDetector:
         self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-detector")
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        kept, added, scores = self.proposals(image)
-        if self.checked:
+        kept, added, scores = self.stock_and_added(image)
+        if self.has_check:
             added = [face for face, score in zip(added, scores, strict=True) if score >= self.stock_check]
         for face in sorted(added, key=lambda f: -f.score):
             if not self._seen(face, kept):
@@ -245,19 +245,19 @@ class StockFirstDetector:
         return kept
 
     @property
-    def checked(self) -> bool:
+    def has_check(self) -> bool:
         return self.checker is not None and self.stock_check > 0
 
-    def proposals(self, image: np.ndarray) -> tuple[list[Face], list[Face], np.ndarray]:
+    def stock_and_added(self, image: np.ndarray) -> tuple[list[Face], list[Face], np.ndarray]:
         """The stock nets' faces (boxes as :meth:`detect` gives them), the faces only the folder's
-        nets find, and the stock ONet's score for each of those (ones when nothing checks)."""
+        nets find, and the stock ONet's score for each of those (NaN without a check: not run)."""
         tuned = self._beside.submit(self.tuned.detect, image)
         stock = self.stock.detect(image)
         if self.calibrated:
             stock = [replace(face, box=self.to_tuned(face.box)) for face in stock]
         added = [face for face in tuned.result() if not self._seen(face, stock)]
-        if not (added and self.checked):
-            return stock, added, np.ones(len(added))
+        if not (added and self.has_check):
+            return stock, added, np.full(len(added), np.nan)
         scores = self.checker.face_scores(image, [self.to_stock(face.box) for face in added])
         return stock, added, np.asarray(scores, float)
 

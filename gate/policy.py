@@ -81,8 +81,8 @@ class DecisionPolicy:
         """Whether one frame's `classification` of `face` counts toward a decision."""
         # Opening the door for the wrong person is the worst error a gate can make, so a label
         # that opens it must be more certain than one that keeps it shut (fail closed).
-        opens = self.opens(classification.label)
-        floor = self.config.allow_confidence_floor if opens else self.config.confidence_floor
+        allows = self.opens(classification.label)
+        floor = self.config.allow_confidence_floor if allows else self.config.confidence_floor
         return (
             face.box.side >= self.config.min_face_size
             and face.score >= self.config.min_detector_score

@@ -125,7 +125,7 @@ class DetectorConfig:
     with_stock: bool = False
     # ...where the stock ONet scores the added face at least this (0 = no check): it turns away
     # false faces a tuned net finds, which the classifier may call masked. Lower keeps more masked
-    # faces but lets through false faces on unmasked photos that score 0.08-0.16 (docs/detector.md).
+    # faces, but such false faces on unmasked photos score up to 0.16 (docs/detector.md).
     stock_check: float = ruled(0.3, FRACTION)
 
 

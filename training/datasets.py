@@ -154,7 +154,8 @@ def file_sha256(path: Path) -> str:
     return sha256_bytes(path.read_bytes())
 
 
-def _is_image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
+    """Whether `path` is an image file a dataset may hold (by extension; hidden files are not)."""
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -174,7 +175,7 @@ def _scan_class_folders(root: Path, layout: Layout, report: SourceReport) -> lis
     if not folders:
         raise DataSpecError(f"{root}: expected one sub-folder per class, found none")
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if _is_image(p))
+        files = sorted(p for p in folder.iterdir() if is_image(p))
         try:
             label = Label.parse(folder.name)
         except UnknownLabelError:
@@ -257,7 +258,7 @@ def resolve_voc_image(image_dir: Path, filename: str, stem: str) -> Path | None:
         for ext in IMAGE_EXTENSIONS:
             candidates += [image_dir / f"{base}{ext}", image_dir / f"{base}{ext.upper()}"]
     for candidate in candidates:
-        if _is_image(candidate):
+        if is_image(candidate):
             return candidate
     return None
 

@@ -26,11 +26,12 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from maskgate.config import Config, DetectorConfig
+from maskgate.config import FRACTION, Config, DetectorConfig
 from maskgate.core import Decision, Event, Label
-from maskgate.gate.detector import CalibratedDetector, box_calibration
+from maskgate.crop import BoxCalibration
+from maskgate.gate.detector import box_calibration
 from maskgate.training import cropset, evaluate
-from maskgate.training.datasets import DataSpec
+from maskgate.training.datasets import DataSpec, is_image
 
 LARGE = ">=60"  # the issue's "faces of 60 px and more"
 BANDS = ("all", "<32", "32-96", ">=96", ">=32")
@@ -40,10 +41,10 @@ MASKED = (Label.WITH_MASK, Label.IMPROPER_MASK)
 UNMASKED = ("folders/chandrikadeb7/without_mask", "folders/comp6721/without_mask")
 
 
-def clip_frames(detector, classifier, card, videos: Path, progress: bool = True) -> dict[str, dict[str, int]]:
+def clip_frames(
+    detector, calibration: BoxCalibration, classifier, videos: Path, progress: bool = True
+) -> dict[str, dict[str, int]]:
     """Per clip: frames, frames with a face, frames with a face the classifier calls masked."""
-    from maskgate.crop import EmptyCropError, crop_face
-
     out = {}
     for path in sorted(videos.glob("*.mp4")):
         capture = cv2.VideoCapture(str(path))
@@ -58,14 +59,8 @@ def clip_frames(detector, classifier, card, videos: Path, progress: bool = True)
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             faces = detector.detect(rgb)
             with_face += bool(faces)
-            crops = []
-            for face in faces:
-                try:
-                    crops.append(crop_face(rgb, face.box, card.crop))
-                except EmptyCropError:
-                    continue
-            labels = [max(c.probabilities, key=c.probabilities.get) for c in classifier.classify(crops)]
-            masked += any(Label(label) in MASKED for label in labels)
+            classified = evaluate.classify_faces(rgb, faces, classifier, calibration)
+            masked += any(c.label in MASKED for _, c in classified)
         capture.release()
         bar.close()
         out[path.name] = {"frames": frames, "with_face": with_face, "masked_face": masked}
@@ -73,38 +68,39 @@ def clip_frames(detector, classifier, card, videos: Path, progress: bool = True)
 
 
 def unmasked_photos(
-    detector, calibration, classifier, policy, folders: Sequence[Path], progress: bool = True
+    detector, calibration: BoxCalibration, classifier, policy, folders: Sequence[Path], progress: bool = True
 ) -> dict[str, object]:
-    """On photos of people without a mask: photos, photos with a face, and the photos with a face
-    whose classification the gate's policy would count toward opening the door (listed).
+    """On photos of people without a mask: photos, unreadable files, photos with a face, and the
+    photos with a face whose classification the gate's policy would count toward opening the door
+    (listed as FOLDER'S PARENT/FOLDER/NAME).
 
     Five clips show a detector's door decisions for two unmasked people; thousands of unmasked
     photos show how often it offers the classifier a face to call masked. Boxes as the agent
-    uses them: the detector's own for the policy, calibrated for the crop.
+    uses them: the detector's own for the policy, through `calibration` for the crop.
     """
-    from maskgate.crop import EmptyCropError, crop_face
     from maskgate.training.cropset import read_rgb
 
-    paths = [path for folder in folders for path in sorted(folder.iterdir()) if path.is_file()]
-    photos = with_face = 0
+    paths = [path for folder in folders for path in sorted(folder.iterdir()) if is_image(path)]
+    photos = unreadable = with_face = 0
     opening: list[str] = []
     for path in tqdm(paths, desc="unmasked photos", disable=not progress, leave=False):
         rgb = read_rgb(path)
         if rgb is None:
+            unreadable += 1
             continue
         photos += 1
-        faces, crops = [], []
-        for face in detector.detect(rgb):
-            try:
-                crops.append(crop_face(rgb, face.box, classifier.crop, calibration))
-            except EmptyCropError:
-                continue
-            faces.append(face)
+        faces = detector.detect(rgb)
         with_face += bool(faces)
-        pairs = zip(faces, classifier.classify(crops), strict=True)
-        if any(policy.opens(c.label) and policy.is_evidence(face, c) for face, c in pairs):
-            opening.append(f"{path.parent.name}/{path.name}")
-    return {"photos": photos, "with_face": with_face, "opening": len(opening), "opening_photos": opening}
+        classified = evaluate.classify_faces(rgb, faces, classifier, calibration)
+        if any(policy.opens(c.label) and policy.is_evidence(face, c) for face, c in classified):
+            opening.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name}")
+    return {
+        "photos": photos,
+        "unreadable": unreadable,
+        "with_face": with_face,
+        "opening": len(opening),
+        "opening_photos": opening,
+    }
 
 
 class _Decisions:
@@ -161,9 +157,8 @@ def compare(
         )
         results[name] = {key: report[key] for key in ("detector", "seconds", "bands")}
         if videos is not None and videos.is_dir():
-            # The boxes the gate crops: calibrated as evaluate_scenes calibrates them.
-            gate_view = CalibratedDetector(detector, box_calibration(config))
-            results[name]["clips"] = clip_frames(gate_view, classifier, classifier.card, videos, progress)
+            calibration = box_calibration(config)
+            results[name]["clips"] = clip_frames(detector, calibration, classifier, videos, progress)
             gate = replace(Config(), detector=config)
             results[name]["door"] = clip_decisions(gate, detector, model, videos)
         if unmasked:
@@ -224,18 +219,14 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def with_check(settings: DetectorConfig) -> DetectorConfig:
-    """`settings` whose model names ``FOLDER@CHECK`` as the folder and its stock check."""
-    folder, at, check = settings.model.rpartition("@")
-    if not at:
-        return settings
+def folder_and_check(value: str) -> tuple[str, float | None]:
+    """``FOLDER@CHECK`` as the folder and the stock check; a value without a number after its last
+    ``@`` is all folder (a folder's name may hold an ``@``)."""
+    folder, at, check = value.rpartition("@")
     try:
-        value = float(check)
+        return (folder, float(check)) if at else (value, None)
     except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise SystemExit(f"--with-stock {settings.model}: {check!r} is not a stock check (0 to 1)")
-    return replace(settings, model=folder, stock_check=value)
+        return value, None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -256,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         default=[],
         help="NAME=FOLDER[@CHECK], repeatable: the folder's nets beside the stock nets "
-        "(detector.with_stock), CHECK the detector.stock_check to use (default: as configured)",
+        "(detector.with_stock), CHECK the detector.stock_check to use (default: as configured; "
+        "a sweep names several)",
     )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
@@ -267,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="*",
         default=list(UNMASKED),
         help="folders of photos of people without a mask (under paths.datasets), where a face the "
-        "policy would count toward opening the door is a fault; none: skip",
+        "policy would count toward opening the door is a fault; none: skip (about a minute per "
+        "detector for the default 2,146 photos)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -278,15 +271,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         for items, calibrate, paired in (
             (args.detector, calibrated, paired_as_configured),
             (args.calibrated, True, paired_as_configured),
-            (args.with_stock, calibrated, True),
         )
         for name, folder in (item.partition("=")[::2] for item in items)
     ]
+    for item in args.with_stock:
+        name, value = item.partition("=")[::2]
+        folder, check = folder_and_check(value)
+        if check is not None and not FRACTION.holds(check):
+            parser.error(f"--with-stock {item}: the stock check must be {FRACTION.says}")
+        paired = replace(config.detector, model=folder, box_calibration=calibrated, with_stock=True)
+        named.append((name, paired if check is None else replace(paired, stock_check=check)))
     if not named or len({name for name, _ in named}) < len(named):
         parser.error(
             "give each detector a different NAME (--detector, --calibrated or --with-stock NAME=FOLDER)"
         )
-    detectors = {name: with_check(settings) if settings.with_stock else settings for name, settings in named}
+    detectors = dict(named)
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

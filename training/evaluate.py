@@ -24,9 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from maskgate.config import DetectorConfig
-from maskgate.core import LABELS, utcnow
+from maskgate.core import LABELS, Classification, Face, utcnow
 from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face
-from maskgate.gate.detector import box_calibration, calibrated
+from maskgate.gate.detector import box_calibration
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
@@ -170,7 +170,7 @@ def evaluate_scenes(
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
         for _, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
-            detected = _detect_and_classify(rgb, detector, calibration, classifier, card)
+            detected = _detect_and_classify(rgb, detector, calibration, classifier)
             results.append(SceneResult(truth, detected))
         reports.append(report)
     if not results:
@@ -220,25 +220,31 @@ def labelled_scenes(
 
 
 def _detect_and_classify(
-    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier, card: ModelCard
+    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier
 ) -> tuple[Detection, ...]:
     """The gate's view of one scene: detected faces with calibrated boxes, classified in one call.
 
-    The calibrated box is both what is matched against the hand-drawn boxes and what is cropped
-    (the same crop as ``crop_face(image, detected_box, spec, calibration)`` at the gate).
+    The calibrated box is both what is matched against the hand-drawn boxes and what is cropped.
     """
-    faces, crops = [], []
-    for face in calibrated(detector.detect(rgb), calibration):
+    return tuple(
+        Detection(calibration.apply(face.box), face.score, tuple(c.probabilities[label] for label in LABELS))
+        for face, c in classify_faces(rgb, detector.detect(rgb), classifier, calibration)
+    )
+
+
+def classify_faces(
+    image: np.ndarray, faces: Sequence[Face], classifier, calibration: BoxCalibration
+) -> list[tuple[Face, Classification]]:
+    """Each face of `image` with the classifier's verdict, in one call, cropped as the gate crops
+    it (its detector box through `calibration`); a face whose crop is empty is left out."""
+    kept, crops = [], []
+    for face in faces:
         try:
-            crops.append(crop_face(rgb, face.box, card.crop))
+            crops.append(crop_face(image, face.box, classifier.crop, calibration))
         except EmptyCropError:
             continue
-        faces.append(face)
-    classes = classifier.classify(crops)  # one call per image, as the gate does per frame
-    return tuple(
-        Detection(face.box, face.score, tuple(c.probabilities[label] for label in LABELS))
-        for face, c in zip(faces, classes, strict=True)
-    )
+        kept.append(face)
+    return list(zip(kept, classifier.classify(crops), strict=True))
 
 
 def format_report(report: dict) -> str:

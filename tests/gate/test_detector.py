@@ -250,12 +250,13 @@ def test_with_stock_a_face_only_the_tuned_nets_find_must_pass_the_stock_check():
     for asked, face in zip(scores.boxes, (masked, trees), strict=True):
         there = stock_calibration.apply(asked)
         assert there.center == pytest.approx(tuned_calibration.apply(face.box).center)
-    stock_faces, added, added_scores = checked.proposals(np.zeros((480, 640, 3), np.uint8))
+    stock_faces, added, added_scores = checked.stock_and_added(np.zeros((480, 640, 3), np.uint8))
     assert (stock_faces, added, list(added_scores)) == ([], [masked, trees], [0.9, 0.1])
     unchecked = StockFirstDetector(tuned, FixedFaces(), tuned_calibration, stock_calibration, scores, 0.0)
     assert unchecked.detect(np.zeros((480, 640, 3), np.uint8)) == [trees, masked]
     asked = len(scores.boxes)
-    assert list(unchecked.proposals(np.zeros((480, 640, 3), np.uint8))[2]) == [1.0, 1.0]
+    _, added, not_scored = unchecked.stock_and_added(np.zeros((480, 640, 3), np.uint8))
+    assert added == [masked, trees] and np.isnan(not_scored).all() and len(not_scored) == 2
     assert len(scores.boxes) == asked  # without a check the stock ONet is not run
 
 
@@ -339,7 +340,7 @@ def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_t
         ok, bgr = capture.read()
         assert ok, index
         if index >= 33:
-            _, _, added_scores = paired.proposals(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            _, _, added_scores = paired.stock_and_added(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             scores += list(added_scores)
     capture.release()
     assert len(scores) >= 20  # the false faces are there to check
@@ -371,7 +372,9 @@ def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_mas
     paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
     paired = make_detector(replace(Config(), detector=paired_config))
     image = read_rgb(path)
-    stock_faces, [false_face], [score] = paired.proposals(image)
+    stock_faces, added, scores = paired.stock_and_added(image)
+    assert len(added) == 1, added  # the false face, and nothing else the tuned nets add
+    [false_face], [score] = added, scores
     assert false_face.box.side >= 60 and score == pytest.approx(measured, abs=0.02)
     assert score < paired_config.stock_check
     assert paired.detect(image) == stock_faces

@@ -5,13 +5,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
-from maskgate.config import Config, DetectorConfig
-from maskgate.core import Box, Face
-from maskgate.crop import BoxCalibration
+from maskgate.config import Config
+from maskgate.core import Box, Classification, Face
+from maskgate.crop import BoxCalibration, CropSpec
 from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
-from maskgate.training.detector_compare import clip_decisions, table, unmasked_photos, with_check
+from maskgate.gate.policy import DecisionPolicy
+from maskgate.training.detector_compare import (
+    clip_decisions,
+    folder_and_check,
+    main,
+    table,
+    unmasked_photos,
+)
 from tests.training.conftest import DATASETS, ROOT
 
 MODEL = ROOT / "models" / "default"
@@ -52,8 +61,14 @@ def test_the_table_puts_each_detectors_door_decisions_side_by_side():
         }
 
     stock, tuned = result(0.7, ["deny without_mask 0.63"]), result(0.9, [])
-    stock["unmasked"] = {"photos": 20, "with_face": 19, "opening": 0, "opening_photos": []}
-    tuned["unmasked"] = {"photos": 20, "with_face": 20, "opening": 1, "opening_photos": ["x/1.jpg"]}
+    stock["unmasked"] = {"photos": 20, "unreadable": 0, "with_face": 19, "opening": 0, "opening_photos": []}
+    tuned["unmasked"] = {
+        "photos": 20,
+        "unreadable": 0,
+        "with_face": 20,
+        "opening": 1,
+        "opening_photos": ["x/1.jpg"],
+    }
     text = table({"stock": stock, "tuned": tuned})
     assert "| 20 | 19 / 0 | 20 / 1 |" in text
     assert "| a.mp4 | 10 | 9 / 8 | 9 / 8 |" in text
@@ -63,14 +78,20 @@ def test_the_table_puts_each_detectors_door_decisions_side_by_side():
 
 
 def test_a_pair_may_name_its_stock_check_after_the_folder():
-    paired = DetectorConfig(model="models/detector-masked@0.3", with_stock=True)
-    expected = DetectorConfig(model="models/detector-masked", with_stock=True, stock_check=0.3)
-    assert with_check(paired) == expected
-    as_configured = DetectorConfig(model="models/detector-masked", with_stock=True)
-    assert with_check(as_configured) == as_configured
-    for bad in ("models/detector-masked@high", "models/detector-masked@1.5", "models/detector-masked@"):
-        with pytest.raises(SystemExit, match="is not a stock check"):
-            with_check(DetectorConfig(model=bad, with_stock=True))
+    assert folder_and_check("models/detector-masked@0.05") == ("models/detector-masked", 0.05)
+    assert folder_and_check("models/detector-masked@0") == ("models/detector-masked", 0.0)
+    assert folder_and_check("models/detector-masked@1") == ("models/detector-masked", 1.0)
+    assert folder_and_check("models/detector-masked") == ("models/detector-masked", None)
+    assert folder_and_check("models/det@v2") == ("models/det@v2", None)  # an @ in the folder's name
+    assert folder_and_check("runs/a@b@0.3") == ("runs/a@b", 0.3)
+
+
+@pytest.mark.parametrize("check", ["1.5", "-0.1", "nan"])
+def test_a_stock_check_outside_0_to_1_is_refused_before_anything_runs(check, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--with-stock", f"pair=models/detector-masked@{check}"])
+    assert exit_info.value.code == 2
+    assert "the stock check must be between 0 and 1" in capsys.readouterr().err
 
 
 class WholeImage:
@@ -87,7 +108,6 @@ class WholeImage:
 @pytest.mark.slow
 def test_unmasked_photos_count_the_faces_the_policy_would_open_the_door_for(tmp_path: Path):
     from maskgate.gate.classifier import MaskClassifier
-    from maskgate.gate.policy import DecisionPolicy
 
     photos = DATASETS / "folders" / "chandrikadeb7"
     masked, bare = photos / "with_mask" / "0417.jpg", photos / "without_mask" / "0_0_aidai_0014.jpg"
@@ -101,7 +121,60 @@ def test_unmasked_photos_count_the_faces_the_policy_would_open_the_door_for(tmp_
     classifier, policy = MaskClassifier(MODEL), DecisionPolicy(Config().policy, "test")
 
     sure = unmasked_photos(WholeImage(0.99), BoxCalibration(), classifier, policy, [folder], progress=False)
-    assert sure == {"photos": 2, "with_face": 2, "opening": 1, "opening_photos": ["without_mask/masked.jpg"]}
+    assert sure == {
+        "photos": 2,
+        "unreadable": 1,
+        "with_face": 2,
+        "opening": 1,
+        "opening_photos": [f"{tmp_path.name}/without_mask/masked.jpg"],
+    }
     # A face the detector is unsure of is no evidence for the policy, whatever the classifier says.
     unsure = unmasked_photos(WholeImage(0.5), BoxCalibration(), classifier, policy, [folder], progress=False)
     assert (unsure["with_face"], unsure["opening"]) == (2, 0)
+
+
+class ByBrightness:
+    """A classifier that calls a bright crop `with_mask` and a dark one `without_mask`, both sure."""
+
+    crop = CropSpec(size=32)
+
+    def classify(self, crops):
+        return [
+            Classification.from_vector([0.98, 0.01, 0.01] if crop.mean() > 127 else [0.01, 0.98, 0.01])
+            for crop in crops
+        ]
+
+
+def test_only_a_face_that_counts_toward_opening_the_door_is_a_fault(tmp_path: Path):
+    folder = tmp_path / "people" / "without_mask"
+    folder.mkdir(parents=True)
+    for name, value in (("bright.png", 250), ("dark.png", 5)):
+        cv2.imwrite(str(folder / name), np.full((120, 120, 3), value, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("not a photo")
+    policy = DecisionPolicy(Config().policy, "test")
+
+    def count(detector):
+        return unmasked_photos(detector, BoxCalibration(), ByBrightness(), policy, [folder], progress=False)
+
+    # The dark photo's face is sure but keeps the door shut; only the bright one opens.
+    assert count(WholeImage(0.99)) == {
+        "photos": 2,
+        "unreadable": 1,
+        "with_face": 2,
+        "opening": 1,
+        "opening_photos": ["people/without_mask/bright.png"],
+    }
+    assert count(WholeImage(0.5))["opening"] == 0  # the detector unsure: no evidence
+    assert count(NoFaces()) == {
+        "photos": 2,
+        "unreadable": 1,
+        "with_face": 0,
+        "opening": 0,
+        "opening_photos": [],
+    }
+
+
+class NoFaces:
+    def detect(self, image):
+        return []
