@@ -285,25 +285,32 @@ def test_the_stock_onet_scores_a_face_high_and_a_wall_low_at_any_frame_width(doo
         assert stock.face_scores(frame, []).shape == (0,)
 
 
+@pytest.fixture(scope="module")
+def shipped_pair() -> tuple[DetectorConfig, StockFirstDetector]:
+    """The shipped tuned nets beside the stock nets, as a gate with `detector.with_stock` builds them."""
+    from dataclasses import replace
+
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+
+    config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
+    return config, make_detector(replace(Config(), detector=config))
+
+
 # fmd scenes of the validation split (never trained on; the split stock_check was chosen on) whose
 # masked faces of 60 px and more the stock nets miss.
 MISSED_BY_STOCK = ["maksssksksss25", "maksssksksss275", "maksssksksss309"]
 
 
 @pytest.mark.slow
-def test_the_masked_detector_beside_the_stock_nets_finds_masked_faces_stock_misses():
-    from dataclasses import replace
-
-    from maskgate.config import Config
-    from maskgate.gate.build import make_detector
+def test_the_masked_detector_beside_the_stock_nets_finds_masked_faces_stock_misses(shipped_pair):
     from maskgate.training.cropset import read_rgb
     from maskgate.training.datasets import parse_voc
 
     scenes = DATASETS / "scenes" / "fmd"
     if not scenes.is_dir():
         pytest.skip(f"shared dataset {scenes} is not present")
-    paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
-    paired = make_detector(replace(Config(), detector=paired_config))
+    paired_config, paired = shipped_pair
     stock = LiteRtMtcnnDetector()
     for name in MISSED_BY_STOCK:
         image = read_rgb(scenes / "images" / f"{name}.jpg")
@@ -320,20 +327,16 @@ def test_the_masked_detector_beside_the_stock_nets_finds_masked_faces_stock_miss
 
 
 @pytest.mark.slow
-def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_the_stock_check():
+def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_the_stock_check(
+    shipped_pair,
+):
     # In gituatu_nomask the tuned nets alone box the trees behind the bearded man as a face, and
     # the classifier calls it masked: the door opened. Those faces score at most 0.011 with the
     # stock ONet; the default check must turn them away with room to spare.
-    from dataclasses import replace
-
-    from maskgate.config import Config
-    from maskgate.gate.build import make_detector
-
     clip = DATASETS / "videos" / "gituatu_nomask.mp4"
     if not clip.is_file():
         pytest.skip(f"shared clip {clip} is not present")
-    paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
-    paired = make_detector(replace(Config(), detector=paired_config))
+    paired_config, paired = shipped_pair
     capture = cv2.VideoCapture(str(clip))
     scores = []
     for index in range(1, 97):  # the trees are boxed in frames 33 to 96
@@ -357,20 +360,17 @@ FALSE_MASKED_FACES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("photo", "measured"), FALSE_MASKED_FACES)
-def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_masked(photo, measured):
+def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_masked(
+    photo, measured, shipped_pair
+):
     # A check at 0.05 finds more masked faces (docs/detector.md) but lets the first of these
     # through: beside an unmasked person it would be a second, "masked" track at the door.
-    from dataclasses import replace
-
-    from maskgate.config import Config
-    from maskgate.gate.build import make_detector
     from maskgate.training.cropset import read_rgb
 
     path = DATASETS / "folders" / photo
     if not path.is_file():
         pytest.skip(f"shared photo {path} is not present")
-    paired_config = DetectorConfig(model=str(ROOT / "models" / "detector-masked"), with_stock=True)
-    paired = make_detector(replace(Config(), detector=paired_config))
+    paired_config, paired = shipped_pair
     image = read_rgb(path)
     stock_faces, added, scores = paired.stock_and_added(image)
     assert len(added) == 1, added  # the false face, and nothing else the tuned nets add
