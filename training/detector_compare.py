@@ -156,14 +156,14 @@ def compare(
             model, [spec], split, config, progress, detector=detector, extra_bands=[LARGE]
         )
         results[name] = {key: report[key] for key in ("detector", "seconds", "bands")}
+        calibration = box_calibration(config)  # how the gate crops this detector's boxes
         if videos is not None and videos.is_dir():
-            calibration = box_calibration(config)
             results[name]["clips"] = clip_frames(detector, calibration, classifier, videos, progress)
             gate = replace(Config(), detector=config)
             results[name]["door"] = clip_decisions(gate, detector, model, videos)
         if unmasked:
             results[name]["unmasked"] = unmasked_photos(
-                detector, box_calibration(config), classifier, policy, unmasked, progress
+                detector, calibration, classifier, policy, unmasked, progress
             )
     return results
 
