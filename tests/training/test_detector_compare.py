@@ -178,3 +178,23 @@ def test_only_a_face_that_counts_toward_opening_the_door_is_a_fault(tmp_path: Pa
 class NoFaces:
     def detect(self, image):
         return []
+
+
+@pytest.mark.slow
+def test_compare_reports_the_unmasked_photos_beside_the_scenes(tmp_path: Path):
+    from maskgate.config import DetectorConfig
+    from maskgate.training.detector_compare import compare
+
+    bare = DATASETS / "folders" / "chandrikadeb7" / "without_mask" / "0_0_aidai_0014.jpg"
+    if not (bare.is_file() and (DATASETS / "scenes" / "fmd").is_dir()):
+        pytest.skip(f"shared datasets in {DATASETS} are not present")
+    folder = tmp_path / "without_mask"
+    folder.mkdir()
+    shutil.copy(bare, folder / "bare.jpg")
+    results = compare(
+        {"stock": DetectorConfig()}, MODEL, "scenes/fmd", "test", None, DATASETS, False, [folder]
+    )
+    assert results["stock"]["bands"][">=60"]["ground_truth"]["with_mask"] > 0  # the scenes were run
+    assert "clips" not in results["stock"]  # no clip folder given
+    unmasked = results["stock"]["unmasked"]
+    assert (unmasked["photos"], unmasked["with_face"], unmasked["opening"]) == (1, 1, 0)
