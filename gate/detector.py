@@ -300,8 +300,11 @@ def calibration_mismatch(card: ModelCard, calibration: BoxCalibration) -> str | 
     photos = card.training.get("detector_for_photos")
     if not isinstance(photos, dict) or "calibration" not in photos:
         return None
+    # Photos located by a detector folder beside the stock nets were cut as crops_calibrated_as
+    # says such a detector cuts: through the stock calibration.
+    key = "stock_calibration" if "stock_calibration" in photos else "calibration"
     try:
-        trained = BoxCalibration.from_json(photos["calibration"])
+        trained = BoxCalibration.from_json(photos[key])
     except ValueError:
         return None
     pairs = zip(trained.to_json().values(), calibration.to_json().values(), strict=True)

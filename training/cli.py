@@ -119,6 +119,13 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         help="only images of this split in the model's manifest (default: all images)",
     )
     p.add_argument("--json", type=Path, help="write the metrics here (schema: docs/training.md)")
+    p.add_argument(
+        "--errors",
+        type=Path,
+        metavar="DIR",
+        help="crops: write the misclassified faces here for review, most confident first "
+        "(errors.csv: source, image, label, prediction, probabilities; errors.png: the crops)",
+    )
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
     p.add_argument(
         "--detector-model",
@@ -288,8 +295,12 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
             detector = replace(detector, box_calibration=False)
         if args.mode == "crops":  # the detector crops `photos` (at its own minimum face)
             progress = not args.quiet
-            report = evaluate.evaluate_crops(args.model, specs, args.split, args.cache, progress, detector)
+            report = evaluate.evaluate_crops(
+                args.model, specs, args.split, args.cache, progress, detector, args.errors
+            )
         else:
+            if args.errors:
+                raise UsageError("--errors: only for --mode crops (scenes have no labelled crops to show)")
             if args.min_face_size:
                 detector = replace(detector, min_face_size=args.min_face_size)
                 problems = rule_problems(detector, "detector.")
@@ -302,6 +313,8 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     except evaluate.EvaluationError as exc:
         raise UsageError(str(exc)) from None
     print(evaluate.format_report(report))
+    if args.errors:
+        print(f"wrote the misclassified faces to {args.errors}")
     if args.json:
         evaluate.write_json(args.json, report)
         print(f"wrote {args.json}")

@@ -12,6 +12,7 @@ parse it, so fields are only ever added.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 BATCH = 64
+ERRORS_CSV = "errors.csv"
+ERRORS_SHEET = "errors.png"
+ERRORS_SHOWN = 96  # faces on the sheet; the CSV lists every error
 
 
 class EvaluationError(ValueError):
@@ -112,8 +116,10 @@ def evaluate_crops(
     cache_dir: Path | None,
     progress: bool = True,
     detector: DetectorConfig | None = None,
+    errors: Path | None = None,
 ) -> dict[str, object]:
-    """Classification metrics on labelled faces; `photos` are cropped with the gate's `detector`."""
+    """Classification metrics on labelled faces; `photos` are cropped with the gate's `detector`.
+    With `errors`, the misclassified faces are written there for review (:func:`write_errors`)."""
     from maskgate.gate.classifier import MaskClassifier
 
     classifier = MaskClassifier(model_dir)
@@ -125,8 +131,11 @@ def evaluate_crops(
             f"no labelled faces to evaluate in {', '.join(map(str, specs))} (split {split})"
         )
     started = time.monotonic()
-    predicted = classify_crops(classifier, data.crops, progress).argmax(axis=1)
+    probabilities = classify_crops(classifier, data.crops, progress)
+    predicted = probabilities.argmax(axis=1)
     by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
+    if errors is not None:
+        write_errors(errors, data, probabilities)
     return {
         "schema": SCHEMA,
         "mode": "crops",
@@ -139,6 +148,39 @@ def evaluate_crops(
         "seconds": round(time.monotonic() - started, 2),
         "bands": {band: by_band[band].to_json() for band in BAND_NAMES},
     }
+
+
+def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
+    """The faces of `data` that `probabilities` classify wrongly, for a person to review:
+    ``errors.csv`` lists every one and ``errors.png`` shows the first ERRORS_SHOWN. Both are ordered
+    by the model's confidence, highest first: a confident error is as often a wrong label (or a
+    crop that misses the face) as a wrong model. Returns how many faces were wrong."""
+    from maskgate.training.plots import face_sheet
+
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != data.labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ERRORS_CSV).open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(
+            ["rank", "source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
+        )
+        for rank, i in enumerate(wrong, 1):
+            writer.writerow(
+                [rank, data.sources[i], data.images[i], round(float(data.sides[i]), 1)]
+                + [LABELS[data.labels[i]].value, LABELS[predicted[i]].value]
+                + [f"{p:.4f}" for p in probabilities[i]]
+            )
+    shown = wrong[:ERRORS_SHOWN]
+    captions = [
+        f"{rank}. {LABELS[data.labels[i]].value}, {data.sides[i]:.0f} px\n"
+        f"-> {LABELS[predicted[i]].value} {probabilities[i, predicted[i]]:.2f}"
+        for rank, i in enumerate(shown, 1)
+    ]
+    face_sheet(data.crops[shown], captions, folder / ERRORS_SHEET)
+    log.info("%d misclassified faces written to %s", len(wrong), folder)
+    return len(wrong)
 
 
 def evaluate_scenes(

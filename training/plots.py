@@ -60,3 +60,19 @@ def confusion_plot(matrix: np.ndarray, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def face_sheet(crops: np.ndarray, captions: Sequence[str], path: Path, columns: int = 8) -> None:
+    """Face crops in a grid, each above its caption: a sheet a person can review at a glance."""
+    plt = _pyplot()
+    rows = max(1, -(-len(crops) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, crop, caption in zip(axes.flat, crops, captions, strict=False):
+        grey = crop.shape[-1] == 1
+        ax.imshow(crop.squeeze(-1) if grey else crop, cmap="gray" if grey else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

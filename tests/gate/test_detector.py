@@ -480,3 +480,24 @@ def test_a_model_trained_on_other_crops_than_the_gate_cuts_is_named():
         shipped, training={k: v for k, v in shipped.training.items() if k != "detector_for_photos"}
     )
     assert calibration_mismatch(unrecorded, BoxCalibration()) is None
+
+
+def test_a_model_whose_photos_the_pair_located_matches_a_stock_calibrated_gate(shipped_pair):
+    """Photos located by the tuned nets beside the stock ones were cut as the pair cuts: through the
+    stock calibration, whatever the folder's own calibration is."""
+    from dataclasses import replace
+
+    from maskgate.gate.detector import calibration_mismatch, crops_calibrated_as
+    from maskgate.modelcard import load_card
+    from maskgate.training.cropset import photo_detector_record
+
+    paired, detector = shipped_pair
+    shipped = load_card(ROOT / "models" / "default")
+    record = photo_detector_record(paired)
+    stock = box_calibration(DetectorConfig())
+    assert record["calibration"] != record["stock_calibration"] == stock.to_json()
+    card = replace(shipped, training=shipped.training | {"detector_for_photos": record})
+    assert calibration_mismatch(card, stock) is None  # a stock gate
+    assert calibration_mismatch(card, crops_calibrated_as(detector, box_calibration(paired))) is None
+    reason = calibration_mismatch(card, BoxCalibration())  # a gate that does not calibrate
+    assert reason and "detector.box_calibration" in reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from maskgate.config import DetectorConfig
 from maskgate.core import Box, Face
 from maskgate.crop import BoxCalibration
 from maskgate.training import evaluate
+from maskgate.training.cropset import CropSet
 from maskgate.training.datasets import DataSpec, parse_voc
 
 BANDS = {"all", "<32", "32-96", ">=96", ">=32"}
@@ -42,8 +44,10 @@ def test_train_refuses_non_commercial_data_unless_asked(datasets: Path, tmp_path
 def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "crops.json"
     faces = tiny_model.parent / "faces"
+    errors = tmp_path / "errors"
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(faces), "--split", "test",
-                 "--json", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0  # fmt: skip
+                 "--json", str(out), "--cache", str(tmp_path / "cache"), "--quiet",
+                 "--errors", str(errors)]) == 0  # fmt: skip
     report = json.loads(out.read_text())
     assert report["schema"] == 1 and report["mode"] == "crops" and report["split"] == "test"
     assert report["model"]["sha256"] and set(report["bands"]) == BANDS
@@ -52,6 +56,13 @@ def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_mo
     assert band["count"] == report["faces"] == 18  # 25 % of the 72 images, by image
     assert set(band) == {"count", "accuracy", "macro_f1", "per_class", "confusion"}
     assert sum(map(sum, band["confusion"])) == 18
+    # the review files list exactly the faces the confusion matrix counts off its diagonal
+    confusion = np.asarray(band["confusion"])
+    rows = list(csv.DictReader((errors / "errors.csv").open()))
+    assert len(rows) == confusion.sum() - np.trace(confusion)
+    for row in rows:
+        assert row["label"] != row["predicted"] and row["image"] and row["source"]
+    assert (errors / "errors.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow
@@ -186,3 +197,33 @@ def test_evaluate_scenes_needs_voc(tmp_path: Path):
     (tmp_path / "with_mask").mkdir()
     with pytest.raises(evaluate.EvaluationError, match="needs VOC"):
         evaluate.evaluate_scenes(tmp_path, [DataSpec.parse(str(tmp_path))], "all", DetectorConfig())
+
+
+def test_evaluate_errors_are_for_crops_only(tmp_path: Path, capsys):
+    (tmp_path / "annotations").mkdir()
+    code = main(["evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--mode", "scenes",
+                 "--errors", str(tmp_path / "errors")])  # fmt: skip
+    assert code == 2 and "--errors: only for --mode crops" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channels", [3, 1])  # compact's RGB crops and the seed's grey ones
+def test_write_errors_lists_the_wrong_faces_most_confident_first(tmp_path: Path, rng, channels: int):
+    crops = rng.integers(0, 256, (5, 24, 24, channels), dtype=np.uint8)
+    data = CropSet(
+        crops,
+        labels=np.asarray([0, 1, 2, 0, 1]),
+        sides=np.asarray([40, 50, 60, 70, 80], np.float32),
+        sources=np.asarray(["fmd"] * 5),
+        images=np.asarray([f"img{i}.jpg" for i in range(5)]),
+    )
+    probabilities = np.asarray(
+        [[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.05, 0.05, 0.9], [0.2, 0.7, 0.1]], np.float32
+    )
+    assert evaluate.write_errors(tmp_path, data, probabilities) == 2
+    rows = list(csv.DictReader((tmp_path / evaluate.ERRORS_CSV).open()))
+    assert [(r["rank"], r["image"], r["label"], r["predicted"]) for r in rows] == [
+        ("1", "img3.jpg", "with_mask", "improper_mask"),  # 0.9 sure of the wrong label: first
+        ("2", "img1.jpg", "without_mask", "with_mask"),
+    ]
+    assert float(rows[0]["p_improper_mask"]) == pytest.approx(0.9) and rows[0]["side_px"] == "70.0"
+    assert (tmp_path / evaluate.ERRORS_SHEET).read_bytes().startswith(b"\x89PNG")
