@@ -292,10 +292,12 @@ def calibration_mismatch(card: ModelCard, calibration: BoxCalibration) -> str | 
     """Why the classifier of `card` would see other crops at this gate than it was trained on, or None.
 
     Its `photos` crops were cut around detector boxes mapped through the calibration its card
-    records; a gate calibrating otherwise (or not at all) shifts every crop, and the classifier
-    was measured unsafe that way (docs/detector.md, "Safety at the door"). None when the card
-    records no calibration: older models, and models trained without a `photos` source (their
-    crops come from annotated boxes, which a calibrated gate's crops resemble).
+    records (for photos a detector folder located beside the stock nets, the stock calibration:
+    :func:`crops_calibrated_as`); a gate calibrating otherwise (or not at all) shifts every crop,
+    and the classifier was measured unsafe that way (docs/detector.md, "Safety at the door").
+    None when the card records no calibration: older models, and models trained without a
+    `photos` source (their crops come from annotated boxes, which a calibrated gate's crops
+    resemble).
     """
     photos = card.training.get("detector_for_photos")
     if not isinstance(photos, dict) or "calibration" not in photos:

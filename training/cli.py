@@ -124,7 +124,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="DIR",
         help="crops: write the misclassified faces here for review, most confident first "
-        "(errors.csv: source, image, label, prediction, probabilities; errors.png: the crops)",
+        "(errors.csv: rank, source, image, face side, label, prediction, probabilities; errors.png: "
+        "the crops)",
     )
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
     p.add_argument(

@@ -152,7 +152,8 @@ def evaluate_crops(
 
 def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
     """The faces of `data` that `probabilities` classify wrongly, for a person to review:
-    ``errors.csv`` lists every one and ``errors.png`` shows the first ERRORS_SHOWN. Both are ordered
+    ``errors.csv`` lists every one and ``errors.png`` shows the first ERRORS_SHOWN (no sheet when
+    none is wrong). Both are ordered
     by the model's confidence, highest first: a confident error is as often a wrong label (or a
     crop that misses the face) as a wrong model. Returns how many faces were wrong."""
     from maskgate.training.plots import face_sheet
@@ -162,7 +163,7 @@ def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ERRORS_CSV).open("w", newline="") as out:
-        writer = csv.writer(out)
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(
             ["rank", "source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
         )
@@ -172,13 +173,17 @@ def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
                 + [LABELS[data.labels[i]].value, LABELS[predicted[i]].value]
                 + [f"{p:.4f}" for p in probabilities[i]]
             )
+    sheet = folder / ERRORS_SHEET
+    sheet.unlink(missing_ok=True)  # a sheet left by an earlier run would show faces now right
+    if not len(wrong):
+        return 0
     shown = wrong[:ERRORS_SHOWN]
     captions = [
         f"{rank}. {LABELS[data.labels[i]].value}, {data.sides[i]:.0f} px\n"
         f"-> {LABELS[predicted[i]].value} {probabilities[i, predicted[i]]:.2f}"
         for rank, i in enumerate(shown, 1)
     ]
-    face_sheet(data.crops[shown], captions, folder / ERRORS_SHEET)
+    face_sheet(data.crops[shown], captions, sheet)
     log.info("%d misclassified faces written to %s", len(wrong), folder)
     return len(wrong)
 

@@ -1,4 +1,4 @@
-"""PNG plots for the model folder: training curves and the confusion matrix."""
+"""PNG plots: the model folder's training curves and confusion matrix, and sheets of face crops to review."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def face_sheet(crops: np.ndarray, captions: Sequence[str], path: Path, columns: 
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, crop, caption in zip(axes.flat, crops, captions, strict=False):
+    for ax, crop, caption in zip(axes.flat[: len(crops)], crops, captions, strict=True):
         grey = crop.shape[-1] == 1
         ax.imshow(crop.squeeze(-1) if grey else crop, cmap="gray" if grey else None, vmin=0, vmax=255)
         ax.set_title(caption, fontsize=7)

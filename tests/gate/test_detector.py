@@ -497,7 +497,14 @@ def test_a_model_whose_photos_the_pair_located_matches_a_stock_calibrated_gate(s
     stock = box_calibration(DetectorConfig())
     assert record["calibration"] != record["stock_calibration"] == stock.to_json()
     card = replace(shipped, training=shipped.training | {"detector_for_photos": record})
-    assert calibration_mismatch(card, stock) is None  # a stock gate
     assert calibration_mismatch(card, crops_calibrated_as(detector, box_calibration(paired))) is None
+    assert calibration_mismatch(card, stock) is None  # a stock gate
+    tuned_alone = BoxCalibration.from_json(record["calibration"])  # the folder's nets without stock
+    assert calibration_mismatch(card, tuned_alone) is not None
     reason = calibration_mismatch(card, BoxCalibration())  # a gate that does not calibrate
     assert reason and "detector.box_calibration" in reason
+    # paired, but cropping raw boxes: trained on raw crops, so only an uncalibrated gate matches
+    raw = replace(card, training=card.training | {"detector_for_photos": photo_detector_record(
+        replace(paired, box_calibration=False))})  # fmt: skip
+    assert calibration_mismatch(raw, BoxCalibration()) is None
+    assert calibration_mismatch(raw, stock) is not None

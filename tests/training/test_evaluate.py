@@ -226,4 +226,8 @@ def test_write_errors_lists_the_wrong_faces_most_confident_first(tmp_path: Path,
         ("2", "img1.jpg", "without_mask", "with_mask"),
     ]
     assert float(rows[0]["p_improper_mask"]) == pytest.approx(0.9) and rows[0]["side_px"] == "70.0"
-    assert (tmp_path / evaluate.ERRORS_SHEET).read_bytes().startswith(b"\x89PNG")
+    sheet = tmp_path / evaluate.ERRORS_SHEET
+    assert sheet.read_bytes().startswith(b"\x89PNG")
+    assert evaluate.write_errors(tmp_path, data, np.eye(3, dtype=np.float32)[data.labels]) == 0
+    assert len((tmp_path / evaluate.ERRORS_CSV).read_text().splitlines()) == 1  # the header only
+    assert not sheet.exists()  # no sheet of faces that are now right
