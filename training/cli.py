@@ -123,9 +123,10 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         "--errors",
         type=Path,
         metavar="DIR",
-        help="crops: write the misclassified faces here for review, most confident first "
+        help="write faces to review here: crops: the misclassified ones, most confident first "
         "(errors.csv: rank, source, image, face side, label, prediction, probabilities; errors.png: "
-        "the crops)",
+        "the crops); scenes: the annotated faces the detector missed, largest first (missed.csv, "
+        "missed.png)",
     )
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
     p.add_argument(
@@ -300,14 +301,14 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
                 args.model, specs, args.split, args.cache, progress, detector, args.errors
             )
         else:
-            if args.errors:
-                raise UsageError("--errors: only for --mode crops (scenes have no labelled crops to show)")
             if args.min_face_size:
                 detector = replace(detector, min_face_size=args.min_face_size)
                 problems = rule_problems(detector, "detector.")
                 if problems:
                     raise UsageError(f"--min-face-size: {'; '.join(problems)}")
-            report = evaluate.evaluate_scenes(args.model, specs, args.split, detector, not args.quiet)
+            report = evaluate.evaluate_scenes(
+                args.model, specs, args.split, detector, not args.quiet, errors=args.errors
+            )
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -315,7 +316,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(str(exc)) from None
     print(evaluate.format_report(report))
     if args.errors:
-        print(f"wrote the misclassified faces to {args.errors}")
+        print(f"wrote the faces to review to {args.errors}")
     if args.json:
         evaluate.write_json(args.json, report)
         print(f"wrote {args.json}")

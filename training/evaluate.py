@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,7 @@ from maskgate.training.metrics import (
     GroundTruth,
     SceneResult,
     crop_metrics_by_band,
+    missed_faces,
     scene_metrics,
 )
 from maskgate.training.split import MANIFEST_FILE, split_images
@@ -49,9 +50,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 BATCH = 64
-ERRORS_CSV = "errors.csv"
-ERRORS_SHEET = "errors.png"
-ERRORS_SHOWN = 96  # faces on the sheet; the CSV lists every error
+ERRORS_NAME = "errors"  # crops: errors.csv and errors.png, the misclassified faces
+MISSED_NAME = "missed"  # scenes: missed.csv and missed.png, the faces the detector did not find
+ERRORS_SHOWN = 96  # faces on a sheet; the CSV lists every one
 
 
 class EvaluationError(ValueError):
@@ -150,42 +151,74 @@ def evaluate_crops(
     }
 
 
-def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
-    """The faces of `data` that `probabilities` classify wrongly, for a person to review:
-    ``errors.csv`` lists every one and ``errors.png`` shows the first ERRORS_SHOWN (no sheet when
-    none is wrong). Both are ordered
-    by the model's confidence, highest first: a confident error is as often a wrong label (or a
-    crop that misses the face) as a wrong model. Returns how many faces were wrong."""
+def _write_review(
+    folder: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[object]], crops, captions
+) -> None:
+    """``NAME.csv`` with every row and ``NAME.png``, a sheet of the first ERRORS_SHOWN crops (none
+    when there are no rows: a sheet left by an earlier run would show faces that are now right)."""
     from maskgate.training.plots import face_sheet
 
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{name}.csv").open("w", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["rank", *header])
+        writer.writerows([rank, *row] for rank, row in enumerate(rows, 1))
+    sheet = folder / f"{name}.png"
+    sheet.unlink(missing_ok=True)
+    if len(rows):
+        face_sheet(np.asarray(crops[:ERRORS_SHOWN]), captions[:ERRORS_SHOWN], sheet)
+    log.info("%d faces written to %s", len(rows), sheet.with_suffix(".csv"))
+
+
+def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
+    """The faces of `data` that `probabilities` classify wrongly, for a person to review:
+    ``errors.csv`` lists every one and ``errors.png`` shows the first ERRORS_SHOWN, ordered by the
+    model's confidence, highest first: a confident error is as often a wrong label (or a crop that
+    misses the face) as a wrong model. Returns how many faces were wrong."""
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != data.labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ERRORS_CSV).open("w", newline="") as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(
-            ["rank", "source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
-        )
-        for rank, i in enumerate(wrong, 1):
-            writer.writerow(
-                [rank, data.sources[i], data.images[i], round(float(data.sides[i]), 1)]
-                + [LABELS[data.labels[i]].value, LABELS[predicted[i]].value]
-                + [f"{p:.4f}" for p in probabilities[i]]
-            )
-    sheet = folder / ERRORS_SHEET
-    sheet.unlink(missing_ok=True)  # a sheet left by an earlier run would show faces now right
-    if not len(wrong):
-        return 0
-    shown = wrong[:ERRORS_SHOWN]
+    rows = [
+        [data.sources[i], data.images[i], round(float(data.sides[i]), 1)]
+        + [LABELS[data.labels[i]].value, LABELS[predicted[i]].value]
+        + [f"{p:.4f}" for p in probabilities[i]]
+        for i in wrong
+    ]
     captions = [
         f"{rank}. {LABELS[data.labels[i]].value}, {data.sides[i]:.0f} px\n"
         f"-> {LABELS[predicted[i]].value} {probabilities[i, predicted[i]]:.2f}"
-        for rank, i in enumerate(shown, 1)
+        for rank, i in enumerate(wrong, 1)
     ]
-    face_sheet(data.crops[shown], captions, sheet)
-    log.info("%d misclassified faces written to %s", len(wrong), folder)
+    header = ["source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
+    _write_review(folder, ERRORS_NAME, header, rows, data.crops[wrong], captions)
     return len(wrong)
+
+
+@dataclass(frozen=True)
+class MissedFace:
+    """An annotated face the detector did not find, with its crop (the drawn box, the model's crop)."""
+
+    source: str
+    image: str
+    truth: GroundTruth
+    crop: np.ndarray
+
+
+def write_missed(folder: Path, missed: Sequence[MissedFace]) -> int:
+    """The annotated faces no detection matched, for a person to review: ``missed.csv`` and
+    ``missed.png``, largest face first (the misses that matter at a door)."""
+    ordered = sorted(missed, key=lambda m: -m.truth.box.side)
+    rows = [
+        [m.source, m.image, round(m.truth.box.side, 1), m.truth.label.value]
+        + [round(v, 1) for v in (m.truth.box.x1, m.truth.box.y1, m.truth.box.x2, m.truth.box.y2)]
+        for m in ordered
+    ]
+    captions = [
+        f"{rank}. {m.truth.label.value}\n{m.truth.box.side:.0f} px" for rank, m in enumerate(ordered, 1)
+    ]
+    header = ["source", "image", "side_px", "label", "x1", "y1", "x2", "y2"]
+    _write_review(folder, MISSED_NAME, header, rows, [m.crop for m in ordered], captions)
+    return len(ordered)
 
 
 def evaluate_scenes(
@@ -196,10 +229,12 @@ def evaluate_scenes(
     progress: bool = True,
     detector: FaceDetector | None = None,
     extra_bands: Sequence[str] = (),
+    errors: Path | None = None,
 ) -> dict[str, object]:
     """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`.
 
-    `extra_bands` (">=60", ...) are reported after the standard ones.
+    `extra_bands` (">=60", ...) are reported after the standard ones. With `errors`, the annotated
+    faces the detector missed are written there for review (:func:`write_missed`).
     """
     from maskgate.gate.classifier import MaskClassifier
 
@@ -212,16 +247,24 @@ def evaluate_scenes(
     calibration = box_calibration(detector_config)
     keep = _split_filter(model_dir, split)
     results: list[SceneResult] = []
+    missed: list[MissedFace] = []
     reports = []
     started = time.monotonic()
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
-        for _, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
-            detected = _detect_and_classify(rgb, detector, calibration, classifier)
-            results.append(SceneResult(truth, detected))
+        for path, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
+            result = SceneResult(truth, _detect_and_classify(rgb, detector, calibration, classifier))
+            results.append(result)
+            if errors is not None:
+                missed += [
+                    MissedFace(spec.name, path, t, crop_face(rgb, t.box, card.crop))
+                    for t in missed_faces(result)
+                ]
         reports.append(report)
     if not results:
         raise EvaluationError(f"no scenes to evaluate in {', '.join(map(str, specs))} (split {split})")
+    if errors is not None:
+        write_missed(errors, missed)
     return {
         "schema": SCHEMA,
         "mode": "scenes",

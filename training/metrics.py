@@ -187,6 +187,14 @@ def _match_image(truth: Sequence[GroundTruth], boxes: Sequence[Box], label: Labe
     return result
 
 
+def missed_faces(result: SceneResult) -> list[GroundTruth]:
+    """The annotated faces of one image that no detection matches at IoU >= 0.5, whatever its
+    label: the detector's misses, as :func:`scene_metrics` counts them for its recall."""
+    dets = sorted(result.detections, key=lambda d: -d.score)
+    found = {m.truth for m in _match_image(result.truth, [d.box for d in dets], None) if m.taken}
+    return [t for i, t in enumerate(result.truth) if i not in found]
+
+
 def _outcome(match: _Match, truth: Sequence[GroundTruth], box: Box, band: str) -> str:
     """'tp', 'fp' or 'ignore' for one detection in `band`."""
     if match.truth is None:

@@ -113,6 +113,7 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
         progress=False,
         detector=OracleDetector(boxes),
         extra_bands=[">=40"],
+        errors=tmp_path / "review",
     )
     assert report["mode"] == "scenes" and report["images"] == 3 and set(report["bands"]) == {*BANDS, ">=40"}
     large = sum(1 for image in boxes for box in image if box.side >= 40)
@@ -125,6 +126,33 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
     assert everything["detection_recall"]["all"] == 1.0 and everything["detection_precision"]["all"] == 1.0
     assert 0.0 <= everything["map50"] <= 1.0
     assert "mAP50" in evaluate.format_report(report)
+    # the oracle misses nothing: a review file with the header only, and no sheet
+    assert (tmp_path / "review" / "missed.csv").read_text().splitlines() == [
+        "rank,source,image,side_px,label,x1,y1,x2,y2"
+    ]
+    assert not (tmp_path / "review" / "missed.png").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scenes_writes_the_faces_the_detector_missed(
+    tiny_model: Path, datasets: Path, tmp_path: Path
+):
+    root = tmp_path / "voc"
+    boxes = copy_scenes(datasets, root, 3)
+    kept = [image[1:] for image in boxes]  # a detector that misses the first face of each scene
+    report = evaluate.evaluate_scenes(
+        tiny_model, [DataSpec.parse(str(root))], "all", DetectorConfig(box_calibration=False),
+        progress=False, detector=OracleDetector(kept), errors=tmp_path / "review",
+    )  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "review" / "missed.csv").open()))
+    drawn = sorted((image[0] for image in boxes), key=lambda box: -box.side)
+    assert [(float(r["x1"]), float(r["y1"])) for r in rows] == [(b.x1, b.y1) for b in drawn]  # largest first
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] and all(
+        r["image"].startswith("images/") for r in rows
+    )
+    recall = report["bands"]["all"]["detection_recall"]["all"]
+    assert recall == pytest.approx(1 - 3 / sum(len(image) for image in boxes))
+    assert (tmp_path / "review" / "missed.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_evaluate_scenes_matches_and_crops_the_calibrated_boxes(
@@ -199,13 +227,6 @@ def test_evaluate_scenes_needs_voc(tmp_path: Path):
         evaluate.evaluate_scenes(tmp_path, [DataSpec.parse(str(tmp_path))], "all", DetectorConfig())
 
 
-def test_evaluate_errors_are_for_crops_only(tmp_path: Path, capsys):
-    (tmp_path / "annotations").mkdir()
-    code = main(["evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--mode", "scenes",
-                 "--errors", str(tmp_path / "errors")])  # fmt: skip
-    assert code == 2 and "--errors: only for --mode crops" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("channels", [3, 1])  # compact's RGB crops and the seed's grey ones
 def test_write_errors_lists_the_wrong_faces_most_confident_first(tmp_path: Path, rng, channels: int):
     crops = rng.integers(0, 256, (5, 24, 24, channels), dtype=np.uint8)
@@ -220,14 +241,14 @@ def test_write_errors_lists_the_wrong_faces_most_confident_first(tmp_path: Path,
         [[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.05, 0.05, 0.9], [0.2, 0.7, 0.1]], np.float32
     )
     assert evaluate.write_errors(tmp_path, data, probabilities) == 2
-    rows = list(csv.DictReader((tmp_path / evaluate.ERRORS_CSV).open()))
+    rows = list(csv.DictReader((tmp_path / "errors.csv").open()))
     assert [(r["rank"], r["image"], r["label"], r["predicted"]) for r in rows] == [
         ("1", "img3.jpg", "with_mask", "improper_mask"),  # 0.9 sure of the wrong label: first
         ("2", "img1.jpg", "without_mask", "with_mask"),
     ]
     assert float(rows[0]["p_improper_mask"]) == pytest.approx(0.9) and rows[0]["side_px"] == "70.0"
-    sheet = tmp_path / evaluate.ERRORS_SHEET
+    sheet = tmp_path / "errors.png"
     assert sheet.read_bytes().startswith(b"\x89PNG")
     assert evaluate.write_errors(tmp_path, data, np.eye(3, dtype=np.float32)[data.labels]) == 0
-    assert len((tmp_path / evaluate.ERRORS_CSV).read_text().splitlines()) == 1  # the header only
+    assert len((tmp_path / "errors.csv").read_text().splitlines()) == 1  # the header only
     assert not sheet.exists()  # no sheet of faces that are now right

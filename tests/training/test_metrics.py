@@ -15,6 +15,7 @@ from maskgate.training.metrics import (
     crop_metrics,
     crop_metrics_by_band,
     in_band,
+    missed_faces,
     scene_metrics,
     voc_ap,
 )
@@ -99,6 +100,15 @@ def test_scene_metrics_by_hand():
     # (D), rest FP; 2 positives -> precision .5 at recall .5, never more -> .25. Improper: d3 first -> 1.
     assert m.ap50 == pytest.approx({W: 1.0, WO: 0.25, IM: 1.0})
     assert m.map50 == pytest.approx(0.75)
+
+
+def test_missed_faces_are_the_ones_recall_does_not_count():
+    one, two = scenes()
+    assert missed_faces(one) == [GroundTruth(Box(100, 100, 120, 120), WO)]  # B only; A's duplicate is no find
+    assert missed_faces(two) == []  # found, though called the wrong label
+    assert missed_faces(SceneResult(one.truth, ())) == list(one.truth)
+    found = sum(len(r.truth) - len(missed_faces(r)) for r in scenes())
+    assert found / sum(len(r.truth) for r in scenes()) == scene_metrics(scenes()).recall_all
 
 
 def test_scene_metrics_in_size_bands_ignore_faces_outside_the_band():
