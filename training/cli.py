@@ -125,8 +125,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write faces to review here: crops: the misclassified ones, most confident first "
         "(errors.csv: rank, source, image, face side, label, prediction, probabilities; errors.png: "
-        "the crops); scenes: the annotated faces the detector missed, largest first (missed.csv, "
-        "missed.png)",
+        "the crops); scenes: the annotated faces no detection takes at IoU >= 0.5, largest first "
+        "(missed.csv: rank, source, image, face side, label, box clipped to the image; missed.png)",
     )
     p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
     p.add_argument(

@@ -13,11 +13,12 @@ parse it, so fields are only ever added.
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,35 +191,59 @@ def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
         for rank, i in enumerate(wrong, 1)
     ]
     header = ["source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
-    _write_review(folder, ERRORS_NAME, header, rows, data.crops[wrong], captions)
+    _write_review(folder, ERRORS_NAME, header, rows, data.crops[wrong[:ERRORS_SHOWN]], captions)
     return len(wrong)
 
 
 @dataclass(frozen=True)
 class MissedFace:
-    """An annotated face the detector did not find, with its crop (the drawn box, the model's crop)."""
+    """An annotated face the detector did not find; `crop` is its drawn box (clipped to the image)
+    cut with the model's crop spec, kept only while it is among the largest ERRORS_SHOWN misses."""
 
     source: str
     image: str
     truth: GroundTruth
-    crop: np.ndarray
+    crop: np.ndarray | None = None
 
 
-def write_missed(folder: Path, missed: Sequence[MissedFace]) -> int:
-    """The annotated faces no detection matched, for a person to review: ``missed.csv`` and
-    ``missed.png``, largest face first (the misses that matter at a door)."""
-    ordered = sorted(missed, key=lambda m: -m.truth.box.side)
-    rows = [
-        [m.source, m.image, round(m.truth.box.side, 1), m.truth.label.value]
-        + [round(v, 1) for v in (m.truth.box.x1, m.truth.box.y1, m.truth.box.x2, m.truth.box.y2)]
-        for m in ordered
-    ]
-    captions = [
-        f"{rank}. {m.truth.label.value}\n{m.truth.box.side:.0f} px" for rank, m in enumerate(ordered, 1)
-    ]
-    header = ["source", "image", "side_px", "label", "x1", "y1", "x2", "y2"]
-    _write_review(folder, MISSED_NAME, header, rows, [m.crop for m in ordered], captions)
-    return len(ordered)
+class MissedFaces:
+    """The faces a detector misses over a run, for :meth:`write`. Only the crops the sheet shows are
+    kept (a min-heap of the largest faces so far): a large set's misses would not fit as crops."""
+
+    def __init__(self, crop: CropSpec):
+        self.crop = crop
+        self.faces: list[MissedFace] = []
+        self._largest: list[tuple[float, int]] = []  # (side, index into faces) of those with a crop
+
+    def add(self, source: str, image: str, rgb: np.ndarray, truths: Sequence[GroundTruth]) -> None:
+        for truth in truths:
+            side, index = truth.box.side, len(self.faces)
+            self.faces.append(MissedFace(source, image, truth))
+            if len(self._largest) == ERRORS_SHOWN:
+                if side <= self._largest[0][0]:
+                    continue
+                _, dropped = heapq.heappop(self._largest)
+                self.faces[dropped] = replace(self.faces[dropped], crop=None)
+            heapq.heappush(self._largest, (side, index))
+            self.faces[index] = replace(self.faces[index], crop=crop_face(rgb, truth.box, self.crop))
+
+    def write(self, folder: Path) -> int:
+        """``missed.csv`` (every face) and ``missed.png``, largest face first (the misses that
+        matter at a door). Returns how many faces were missed."""
+        # Among equal sides the faces holding a crop come first, so all the sheet shows have one.
+        ordered = sorted(self.faces, key=lambda m: (-m.truth.box.side, m.crop is None))
+        shown = ordered[:ERRORS_SHOWN]
+        rows = [
+            [m.source, m.image, round(m.truth.box.side, 1), m.truth.label.value]
+            + [round(v, 1) for v in (m.truth.box.x1, m.truth.box.y1, m.truth.box.x2, m.truth.box.y2)]
+            for m in ordered
+        ]
+        captions = [
+            f"{rank}. {m.truth.label.value}\n{m.truth.box.side:.0f} px" for rank, m in enumerate(shown, 1)
+        ]
+        header = ["source", "image", "side_px", "label", "x1", "y1", "x2", "y2"]
+        _write_review(folder, MISSED_NAME, header, rows, [m.crop for m in shown], captions)
+        return len(ordered)
 
 
 def evaluate_scenes(
@@ -234,7 +259,7 @@ def evaluate_scenes(
     """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`.
 
     `extra_bands` (">=60", ...) are reported after the standard ones. With `errors`, the annotated
-    faces the detector missed are written there for review (:func:`write_missed`).
+    faces the detector missed are written there for review (:meth:`MissedFaces.write`).
     """
     from maskgate.gate.classifier import MaskClassifier
 
@@ -247,7 +272,7 @@ def evaluate_scenes(
     calibration = box_calibration(detector_config)
     keep = _split_filter(model_dir, split)
     results: list[SceneResult] = []
-    missed: list[MissedFace] = []
+    missed = MissedFaces(card.crop)
     reports = []
     started = time.monotonic()
     for spec in specs:
@@ -256,15 +281,12 @@ def evaluate_scenes(
             result = SceneResult(truth, _detect_and_classify(rgb, detector, calibration, classifier))
             results.append(result)
             if errors is not None:
-                missed += [
-                    MissedFace(spec.name, path, t, crop_face(rgb, t.box, card.crop))
-                    for t in missed_faces(result)
-                ]
+                missed.add(spec.name, path, rgb, missed_faces(result))
         reports.append(report)
     if not results:
         raise EvaluationError(f"no scenes to evaluate in {', '.join(map(str, specs))} (split {split})")
     if errors is not None:
-        write_missed(errors, missed)
+        missed.write(errors)
     return {
         "schema": SCHEMA,
         "mode": "scenes",

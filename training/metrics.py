@@ -188,8 +188,9 @@ def _match_image(truth: Sequence[GroundTruth], boxes: Sequence[Box], label: Labe
 
 
 def missed_faces(result: SceneResult) -> list[GroundTruth]:
-    """The annotated faces of one image that no detection matches at IoU >= 0.5, whatever its
-    label: the detector's misses, as :func:`scene_metrics` counts them for its recall."""
+    """The annotated faces of one image that no detection takes under VOC matching (each detection,
+    best score first, takes the free face it overlaps most at IoU >= 0.5), whatever its label: the
+    detector's misses, as :func:`scene_metrics` counts them for its recall."""
     dets = sorted(result.detections, key=lambda d: -d.score)
     found = {m.truth for m in _match_image(result.truth, [d.box for d in dets], None) if m.taken}
     return [t for i, t in enumerate(result.truth) if i not in found]

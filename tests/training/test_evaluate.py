@@ -12,11 +12,12 @@ import pytest
 
 from maskgate.cli import main
 from maskgate.config import DetectorConfig
-from maskgate.core import Box, Face
-from maskgate.crop import BoxCalibration
+from maskgate.core import Box, Face, Label
+from maskgate.crop import BoxCalibration, CropSpec
 from maskgate.training import evaluate
 from maskgate.training.cropset import CropSet
 from maskgate.training.datasets import DataSpec, parse_voc
+from maskgate.training.metrics import GroundTruth
 
 BANDS = {"all", "<32", "32-96", ">=96", ">=32"}
 
@@ -85,7 +86,6 @@ class OracleDetector:
         return [Face(box, 1.0) for box in self.boxes.pop(0)]
 
 
-@pytest.mark.slow
 def copy_scenes(datasets: Path, root: Path, count: int) -> list[list]:
     """The first `count` fmd scenes as a VOC folder at `root`; returns their boxes per image."""
     (root / "images").mkdir(parents=True)
@@ -99,6 +99,7 @@ def copy_scenes(datasets: Path, root: Path, count: int) -> list[list]:
     return boxes
 
 
+@pytest.mark.slow
 def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, datasets: Path, tmp_path: Path):
     root = tmp_path / "voc"
     boxes = copy_scenes(datasets, root, 3)
@@ -252,3 +253,25 @@ def test_write_errors_lists_the_wrong_faces_most_confident_first(tmp_path: Path,
     assert evaluate.write_errors(tmp_path, data, np.eye(3, dtype=np.float32)[data.labels]) == 0
     assert len((tmp_path / "errors.csv").read_text().splitlines()) == 1  # the header only
     assert not sheet.exists()  # no sheet of faces that are now right
+
+
+def test_missed_faces_keep_crops_only_for_the_sheet(tmp_path: Path, rng, monkeypatch):
+    monkeypatch.setattr(evaluate, "ERRORS_SHOWN", 2)
+    image = rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    missed = evaluate.MissedFaces(CropSpec(size=16))
+    sides = [10, 30, 20, 30, 40]
+    missed.add("fmd", "a.jpg", image, [GroundTruth(Box(0, 0, s, s), Label.WITH_MASK) for s in sides[:3]])
+    missed.add("fmd", "b.jpg", image, [GroundTruth(Box(0, 0, s, s), Label.WITHOUT_MASK) for s in sides[3:]])
+    # the two largest keep a crop; of two equal sides the one that came first gives its crop up
+    assert [m.crop is not None for m in missed.faces] == [False, False, False, True, True]
+    assert missed.write(tmp_path) == 5
+    rows = list(csv.DictReader((tmp_path / "missed.csv").open()))
+    # largest first; of equal sides the one with a crop first, so every face on the sheet has one
+    assert [(r["image"], float(r["side_px"])) for r in rows] == [
+        ("b.jpg", 40.0),
+        ("b.jpg", 30.0),
+        ("a.jpg", 30.0),
+        ("a.jpg", 20.0),
+        ("a.jpg", 10.0),
+    ]
+    assert (tmp_path / "missed.png").read_bytes().startswith(b"\x89PNG")

@@ -111,6 +111,20 @@ def test_missed_faces_are_the_ones_recall_does_not_count():
     assert found / sum(len(r.truth) for r in scenes()) == scene_metrics(scenes()).recall_all
 
 
+def test_a_detection_takes_one_face_and_the_better_scored_one_takes_first():
+    """Two faces side by side, one detection over both (IoU >= 0.5 with each, best with E) and one
+    on E alone: the better-scored detection takes E whatever the listing order, and the wide one,
+    whose best face is E, is a duplicate: VOC matching does not fall back to F."""
+    e, f = GroundTruth(Box(0, 0, 40, 40), W), GroundTruth(Box(10, 0, 50, 40), WO)
+    wide = det((4, 0, 44, 40), 0.6, 0.5, 0.4, 0.1)  # IoU 0.82 with E, 0.74 with F
+    on_e = det((0, 0, 40, 40), 0.9, 0.8, 0.1, 0.1)
+    for detections in ((wide, on_e), (on_e, wide)):
+        result = SceneResult((e, f), detections)
+        assert missed_faces(result) == [f]  # the wide one finds E taken: a duplicate, F stays missed
+        assert scene_metrics([result]).recall_all == 0.5
+    assert missed_faces(SceneResult((e, f), (wide,))) == [f]
+
+
 def test_scene_metrics_in_size_bands_ignore_faces_outside_the_band():
     small = scene_metrics(scenes(), "<32")  # only B (20 px): every detection is about other faces
     assert small.truth == {W: 0, WO: 1, IM: 0} and small.detections == 0
