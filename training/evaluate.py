@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,8 +155,8 @@ def evaluate_crops(
 def _write_review(
     folder: Path, name: str, header: Sequence[str], rows: Sequence[Sequence[object]], crops, captions
 ) -> None:
-    """``NAME.csv`` with every row and ``NAME.png``, a sheet of the first ERRORS_SHOWN crops (none
-    when there are no rows: a sheet left by an earlier run would show faces that are now right)."""
+    """``NAME.csv`` with every row and ``NAME.png``, a sheet of `crops` (the first rows' faces; no
+    sheet when there are no rows: a sheet left by an earlier run would show faces now right)."""
     from maskgate.training.plots import face_sheet
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def _write_review(
     sheet = folder / f"{name}.png"
     sheet.unlink(missing_ok=True)
     if len(rows):
-        face_sheet(np.asarray(crops[:ERRORS_SHOWN]), captions[:ERRORS_SHOWN], sheet)
+        face_sheet(np.asarray(crops), captions, sheet)
     log.info("%d faces written to %s", len(rows), sheet.with_suffix(".csv"))
 
 
@@ -185,25 +185,24 @@ def write_errors(folder: Path, data: CropSet, probabilities: np.ndarray) -> int:
         + [f"{p:.4f}" for p in probabilities[i]]
         for i in wrong
     ]
+    shown = wrong[:ERRORS_SHOWN]
     captions = [
         f"{rank}. {LABELS[data.labels[i]].value}, {data.sides[i]:.0f} px\n"
         f"-> {LABELS[predicted[i]].value} {probabilities[i, predicted[i]]:.2f}"
-        for rank, i in enumerate(wrong, 1)
+        for rank, i in enumerate(shown, 1)
     ]
     header = ["source", "image", "side_px", "label", "predicted"] + [f"p_{label}" for label in LABELS]
-    _write_review(folder, ERRORS_NAME, header, rows, data.crops[wrong[:ERRORS_SHOWN]], captions)
+    _write_review(folder, ERRORS_NAME, header, rows, data.crops[shown], captions)
     return len(wrong)
 
 
 @dataclass(frozen=True)
 class MissedFace:
-    """An annotated face the detector did not find; `crop` is its drawn box (clipped to the image)
-    cut with the model's crop spec, kept only while it is among the largest ERRORS_SHOWN misses."""
+    """An annotated face the detector did not find (its drawn box, clipped to the image)."""
 
     source: str
     image: str
     truth: GroundTruth
-    crop: np.ndarray | None = None
 
 
 class MissedFaces:
@@ -213,7 +212,8 @@ class MissedFaces:
     def __init__(self, crop: CropSpec):
         self.crop = crop
         self.faces: list[MissedFace] = []
-        self._largest: list[tuple[float, int]] = []  # (side, index into faces) of those with a crop
+        self.crops: dict[int, np.ndarray] = {}  # index into faces -> crop, for the largest only
+        self._largest: list[tuple[float, int]] = []  # heap of (side, index) of the faces in crops
 
     def add(self, source: str, image: str, rgb: np.ndarray, truths: Sequence[GroundTruth]) -> None:
         for truth in truths:
@@ -222,28 +222,31 @@ class MissedFaces:
             if len(self._largest) == ERRORS_SHOWN:
                 if side <= self._largest[0][0]:
                     continue
-                _, dropped = heapq.heappop(self._largest)
-                self.faces[dropped] = replace(self.faces[dropped], crop=None)
+                del self.crops[heapq.heappop(self._largest)[1]]
             heapq.heappush(self._largest, (side, index))
-            self.faces[index] = replace(self.faces[index], crop=crop_face(rgb, truth.box, self.crop))
+            self.crops[index] = crop_face(rgb, truth.box, self.crop)  # the model's crop, no calibration
 
     def write(self, folder: Path) -> int:
         """``missed.csv`` (every face) and ``missed.png``, largest face first (the misses that
         matter at a door). Returns how many faces were missed."""
         # Among equal sides the faces holding a crop come first, so all the sheet shows have one.
-        ordered = sorted(self.faces, key=lambda m: (-m.truth.box.side, m.crop is None))
-        shown = ordered[:ERRORS_SHOWN]
+        order = sorted(
+            range(len(self.faces)), key=lambda i: (-self.faces[i].truth.box.side, i not in self.crops)
+        )
+        faces = [self.faces[i] for i in order]
         rows = [
             [m.source, m.image, round(m.truth.box.side, 1), m.truth.label.value]
             + [round(v, 1) for v in (m.truth.box.x1, m.truth.box.y1, m.truth.box.x2, m.truth.box.y2)]
-            for m in ordered
+            for m in faces
         ]
+        shown = order[:ERRORS_SHOWN]
         captions = [
-            f"{rank}. {m.truth.label.value}\n{m.truth.box.side:.0f} px" for rank, m in enumerate(shown, 1)
+            f"{rank}. {m.truth.label.value}\n{m.truth.box.side:.0f} px"
+            for rank, m in enumerate(faces[:ERRORS_SHOWN], 1)
         ]
         header = ["source", "image", "side_px", "label", "x1", "y1", "x2", "y2"]
-        _write_review(folder, MISSED_NAME, header, rows, [m.crop for m in shown], captions)
-        return len(ordered)
+        _write_review(folder, MISSED_NAME, header, rows, [self.crops[i] for i in shown], captions)
+        return len(faces)
 
 
 def evaluate_scenes(

@@ -187,12 +187,17 @@ def _match_image(truth: Sequence[GroundTruth], boxes: Sequence[Box], label: Labe
     return result
 
 
+def _matched_detections(result: SceneResult) -> list[tuple[Detection, _Match]]:
+    """Each detection of one image, best score first, with the face it takes under VOC matching."""
+    dets = sorted(result.detections, key=lambda d: -d.score)
+    return list(zip(dets, _match_image(result.truth, [d.box for d in dets], None), strict=True))
+
+
 def missed_faces(result: SceneResult) -> list[GroundTruth]:
     """The annotated faces of one image that no detection takes under VOC matching (each detection,
     best score first, takes the free face it overlaps most at IoU >= 0.5), whatever its label: the
     detector's misses, as :func:`scene_metrics` counts them for its recall."""
-    dets = sorted(result.detections, key=lambda d: -d.score)
-    found = {m.truth for m in _match_image(result.truth, [d.box for d in dets], None) if m.taken}
+    found = {match.truth for _, match in _matched_detections(result) if match.taken}
     return [t for i, t in enumerate(result.truth) if i not in found]
 
 
@@ -276,9 +281,7 @@ def scene_metrics(results: Sequence[SceneResult], band: str = ALL) -> BandSceneM
         for t in result.truth:
             if in_band(t.box.side, band):
                 truth_count[t.label] += 1
-        dets = sorted(result.detections, key=lambda d: -d.score)
-        matches = _match_image(result.truth, [d.box for d in dets], None)
-        for det, match in zip(dets, matches, strict=True):
+        for det, match in _matched_detections(result):
             outcome = _outcome(match, result.truth, det.box, band)
             if outcome == "ignore":
                 continue
