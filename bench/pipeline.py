@@ -177,7 +177,7 @@ def maskgate_pipeline(model_dir: Path, detector_config: DetectorSettings) -> Ste
         started = time.perf_counter()
         faces = detector.detect(frame)
         detected = time.perf_counter()
-        crops = [crop_face(frame, face.box, classifier.crop) for face in faces]
+        crops = [crop_face(frame, face.box_to_crop, classifier.crop) for face in faces]
         cropped = time.perf_counter()
         classifier.classify(crops)
         done = time.perf_counter()

@@ -208,7 +208,7 @@ class Agent:
         cropped: list[tuple[Track, np.ndarray]] = []
         for track in tracks:
             try:
-                crop = crop_face(image, track.face.box, self.classifier.crop, self.box_calibration)
+                crop = crop_face(image, track.face.box_to_crop, self.classifier.crop, self.box_calibration)
                 cropped.append((track, crop))
             except EmptyCropError as exc:
                 log.debug("track %d not classified: %s", track.track_id, exc)
@@ -219,7 +219,8 @@ class Agent:
         snapshot = None
         if self.snapshots is not None and decision.action in INCIDENT_ACTIONS:
             # Around the box the classifier saw: retraining reads the face back from the snapshot.
-            snapshot = self.snapshots.save(frame.image, self.box_calibration.apply(track.face.box), decision)
+            box = self.box_calibration.apply(track.face.box_to_crop)
+            snapshot = self.snapshots.save(frame.image, box, decision)
         with self.timings.measure("record"):
             event = self.sink.submit(decision, snapshot)
         self._decided[track.track_id] = decision

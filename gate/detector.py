@@ -165,7 +165,14 @@ def calibrated(faces: list[Face], calibration: BoxCalibration) -> list[Face]:
     """`faces` with their boxes mapped through `calibration` (to the hand-drawn convention)."""
     if calibration.is_identity:
         return faces
-    return [replace(face, box=calibration.apply(face.box)) for face in faces]
+    return [
+        replace(
+            face,
+            box=calibration.apply(face.box),
+            crop_box=None if face.crop_box is None else calibration.apply(face.crop_box),
+        )
+        for face in faces
+    ]
 
 
 def box_calibration(config: DetectorConfig) -> BoxCalibration:
@@ -199,16 +206,20 @@ class FaceScorer(Protocol):
 class StockFirstDetector:
     """A trained detector folder's nets with the stock nets beside them (`detector.with_stock`).
 
-    Every face the stock nets find is kept with the stock box. The folder's nets add the faces the
-    stock nets miss, where the stock ONet's face probability for the added box is at least
-    `stock_check` (0: no check); a face of theirs lying mostly inside a kept one is the same face,
-    as ONet's last suppression judges it.
+    Every face the stock nets find is kept and cropped around the stock box (its `crop_box`); where
+    the folder's nets box the same face, it is located by their box (a face of theirs lying mostly
+    inside a stock one is the same face, as ONet's last suppression judges it). The folder's nets
+    add the faces the stock nets miss, where the stock ONet's face probability for the added box
+    is at least `stock_check` (0: no check).
 
     Why stock first and the check: the shipped classifier learned from crops around stock boxes,
     and a tuned detector alone was measured to open the door for an unmasked man, both by its own
     box on his face and by a false face on the trees behind him that the classifier called masked.
     The stock ONet rejects such false faces and keeps most masked ones: the stock nets miss masked
-    faces mostly at PNet and RNet (docs/detector.md). Boxes come out in the folder's convention,
+    faces mostly at PNet and RNet (docs/detector.md). The folder's box of a face both find is
+    the better fit to a masked face (IoU with the drawn box often 0.8-0.9 where the stock box sits
+    at 0.45-0.5), so it says where the face is, while the crop stays the one the classifier
+    learned. Boxes come out in the folder's convention,
     stock ones mapped through both calibrations, so the gate's calibration for the folder crops a
     stock face exactly as the stock calibration would; a gate that crops raw boxes
     (`calibrated` off) gets the stock boxes raw. The check maps an added box into the stock
@@ -251,15 +262,26 @@ class StockFirstDetector:
     def stock_and_added(self, image: np.ndarray) -> tuple[list[Face], list[Face], np.ndarray]:
         """The stock nets' faces (boxes as :meth:`detect` gives them), the faces only the folder's
         nets find, and the stock ONet's score for each of those (NaN without a check: not run)."""
-        tuned = self._beside.submit(self.tuned.detect, image)
+        beside = self._beside.submit(self.tuned.detect, image)
         stock = self.stock.detect(image)
         if self.calibrated:
             stock = [replace(face, box=self.to_tuned(face.box)) for face in stock]
-        added = [face for face in tuned.result() if not self._seen(face, stock)]
+        tuned = beside.result()
+        added = [face for face in tuned if not self._seen(face, stock)]
+        stock = [self._located(face, tuned) for face in stock]
         if not (added and self.has_check):
             return stock, added, np.full(len(added), np.nan)
         scores = self.checker.face_scores(image, [self.to_stock(face.box) for face in added])
         return stock, added, np.asarray(scores, float)
+
+    def _located(self, stock_face: Face, tuned: list[Face]) -> Face:
+        """`stock_face` located by the folder's box of the same face (the one it overlaps best),
+        cropped around its own box; unchanged where the folder's nets do not find it."""
+        same = [face for face in tuned if face.box.overlap_of_smaller(stock_face.box) > self.SAME_FACE]
+        if not same:
+            return stock_face
+        located = max(same, key=lambda face: face.box.iou(stock_face.box))
+        return replace(stock_face, box=located.box, crop_box=stock_face.box)
 
     def _seen(self, face: Face, kept: list[Face]) -> bool:
         return any(face.box.overlap_of_smaller(other.box) > self.SAME_FACE for other in kept)

@@ -181,11 +181,22 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Face:
-    """A detected face: its box, the detector's score and landmarks (name -> (x, y)) when known."""
+    """A detected face: its box, the detector's score and landmarks (name -> (x, y)) when known.
+
+    `box` says where the face is (tracking, face size, matching against drawn boxes); `crop_box`,
+    when set, is where the classifier's crop is cut instead: a detector that locates a face with
+    one set of nets but must crop it as the classifier was trained sets both.
+    """
 
     box: Box
     score: float
     landmarks: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    crop_box: Box | None = None
+
+    @property
+    def box_to_crop(self) -> Box:
+        """The box the classifier's crop of this face is cut around."""
+        return self.box if self.crop_box is None else self.crop_box
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,8 @@ def read_rgb(path: Path) -> np.ndarray | None:
 
 
 def largest_face(faces: Sequence[Face]) -> Face | None:
-    return max(faces, key=lambda face: face.box.area, default=None)
+    """The face a photo is cropped around: the largest, measured by the box its crop is cut around."""
+    return max(faces, key=lambda face: face.box_to_crop.area, default=None)
 
 
 def centre_square(width: int, height: int) -> Box:
@@ -96,7 +97,7 @@ def centre_square(width: int, height: int) -> Box:
 def largest_face_locator(detect: Detect) -> Locate:
     def locate(_item: SourceImage, image: np.ndarray) -> Box | None:
         face = largest_face(detect(image))
-        return face.box if face else None
+        return face.box_to_crop if face else None
 
     return locate
 

@@ -339,7 +339,8 @@ def _detect_and_classify(
 ) -> tuple[Detection, ...]:
     """The gate's view of one scene: detected faces with calibrated boxes, classified in one call.
 
-    The calibrated box is both what is matched against the hand-drawn boxes and what is cropped.
+    The calibrated box is what is matched against the hand-drawn boxes; the crop is cut as the
+    gate cuts it, around the face's `box_to_crop`.
     """
     return tuple(
         Detection(calibration.apply(face.box), face.score, tuple(c.probabilities[label] for label in LABELS))
@@ -351,11 +352,11 @@ def classify_faces(
     image: np.ndarray, faces: Sequence[Face], classifier, calibration: BoxCalibration
 ) -> list[tuple[Face, Classification]]:
     """Each face of `image` with the classifier's verdict, in one call, cropped as the gate crops
-    it (its detector box through `calibration`); a face whose crop is empty is left out."""
+    it (its `box_to_crop` through `calibration`); a face whose crop is empty is left out."""
     kept, crops = [], []
     for face in faces:
         try:
-            crops.append(crop_face(image, face.box, classifier.crop, calibration))
+            crops.append(crop_face(image, face.box_to_crop, classifier.crop, calibration))
         except EmptyCropError:
             continue
         kept.append(face)

@@ -261,29 +261,47 @@ def recording(classify, seen: list):
     return record
 
 
-def test_the_classifier_sees_crops_of_the_calibrated_box(config, sqlite_store, detector):
-    """The agent crops around the detector's box mapped through the detector's box calibration
-    (the crop the classifier learned from hand-drawn boxes), and around the raw box when off."""
+def astronaut_at_the_door() -> np.ndarray:
     from skimage.data import astronaut
-
-    from maskgate.crop import crop_face
-    from maskgate.gate.detector import box_calibration
 
     image = np.full((480, 640, 3), 90, np.uint8)
     image[90:390, 170:470] = cv2.resize(astronaut(), (300, 300), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def crops_classified(agent: Agent, image: np.ndarray, frames: int = 3) -> list[np.ndarray]:
+    """The crops the agent's classifier is given while `image` is in view for `frames` frames."""
+    seen: list[np.ndarray] = []
+    agent.classifier.classify = recording(agent.classifier.classify, seen)
+    for n in range(frames):
+        agent.process(frame(image, n + 1))
+    assert seen, "the face was never classified"
+    return seen
+
+
+def snapshot_boxes(agent: Agent) -> list[Box]:
+    """Filled with the box of each incident snapshot the agent saves from now on."""
+    saved: list[Box] = []
+    save = agent.snapshots.save
+    agent.snapshots.save = lambda image, box, decision: saved.append(box) or save(image, box, decision)
+    return saved
+
+
+def test_the_classifier_sees_crops_of_the_calibrated_box(config, sqlite_store, detector):
+    """The agent crops around the detector's box mapped through the detector's box calibration
+    (the crop the classifier learned from hand-drawn boxes), and around the raw box when off."""
+    from maskgate.crop import crop_face
+    from maskgate.gate.detector import box_calibration
+
+    image = astronaut_at_the_door()
     (face,) = detector.detect(image)
     for calibrate in (True, False):
         gate_config = replace(config, detector=replace(config.detector, box_calibration=calibrate))
         agent = make_agent(gate_config, StoreSink(sqlite_store), detector)
         calibration = box_calibration(gate_config.detector)
         assert calibration.is_identity is not calibrate
-        seen: list[np.ndarray] = []
-        agent.classifier.classify = recording(agent.classifier.classify, seen)
-        for n in range(3):
-            agent.process(frame(image, n + 1))
-        assert seen, "the face was never classified"
         expected = crop_face(image, face.box, agent.classifier.crop, calibration)
-        assert all(np.array_equal(crop, expected) for crop in seen)
+        assert all(np.array_equal(crop, expected) for crop in crops_classified(agent, image))
     calibration = box_calibration(replace(config.detector, box_calibration=True))
     assert not np.array_equal(
         crop_face(image, face.box, agent.classifier.crop),
@@ -308,15 +326,55 @@ def test_incident_snapshots_are_cut_around_the_calibrated_box(config, sqlite_sto
     gate_config = replace(config, detector=replace(config.detector, box_calibration=True))
     recording = RecordingDetector(detector)
     agent = make_agent(gate_config, StoreSink(sqlite_store), recording)
-    saved = []
-    save = agent.snapshots.save
-    agent.snapshots.save = lambda image, box, decision: saved.append(box) or save(image, box, decision)
+    saved = snapshot_boxes(agent)
     walk = SyntheticWalkUp(detector=detector)
     assert [d.label for d in run_source(agent, walk)] == walk.expected_labels
     calibration = box_calibration(gate_config.detector)
     assert len(saved) == 2  # the deny and the warn
     assert all(box in {calibration.apply(raw) for raw in recording.boxes} for box in saved)
     assert not any(box in recording.boxes for box in saved)
+
+
+class RelocatingDetector:
+    """The real detector's faces, located 40 px right of the box they are to be cropped around, as
+    the tuned nets beside the stock nets locate a face by one box and crop it around another."""
+
+    def __init__(self, detector):
+        self.detector, self.crop_boxes, self.boxes = detector, [], []
+
+    def detect(self, image):
+        faces = [self.relocated(face) for face in self.detector.detect(image)]
+        self.crop_boxes.extend(face.crop_box for face in faces)
+        self.boxes.extend(face.box for face in faces)
+        return faces
+
+    @staticmethod
+    def relocated(face: Face) -> Face:
+        box = face.box
+        return replace(face, box=Box(box.x1 + 40, box.y1, box.x2 + 40, box.y2), crop_box=box)
+
+
+def test_a_face_is_classified_and_snapshotted_around_its_crop_box(config, sqlite_store, detector):
+    """Where a face is located by one box and cropped around another, the classifier and the
+    incident snapshot (what retraining crops again) both get the crop box, through the calibration."""
+    from maskgate.crop import crop_face
+    from maskgate.gate.detector import box_calibration
+
+    calibration = box_calibration(config.detector)
+    image = astronaut_at_the_door()
+    (face,) = detector.detect(image)
+    agent = make_agent(config, StoreSink(sqlite_store), RelocatingDetector(detector))
+    expected = crop_face(image, face.box, agent.classifier.crop, calibration)
+    assert all(np.array_equal(crop, expected) for crop in crops_classified(agent, image))
+
+    relocating = RelocatingDetector(detector)
+    agent = make_agent(config, StoreSink(sqlite_store), relocating)
+    saved = snapshot_boxes(agent)
+    walk = SyntheticWalkUp(detector=detector)
+    assert [d.label for d in run_source(agent, walk)] == walk.expected_labels
+    assert len(saved) == 2  # the deny and the warn
+    assert all(box in {calibration.apply(b) for b in relocating.crop_boxes} for box in saved)
+    assert not any(box in {calibration.apply(b) for b in relocating.boxes} for box in saved)
 
 
 class BorderDetector:
