@@ -398,14 +398,6 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--large-face-px", type=float, default=96.0, help="side of a large face (default 96)")
     p.add_argument("--no-synthetic", action="store_true", help="no synthetic masks on bare faces")
     p.add_argument(
-        "--synthetic-glasses",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="the share (0-1) of synthetic masked faces that also get glasses, clear or sunglasses "
-        "(default 0)",
-    )
-    p.add_argument(
         "--networks",
         nargs="+",
         choices=("pnet", "rnet", "onet"),
@@ -434,12 +426,9 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
 
 
 def _train_detector(args: argparse.Namespace, config: Config) -> int:
-    from maskgate.cli import UsageError
     from maskgate.training.detector_samples import SampleConfig
     from maskgate.training.detector_train import DetectorTrainConfig, train_detector
 
-    if not 0 <= args.synthetic_glasses <= 1:
-        raise UsageError(f"--synthetic-glasses must be a share from 0 to 1, not {args.synthetic_glasses}")
     train_config = DetectorTrainConfig(
         data=args.data,
         manifest=str(args.manifest),
@@ -447,7 +436,6 @@ def _train_detector(args: argparse.Namespace, config: Config) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         synthetic=not args.no_synthetic,
-        glasses_share=args.synthetic_glasses,
         masked_weight=args.masked_weight,
         bare_weight=args.bare_weight,
         large_face_weight=args.large_face_weight,

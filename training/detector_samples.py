@@ -34,14 +34,7 @@ from tqdm import tqdm
 
 from maskgate.core import Label
 from maskgate.gate.detector import resize_to_width
-from maskgate.gate.synthetic import (
-    LENS_COLOURS,
-    MASK_COLOURS,
-    SURGICAL_BLUE,
-    MaskStyle,
-    draw_glasses,
-    draw_mask,
-)
+from maskgate.gate.synthetic import MASK_COLOURS, SURGICAL_BLUE, MaskStyle, draw_mask
 
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
 NETWORK_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
@@ -231,18 +224,12 @@ def draw_style(
 
 
 def synthetic_scenes(
-    scenes: Iterable[Scene],
-    detector,
-    rng: np.random.Generator,
-    min_side: float = 20,
-    glasses_share: float = 0.0,
+    scenes: Iterable[Scene], detector, rng: np.random.Generator, min_side: float = 20
 ) -> list[Scene]:
     """For each bare face the stock detector finds (IoU >= 0.5, landmarks), a copy of its scene with
     a mask drawn on it in a random style and colour (real masks are black, white, blue...); the
     face keeps its annotated box, its label becomes the style's. Faces under `min_side` px are
-    skipped: landmarks there are too coarse to draw from. A `glasses_share` of the masked faces
-    also get glasses, clear or sunglasses (half each): a mask and glasses together leave little
-    of a face to see, and detectors lose such faces."""
+    skipped: landmarks there are too coarse to draw from."""
     out = []
     for scene in scenes:
         bare = [i for i, label in enumerate(scene.labels) if label == Label.WITHOUT_MASK.value]
@@ -263,11 +250,7 @@ def synthetic_scenes(
                 continue
             style = SYNTHETIC_STYLES[int(rng.integers(len(SYNTHETIC_STYLES)))]
             colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
-            landmarks = dict(faces[int(ious[row].argmax())].landmarks)
-            image = draw_style(scene.image, landmarks, style, colour)
-            if glasses_share and rng.random() < glasses_share:
-                lens = LENS_COLOURS[int(rng.integers(len(LENS_COLOURS)))] if rng.random() < 0.5 else None
-                image = draw_glasses(image, landmarks, lens)
+            image = draw_style(scene.image, dict(faces[int(ious[row].argmax())].landmarks), style, colour)
             labels = list(scene.labels)
             labels[index] = STYLE_LABEL[style]
             out.append(Scene(scene.path, image, scene.boxes.copy(), labels, scene.sides.copy(), style, index))

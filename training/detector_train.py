@@ -54,7 +54,6 @@ class DetectorTrainConfig:
     batch_size: int = 256
     learning_rate: float = 3e-4
     synthetic: bool = True
-    glasses_share: float = 0.0  # of the synthetic masked faces, the share that also get glasses
     masked_weight: float = 2.0  # classification weight of masked and improper faces
     bare_weight: float = 1.0  # classification weight of bare faces (without_mask)
     # Faces of at least `large_face_px` (longer side in the original image, the size bands' measure)
@@ -300,11 +299,7 @@ def train_detector(
         train_scenes = train_scenes[: config.max_scenes]
         val_scenes = val_scenes[: max(1, config.max_scenes // 4)]
     rng = np.random.default_rng(config.seed)
-    synthetic = (
-        synthetic_scenes(train_scenes, stock, rng, glasses_share=config.glasses_share)
-        if config.synthetic
-        else []
-    )
+    synthetic = synthetic_scenes(train_scenes, stock, rng) if config.synthetic else []
     log(f"scenes: {len(train_scenes)} train (+{len(synthetic)} with synthetic masks), {len(val_scenes)} val")
 
     histories, counts = {}, {}

@@ -153,27 +153,6 @@ def test_synthetic_masks_keep_the_face_box_and_stay_on_the_face(portrait_scene):
             assert np.median(ys) > mouth  # on the chin: mostly below the mouth
 
 
-def test_a_share_of_synthetic_masked_faces_also_get_glasses(portrait_scene):
-    """Glasses: their bridge crosses the point between the eyes, where a mask never reaches; box and
-    label as for the mask alone; none without a share."""
-    detector = LiteRtMtcnnDetector(DetectorConfig(min_face_size=40))
-    landmarks = detector.detect(portrait_scene.image)[0].landmarks
-    x = round((landmarks["left_eye"][0] + landmarks["right_eye"][0]) / 2)
-    y = round((landmarks["left_eye"][1] + landmarks["right_eye"][1]) / 2)
-
-    def bridged(scenes: list[Scene]) -> list[bool]:
-        window = np.s_[y - 3 : y + 4, x - 3 : x + 4]
-        return [bool(np.any(s.image[window] != portrait_scene.image[window])) for s in scenes]
-
-    plain = synthetic_scenes([portrait_scene] * 6, detector, np.random.default_rng(2))
-    assert not any(bridged(plain))
-    glasses = synthetic_scenes([portrait_scene] * 6, detector, np.random.default_rng(2), glasses_share=1.0)
-    assert len(glasses) == 6 and all(bridged(glasses))
-    for scene in glasses:
-        assert scene.boxes.tolist() == portrait_scene.boxes.tolist()
-        assert scene.labels[0] in ("with_mask", "improper_mask")
-
-
 def test_synthetic_masks_take_their_colours_from_the_palette(portrait_scene):
     """Not one colour: a detector taught only blue masks would learn "blue" for "mask"."""
     detector = LiteRtMtcnnDetector(DetectorConfig(min_face_size=40))
