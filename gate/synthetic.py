@@ -193,50 +193,6 @@ def draw_mask(
     return out
 
 
-# Sunglasses lenses (RGB): near-black, dark brown, dark blue-grey, dark green, and a mirrored grey.
-LENS_COLOURS = ((20, 20, 22), (55, 38, 28), (40, 48, 62), (35, 50, 38), (120, 125, 130))
-FRAME_COLOUR = (25, 25, 25)
-
-
-def draw_glasses(
-    portrait: np.ndarray, landmarks: Landmarks, lens: tuple[int, int, int] | None = LENS_COLOURS[0]
-) -> np.ndarray:
-    """`portrait` with glasses drawn over the eyes from the face's landmarks: sunglasses whose
-    lenses are `lens` (all but hiding the eyes), or clear glasses, a frame only, when `lens` is None.
-
-    Dark lenses hide the upper face as a mask hides the lower one; drawn on bare faces they teach a
-    classifier that a dark band across a face is not a mask (measured: sunglasses were called masked).
-    """
-    out = portrait.copy()
-    (lx, ly), (rx, ry) = landmarks["left_eye"], landmarks["right_eye"]
-    eye_gap = max(abs(rx - lx), 1.0)
-    axes = (0.42 * eye_gap, 0.31 * eye_gap)  # each lens: wide and a little flat
-    angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))  # follow a tilted head
-    shift = 4  # sub-pixel precision for smooth anti-aliased edges
-    scale = 1 << shift
-
-    def fixed(x: float, y: float) -> tuple[int, int]:
-        return round(x * scale), round(y * scale)
-
-    lenses = [(fixed(x, y), (int(axes[0] * scale), int(axes[1] * scale))) for x, y in ((lx, ly), (rx, ry))]
-    if lens is not None:
-        tinted = out.copy()
-        for centre, size in lenses:
-            cv2.ellipse(tinted, centre, size, angle, 0, 360, lens, -1, cv2.LINE_AA, shift)
-        out = cv2.addWeighted(tinted, 0.9, out, 0.1, 0)  # a glint of the eye behind shows through
-    thickness = max(1, round(eye_gap / 25))
-    for centre, size in lenses:
-        cv2.ellipse(out, centre, size, angle, 0, 360, FRAME_COLOUR, thickness, cv2.LINE_AA, shift)
-    direction = np.array([rx - lx, ry - ly]) / eye_gap
-    inner = [np.array(p) + side * axes[0] * direction for p, side in (((lx, ly), 1), ((rx, ry), -1))]
-    cv2.line(out, fixed(*inner[0]), fixed(*inner[1]), FRAME_COLOUR, thickness, cv2.LINE_AA, shift)  # bridge
-    for (x, y), side in (((lx, ly), -1), ((rx, ry), 1)):  # temples, towards the ears
-        start = np.array([x, y]) + side * axes[0] * direction
-        end = start + side * 0.45 * eye_gap * direction
-        cv2.line(out, fixed(*start), fixed(*end), FRAME_COLOUR, thickness, cv2.LINE_AA, shift)
-    return out
-
-
 def _variant(portrait: np.ndarray, variant: str) -> np.ndarray:
     if variant == "mirrored":
         return np.ascontiguousarray(portrait[:, ::-1])

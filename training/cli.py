@@ -80,14 +80,6 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         "of the training split and add them to it (default 0)",
     )
     p.add_argument(
-        "--synthetic-glasses",
-        type=int,
-        default=0,
-        metavar="N",
-        help="draw glasses (sunglasses three times in four, else clear) on up to N bare and masked faces "
-        "of the training split, labels unchanged, and add them to it (default 0)",
-    )
-    p.add_argument(
         "--init",
         type=Path,
         metavar="DIR",
@@ -212,7 +204,6 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         progress=not args.quiet,
         detector=config.detector,
         synthetic_masks=args.synthetic_masks,
-        synthetic_glasses=args.synthetic_glasses,
         init_from=args.init,
         run_seed=args.run_seed,
     )

@@ -44,8 +44,6 @@ from maskgate.training.train import (
 )
 
 ARCH = "ensemble"
-# What a member's card says about how it was trained, repeated in the ensemble's list of members.
-MEMBER_TRAINING = ("run_seed", "epochs_run", "synthetic_masks", "synthetic_glasses")
 
 
 class EnsembleError(ValueError):
@@ -255,7 +253,7 @@ def _member_json(card: ModelCard) -> dict[str, object]:
         "arch": card.arch,
         "crop": card.crop.to_json(),
         "sha256": card.sha256,
-        **{key: training[key] for key in MEMBER_TRAINING if key in training},
+        **{key: training[key] for key in ("run_seed", "epochs_run", "synthetic_masks") if key in training},
     }
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskgate.core import LABELS, Face, Label
-from maskgate.gate.synthetic import LENS_COLOURS, MASK_COLOURS, Landmarks, MaskStyle, draw_glasses
+from maskgate.gate.synthetic import MASK_COLOURS, MaskStyle
 from maskgate.training.cropset import CropSet
 from maskgate.training.detector_samples import CHIN, STYLE_LABEL, draw_style
 
@@ -40,8 +40,6 @@ MIN_FACE_SHARE = 0.4  # the crop's own face fills most of it; a smaller find is 
 # labelled improper_mask that shows no mask would teach the network noise.
 MIN_MASK_SHARE = 0.08
 MIN_SIDE = 32.0  # faces smaller than this in their photo have too coarse landmarks to draw from
-MIN_GLASSES_SHARE = 0.03  # glasses cover less of a face than a mask
-GLASSES_LABELS = (Label.WITHOUT_MASK, Label.WITH_MASK)
 
 
 @dataclass(frozen=True)
@@ -71,66 +69,13 @@ def synthetic_masked_crops(
     takes the label of its placement: proper -> with_mask, below the nose or on the chin ->
     improper_mask.
     """
+    bare = np.flatnonzero((train.labels == LABELS.index(Label.WITHOUT_MASK)) & (train.sides >= MIN_SIDE))
+    order = rng.permutation(bare)
     styles = list(STYLE_SHARES)
     shares = np.asarray(list(STYLE_SHARES.values()))
-
-    def draw(crop: np.ndarray, landmarks: Landmarks, _label: Label) -> tuple[np.ndarray, Label, str]:
-        style = styles[int(rng.choice(len(styles), p=shares))]
-        colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
-        return draw_on_crop(crop, landmarks, style, colour), Label(STYLE_LABEL[style]), style
-
-    bare = _faces_labelled(train, Label.WITHOUT_MASK)
-    return _drawn_crops(
-        train, bare, count, detect, rng, draw, styles, MIN_MASK_SHARE, "synthetic masks", progress
-    )
-
-
-def synthetic_glasses_crops(
-    train: CropSet, count: int, detect: Detect, rng: np.random.Generator, progress: bool = False
-) -> tuple[CropSet, SyntheticReport]:
-    """Up to `count` new crops: bare and masked faces of `train` (>= MIN_SIDE px) with glasses drawn
-    over their eyes, sunglasses (a random lens of LENS_COLOURS) three times in four, else clear.
-
-    The label stays the face's own: glasses say nothing about a mask. Sunglasses on bare faces are
-    the hard negatives (dark sunglasses were called masked, the one error that opens the door);
-    glasses on masked faces keep them from becoming a cue for "bare".
-    """
-
-    def draw(crop: np.ndarray, landmarks: Landmarks, label: Label) -> tuple[np.ndarray, Label, str]:
-        sunglasses = rng.random() < 0.75
-        lens = LENS_COLOURS[int(rng.integers(len(LENS_COLOURS)))] if sunglasses else None
-        kind = f"{'sunglasses' if sunglasses else 'clear'} {label.value}"
-        return on_rgb(crop, lambda rgb: draw_glasses(rgb, landmarks, lens)), label, kind
-
-    faces = np.concatenate([_faces_labelled(train, label) for label in GLASSES_LABELS])
-    kinds = [f"{kind} {label.value}" for kind in ("sunglasses", "clear") for label in GLASSES_LABELS]
-    return _drawn_crops(
-        train, faces, count, detect, rng, draw, kinds, MIN_GLASSES_SHARE, "synthetic glasses", progress
-    )
-
-
-def _faces_labelled(train: CropSet, label: Label) -> np.ndarray:
-    return np.flatnonzero((train.labels == LABELS.index(label)) & (train.sides >= MIN_SIDE))
-
-
-def _drawn_crops(
-    train: CropSet,
-    candidates: np.ndarray,
-    count: int,
-    detect: Detect,
-    rng: np.random.Generator,
-    draw: Callable[[np.ndarray, Landmarks, Label], tuple[np.ndarray, Label, str]],
-    kinds: list[str],
-    min_share: float,
-    what: str,
-    progress: bool,
-) -> tuple[CropSet, SyntheticReport]:
-    """Up to `count` crops of `candidates` (indices into `train`, taken in random order) changed by
-    `draw`; a face without landmarks, or whose drawing changes under `min_share` of the crop (it
-    fell mostly outside), is passed over."""
-    kept, labels, drawn = [], [], dict.fromkeys(kinds, 0)
+    kept, labels, drawn = [], [], dict.fromkeys(styles, 0)
     no_landmarks = off_crop = 0
-    for index in tqdm(rng.permutation(candidates), desc=what, disable=not progress, leave=False):
+    for index in tqdm(order, desc="synthetic masks", disable=not progress, leave=False):
         if len(kept) >= count:
             break
         crop = train.crops[index]
@@ -138,15 +83,17 @@ def _drawn_crops(
         if landmarks is None:
             no_landmarks += 1
             continue
-        changed, label, kind = draw(crop, landmarks, LABELS[int(train.labels[index])])
-        if np.any(changed != crop, axis=-1).mean() < min_share:
+        style = styles[int(rng.choice(len(styles), p=shares))]
+        colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
+        masked = draw_on_crop(crop, landmarks, style, colour)
+        if np.any(masked != crop, axis=-1).mean() < MIN_MASK_SHARE:
             off_crop += 1
             continue
-        kept.append((index, changed))
-        labels.append(LABELS.index(label))
-        drawn[kind] += 1
-    report = SyntheticReport(len(candidates), drawn, no_landmarks, off_crop)
-    log.info("%s: %s", what, report.to_json())
+        kept.append((index, masked))
+        labels.append(LABELS.index(Label(STYLE_LABEL[style])))
+        drawn[style] += 1
+    report = SyntheticReport(len(bare), drawn, no_landmarks, off_crop)
+    log.info("synthetic masks: %s", report.to_json())
     if not kept:
         return train.subset(np.zeros(len(train), bool)), report
     rows = np.asarray([i for i, _ in kept])
@@ -162,7 +109,7 @@ def _drawn_crops(
     )
 
 
-def crop_landmarks(crop: np.ndarray, detect: Detect) -> Landmarks | None:
+def crop_landmarks(crop: np.ndarray, detect: Detect) -> dict[str, tuple[float, float]] | None:
     """The landmarks (in `crop` pixels) of the largest face the detector finds in `crop`."""
     scale = DETECT_SIDE / crop.shape[0]
     big = cv2.resize(_rgb(crop), (DETECT_SIDE, DETECT_SIDE), interpolation=cv2.INTER_CUBIC)
@@ -184,15 +131,10 @@ def _is_the_crops_face(face: Face) -> bool:
 
 
 def draw_on_crop(
-    crop: np.ndarray, landmarks: Landmarks, style: str, colour: tuple[int, int, int]
+    crop: np.ndarray, landmarks: dict[str, tuple[float, float]], style: str, colour: tuple[int, int, int]
 ) -> np.ndarray:
     """`crop` (RGB or grey, like the crop spec) with a mask in `style` and `colour`."""
-    return on_rgb(crop, lambda rgb: draw_style(rgb, landmarks, style, colour))
-
-
-def on_rgb(crop: np.ndarray, change: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """`change` applied to `crop` in RGB, handed back in the crop's own colour (RGB or grey)."""
-    drawn = change(_rgb(crop))
+    drawn = draw_style(_rgb(crop), landmarks, style, colour)
     if crop.shape[-1] == 1:
         return cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
     return drawn

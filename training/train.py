@@ -47,7 +47,7 @@ from maskgate.training.split import (
     read_manifest,
     write_manifest,
 )
-from maskgate.training.synthetic_crops import SyntheticReport, synthetic_glasses_crops, synthetic_masked_crops
+from maskgate.training.synthetic_crops import synthetic_masked_crops
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ class TrainConfig:
     progress: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # the gate's: it crops `photos`
     synthetic_masks: int = 0  # bare training faces that get a drawn mask (synthetic_crops.py)
-    synthetic_glasses: int = 0  # bare and masked training faces that get drawn glasses
     init_from: Path | None = None  # a model folder of the same arch and crop to start from
     run_seed: int | None = None  # weights, shuffling, augmentation, synthetic masks; None: the split's seed
 
@@ -236,9 +235,8 @@ def train(
     """Train on `specs` and write the model folder `out` (replaced as a whole when it is done)."""
     started = time.monotonic()
     check_out_folder(out)
-    for what, count in (("masks", config.synthetic_masks), ("glasses", config.synthetic_glasses)):
-        if count < 0:
-            raise TrainError(f"synthetic {what} must be 0 or more, not {count}")
+    if config.synthetic_masks < 0:
+        raise TrainError(f"synthetic masks must be 0 or more, not {config.synthetic_masks}")
     start_card = _start_card(config) if config.init_from else None
     configure_tensorflow(config.threads, config.effective_run_seed)
     pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
@@ -250,20 +248,16 @@ def train(
         train_set = train_set.subset(np.sort(rng.choice(len(train_set), config.max_train, replace=False)))
     if len(train_set) == 0 or len(val_set) == 0:
         raise TrainError(f"not enough data: {len(train_set)} training and {len(val_set)} validation crops")
-    # Both drawn on the real training faces; masks first, so a run without glasses draws the masks
-    # it always drew for its seed.
-    rng = np.random.default_rng(config.effective_run_seed)
-    synthetic: dict[str, SyntheticReport | None] = {"masks": None, "glasses": None}
-    drawn_sets = []
-    for what, count, make in (
-        ("masks", config.synthetic_masks, synthetic_masked_crops),
-        ("glasses", config.synthetic_glasses, synthetic_glasses_crops),
-    ):
-        if count:
-            detect = cropset.make_detector(cropset.photo_detector_config(config.detector)).detect
-            drawn, synthetic[what] = make(train_set, count, detect, rng, config.progress)
-            drawn_sets.append(drawn)
-    train_set = CropSet.concat([train_set, *drawn_sets])
+    synthetic = None
+    if config.synthetic_masks:
+        drawn, synthetic = synthetic_masked_crops(
+            train_set,
+            config.synthetic_masks,
+            cropset.make_detector(cropset.photo_detector_config(config.detector)).detect,
+            np.random.default_rng(config.effective_run_seed),
+            config.progress,
+        )
+        train_set = CropSet.concat([train_set, drawn])
     log.info(
         "split by source image: train %s, val %s, test %s",
         *(p.counts() for p in (train_set, val_set, test_set)),
@@ -332,7 +326,7 @@ def train(
             "class_weights": {label.value: float(w) for label, w in zip(LABELS, weights, strict=True)},
             "augment": config.augment.to_json() if config.augment else None,
             "max_train": config.max_train,
-            **{f"synthetic_{what}": r.to_json() if r else None for what, r in synthetic.items()},
+            "synthetic_masks": synthetic.to_json() if synthetic else None,
             "started_from": start_card.version if start_card else None,
             # What cut the `photos` crops (the gate must calibrate its boxes the same way); None
             # when no source needed a detector: annotated boxes fit any calibrated gate.

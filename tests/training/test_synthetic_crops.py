@@ -1,5 +1,4 @@
-"""Synthetic masks and glasses drawn on real training faces (issue #3: more improperly masked
-examples; sunglasses that are not masks)."""
+"""Synthetic masks drawn on real bare training faces (issue #3: more improperly masked examples)."""
 
 from __future__ import annotations
 
@@ -17,11 +16,9 @@ from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
 from maskgate.training.datasets import DataSpec
 from maskgate.training.synthetic_crops import (
-    MIN_GLASSES_SHARE,
     MIN_SIDE,
     crop_landmarks,
     draw_on_crop,
-    synthetic_glasses_crops,
     synthetic_masked_crops,
 )
 from tests.training.conftest import make_faces_folder
@@ -65,31 +62,9 @@ def test_masks_are_drawn_on_bare_faces_only_and_labelled_by_placement(real_faces
     assert drawn.crops.dtype == np.uint8 and drawn.crops.shape[1:] == real_faces.crops.shape[1:]
 
 
-def test_glasses_are_drawn_on_bare_and_masked_faces_over_the_eyes_and_keep_their_labels(real_faces, detector):
-    drawn, report = synthetic_glasses_crops(real_faces, 12, detector.detect, np.random.default_rng(2))
-    candidates = np.isin(real_faces.labels, [WITH, WITHOUT]) & (real_faces.sides >= MIN_SIDE)
-    assert report.candidates == int(candidates.sum()) == 24
-    assert 0 < len(drawn) <= 12 and sum(report.drawn.values()) == len(drawn)
-    assert report.no_landmarks + report.off_crop + len(drawn) <= report.candidates
-    for label in (WITH, WITHOUT):  # every label as it was: glasses say nothing about a mask
-        kinds = [n for kind, n in report.drawn.items() if kind.endswith(LABELS[label].value)]
-        assert int((drawn.labels == label).sum()) == sum(kinds)
-    originals = {image: i for i, image in enumerate(real_faces.images)}
-    for k, image in enumerate(drawn.images):
-        i = originals[image]
-        assert drawn.labels[k] == real_faces.labels[i] and drawn.sources[k] == real_faces.sources[i]
-        changed = np.any(drawn.crops[k] != real_faces.crops[i], axis=2)
-        ys, _ = np.nonzero(changed)
-        assert changed.mean() >= MIN_GLASSES_SHARE
-        landmarks = crop_landmarks(real_faces.crops[i], detector.detect)
-        assert landmarks is not None and np.median(ys) < landmarks["nose"][1]  # over the eyes, not the mouth
-
-
-@pytest.mark.parametrize("draw", [synthetic_masked_crops, synthetic_glasses_crops])
-def test_the_same_seed_draws_the_same_crops(real_faces, detector, draw):
-    first, _ = draw(real_faces, 4, detector.detect, np.random.default_rng(5))
-    again, _ = draw(real_faces, 4, detector.detect, np.random.default_rng(5))
-    assert len(first) > 0
+def test_the_same_seed_draws_the_same_masks(real_faces, detector):
+    first, _ = synthetic_masked_crops(real_faces, 4, detector.detect, np.random.default_rng(5))
+    again, _ = synthetic_masked_crops(real_faces, 4, detector.detect, np.random.default_rng(5))
     assert np.array_equal(first.crops, again.crops) and np.array_equal(first.labels, again.labels)
 
 
@@ -119,7 +94,7 @@ def test_grey_crops_stay_grey(real_faces, detector):
 
 
 @pytest.mark.slow
-def test_training_starts_from_a_model_folder_and_records_the_synthetic_crops(tiny_model: Path, tmp_path):
+def test_training_starts_from_a_model_folder_and_records_the_synthetic_masks(tiny_model: Path, tmp_path):
     from maskgate.training.split import SplitConfig
     from maskgate.training.train import TrainConfig, train
 
@@ -131,20 +106,16 @@ def test_training_starts_from_a_model_folder_and_records_the_synthetic_crops(tin
         split=SplitConfig(val=0.25, test=0.25, seed=7),
         progress=False,
         synthetic_masks=6,
-        synthetic_glasses=5,
         init_from=tiny_model,
     )
     result = train([DataSpec.parse(str(source))], tmp_path / "model", config, None)
     training = result.card.training
     assert training["started_from"] == load_card(tiny_model).version
-    drawn = 0
-    for synthetic in (training["synthetic_masks"], training["synthetic_glasses"]):
-        assert synthetic["candidates"] > 0
-        assert (
-            sum(synthetic["drawn"].values()) + synthetic["no_landmarks"] + synthetic["off_crop"]
-            <= synthetic["candidates"]
-        )
-        drawn += sum(synthetic["drawn"].values())
-    assert sum(training["synthetic_glasses"]["drawn"].values()) > 0
+    synthetic = training["synthetic_masks"]
+    assert synthetic["candidates"] > 0
+    assert (
+        sum(synthetic["drawn"].values()) + synthetic["no_landmarks"] + synthetic["off_crop"]
+        <= synthetic["candidates"]
+    )
     used = sum(training["crops"]["train_used"].values())
-    assert used == sum(training["crops"]["train"].values()) + drawn
+    assert used == sum(training["crops"]["train"].values()) + sum(synthetic["drawn"].values())
