@@ -298,7 +298,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         if args.mode == "crops":  # the detector crops `photos` (at its own minimum face)
             progress = not args.quiet
             report = evaluate.evaluate_crops(
-                args.model, specs, args.split, args.cache, progress, detector, args.errors
+                args.model, specs, args.split, args.cache, progress, detector, args.errors, config.policy
             )
         else:
             if args.min_face_size:

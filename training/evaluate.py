@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from maskgate.config import DetectorConfig
+from maskgate.config import DetectorConfig, PolicyConfig
 from maskgate.core import LABELS, Classification, Face, utcnow
 from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face
 from maskgate.gate.detector import box_calibration
@@ -39,6 +39,7 @@ from maskgate.training.metrics import (
     GroundTruth,
     SceneResult,
     crop_metrics_by_band,
+    door_allows_by_band,
     missed_faces,
     scene_metrics,
 )
@@ -119,10 +120,14 @@ def evaluate_crops(
     progress: bool = True,
     detector: DetectorConfig | None = None,
     errors: Path | None = None,
+    policy: PolicyConfig | None = None,
 ) -> dict[str, object]:
     """Classification metrics on labelled faces; `photos` are cropped with the gate's `detector`.
-    With `errors`, the misclassified faces are written there for review (:func:`write_errors`)."""
+    Each band also says what its faces would tell the door under `policy` (default: the defaults;
+    :class:`DoorAllows`). With `errors`, the misclassified faces are written there for review
+    (:func:`write_errors`)."""
     from maskgate.gate.classifier import MaskClassifier
+    from maskgate.gate.policy import DecisionPolicy
 
     classifier = MaskClassifier(model_dir)
     card = classifier.card
@@ -136,6 +141,9 @@ def evaluate_crops(
     probabilities = classify_crops(classifier, data.crops, progress)
     predicted = probabilities.argmax(axis=1)
     by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
+    policy = policy or PolicyConfig()
+    opening = [i for i, label in enumerate(LABELS) if DecisionPolicy(policy, "evaluate").opens(label)]
+    door = door_allows_by_band(data.labels, probabilities, data.sides, opening, policy.allow_confidence_floor)
     if errors is not None:
         write_errors(errors, data, probabilities)
     return {
@@ -148,7 +156,11 @@ def evaluate_crops(
         "detector": cropset.photo_detector_record(detector),  # what found the faces of photos
         "faces": len(data),
         "seconds": round(time.monotonic() - started, 2),
-        "bands": {band: by_band[band].to_json() for band in BAND_NAMES},
+        "door_policy": {
+            "opens_for": [LABELS[i].value for i in opening],
+            "allow_confidence_floor": policy.allow_confidence_floor,
+        },
+        "bands": {band: by_band[band].to_json() | {"door": door[band].to_json()} for band in BAND_NAMES},
     }
 
 
@@ -374,8 +386,11 @@ def format_report(report: dict) -> str:
                 f"{k} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f} n={v['support']}"
                 for k, v in m["per_class"].items()
             )
+            door = m["door"]
             lines.append(
                 f"  {band:>6}: n={m['count']:5d} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} | {per}"
+                f" | door: false allows {door['false_allows']} ({door['false_allow_rate']:.4f}), "
+                f"kept out {door['kept_out']} ({door['kept_out_rate']:.4f})"
             )
         else:
             recall = " ".join(f"{k} {v:.3f}" for k, v in m["detection_recall"].items())

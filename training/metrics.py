@@ -16,7 +16,7 @@ Conventions (documented in docs/training.md, relied on by tools that parse the J
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +120,53 @@ def crop_metrics_by_band(y_true: np.ndarray, y_pred: np.ndarray, sides: np.ndarr
     for band in BAND_NAMES:
         mask = band_mask(sides, band)
         result[band] = crop_metrics(y_true[mask], y_pred[mask])
+    return result
+
+
+@dataclass(frozen=True)
+class DoorAllows:
+    """What single faces would tell the door: a face counts toward opening it when the classifier
+    gives it a label that opens the door with at least the policy's allow floor (as
+    :meth:`maskgate.gate.policy.DecisionPolicy.is_evidence` counts a frame). Opening for a face whose
+    true label keeps the door shut is the worst error a gate makes; accuracy does not show it."""
+
+    shut_faces: int  # faces whose true label keeps the door shut
+    false_allows: int  # ... that would count toward opening it
+    open_faces: int  # faces whose true label opens the door
+    kept_out: int  # ... that would not count toward opening it (too unsure, or another label)
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "false_allows": self.false_allows,
+            "false_allow_rate": _ratio(self.false_allows, self.shut_faces),
+            "kept_out": self.kept_out,
+            "kept_out_rate": _ratio(self.kept_out, self.open_faces),
+        }
+
+
+def door_allows(
+    y_true: np.ndarray, probabilities: np.ndarray, opening: Collection[int], floor: float
+) -> DoorAllows:
+    """:class:`DoorAllows` of faces labelled `y_true` (label indices), classified as `probabilities`,
+    where the labels `opening` open the door at a confidence of at least `floor`."""
+    opening = list(opening)
+    counts = np.isin(probabilities.argmax(axis=1), opening) & (probabilities.max(axis=1) >= floor)
+    should = np.isin(y_true, opening)
+    return DoorAllows(
+        shut_faces=int((~should).sum()),
+        false_allows=int((counts & ~should).sum()),
+        open_faces=int(should.sum()),
+        kept_out=int((should & ~counts).sum()),
+    )
+
+
+def door_allows_by_band(
+    y_true: np.ndarray, probabilities: np.ndarray, sides: np.ndarray, opening: Collection[int], floor: float
+) -> dict[str, DoorAllows]:
+    result = {}
+    for band in BAND_NAMES:
+        mask = band_mask(sides, band)
+        result[band] = door_allows(y_true[mask], probabilities[mask], opening, floor)
     return result
 
 

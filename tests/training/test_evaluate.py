@@ -55,7 +55,7 @@ def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_mo
     assert report["detector"]["box_calibration"] is True  # the gate's default detector crops photos
     band = report["bands"]["all"]
     assert band["count"] == report["faces"] == 18  # 25 % of the 72 images, by image
-    assert set(band) == {"count", "accuracy", "macro_f1", "per_class", "confusion"}
+    assert set(band) == {"count", "accuracy", "macro_f1", "per_class", "confusion", "door"}
     assert sum(map(sum, band["confusion"])) == 18
     # the review files list exactly the faces the confusion matrix counts off its diagonal
     confusion = np.asarray(band["confusion"])
@@ -63,6 +63,12 @@ def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_mo
     assert len(rows) == confusion.sum() - np.trace(confusion)
     for row in rows:
         assert row["label"] != row["predicted"] and row["image"] and row["source"]
+    # the door's worst errors are among them: faces that should stay out, called masked at >= 0.85
+    assert report["door_policy"] == {"opens_for": ["with_mask"], "allow_confidence_floor": 0.85}
+    false_allows = [r for r in rows if r["predicted"] == "with_mask" and float(r["p_with_mask"]) >= 0.85]
+    assert band["door"]["false_allows"] == len(false_allows)
+    masked = confusion[0].sum()
+    assert band["door"]["kept_out"] >= masked - confusion[0, 0]  # at least every masked face called otherwise
     assert (errors / "errors.png").read_bytes().startswith(b"\x89PNG")
 
 

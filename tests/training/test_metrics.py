@@ -14,6 +14,8 @@ from maskgate.training.metrics import (
     band_mask,
     crop_metrics,
     crop_metrics_by_band,
+    door_allows,
+    door_allows_by_band,
     in_band,
     missed_faces,
     scene_metrics,
@@ -42,6 +44,34 @@ def test_crop_metrics_conventions_for_absent_classes():
     # improper occurs neither in truth nor predictions: macro-F1 over the other two (2/3 and 2/3).
     assert m.macro_f1 == pytest.approx(2 / 3)
     assert crop_metrics(np.array([], int), np.array([], int)).accuracy == 0.0
+
+
+def test_door_allows_by_hand():
+    probabilities = np.array(
+        [
+            [0.90, 0.10, 0.00],  # masked, called masked at 0.90: counts toward opening
+            [0.80, 0.20, 0.00],  # masked, but under the floor of 0.85: kept out
+            [0.10, 0.05, 0.85],  # masked, called improper: kept out
+            [0.86, 0.14, 0.00],  # bare, called masked at 0.86: a false allow
+            [0.84, 0.16, 0.00],  # bare, called masked under the floor: no harm
+            [0.95, 0.00, 0.05],  # improper, called masked: a false allow
+            [0.00, 0.10, 0.90],  # improper, called improper
+        ]
+    )
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2])
+    door = door_allows(y_true, probabilities, [0], 0.85)
+    assert (door.shut_faces, door.false_allows, door.open_faces, door.kept_out) == (4, 2, 3, 2)
+    assert door.to_json() == {
+        "false_allows": 2, "false_allow_rate": 0.5, "kept_out": 2, "kept_out_rate": pytest.approx(2 / 3)
+    }  # fmt: skip
+    # A gate that lets improper masks in: only the two bare faces should keep it shut; face 2, called
+    # improper at 0.85, now counts toward opening as it should.
+    lenient = door_allows(y_true, probabilities, [0, 2], 0.85)
+    assert (lenient.shut_faces, lenient.false_allows, lenient.open_faces, lenient.kept_out) == (2, 1, 5, 1)
+    by_band = door_allows_by_band(y_true, probabilities, np.array([20, 40, 40, 40, 100, 100, 100]), [0], 0.85)
+    assert by_band[">=32"].false_allows == 2
+    assert (by_band["<32"].open_faces, by_band["<32"].kept_out) == (1, 0)
+    assert door_allows(y_true[:0], probabilities[:0], [0], 0.85).to_json()["false_allow_rate"] == 0.0
 
 
 def test_size_bands():
