@@ -206,11 +206,12 @@ class FaceScorer(Protocol):
 class StockFirstDetector:
     """A trained detector folder's nets with the stock nets beside them (`detector.with_stock`).
 
-    Every face the stock nets find is kept and cropped around the stock box (its `crop_box`); where
-    the folder's nets box the same face, it is located by their box (a face of theirs lying mostly
-    inside a stock one is the same face, as ONet's last suppression judges it). The folder's nets
-    add the faces the stock nets miss, where the stock ONet's face probability for the added box
-    is at least `stock_check` (0: no check).
+    Every face the stock nets find is kept and cropped around the stock box; where the folder's nets
+    box the same face and their box fits the stock one (IoU >= RELOCATE_IOU), that box locates it
+    and the stock box becomes its `crop_box` (a face of theirs lying mostly inside a stock one is
+    the same face, as ONet's last suppression judges it). The folder's nets add the faces the stock
+    nets miss, where the stock ONet's face probability for the added box is at least `stock_check`
+    (0: no check).
 
     Why stock first and the check: the shipped classifier learned from crops around stock boxes,
     and a tuned detector alone was measured to open the door for an unmasked man, both by its own
@@ -227,6 +228,8 @@ class StockFirstDetector:
     """
 
     SAME_FACE = 0.7  # intersection over the smaller box
+    # A looser fit is not the same box of the same face: one box over two faces, or a part of one.
+    RELOCATE_IOU = 0.5
 
     def __init__(
         self,
@@ -260,31 +263,48 @@ class StockFirstDetector:
         return self.checker is not None and self.stock_check > 0
 
     def stock_and_added(self, image: np.ndarray) -> tuple[list[Face], list[Face], np.ndarray]:
-        """The stock nets' faces (boxes as :meth:`detect` gives them), the faces only the folder's
-        nets find, and the stock ONet's score for each of those (NaN without a check: not run)."""
+        """The stock nets' faces as :meth:`detect` gives them (in the folder's convention, located by
+        the folder's box where it fits), the faces only the folder's nets find, and the stock ONet's
+        score for each of those (NaN without a check: not run)."""
         beside = self._beside.submit(self.tuned.detect, image)
         stock = self.stock.detect(image)
         if self.calibrated:
             stock = [replace(face, box=self.to_tuned(face.box)) for face in stock]
         tuned = beside.result()
         added = [face for face in tuned if not self._seen(face, stock)]
-        stock = [self._located(face, tuned) for face in stock]
+        found_by_both = self._located(stock, tuned)
         if not (added and self.has_check):
-            return stock, added, np.full(len(added), np.nan)
+            return found_by_both, added, np.full(len(added), np.nan)
         scores = self.checker.face_scores(image, [self.to_stock(face.box) for face in added])
-        return stock, added, np.asarray(scores, float)
+        return found_by_both, added, np.asarray(scores, float)
 
-    def _located(self, stock_face: Face, tuned: list[Face]) -> Face:
-        """`stock_face` located by the folder's box of the same face (the one it overlaps best),
-        cropped around its own box; unchanged where the folder's nets do not find it."""
-        same = [face for face in tuned if face.box.overlap_of_smaller(stock_face.box) > self.SAME_FACE]
-        if not same:
-            return stock_face
-        located = max(same, key=lambda face: face.box.iou(stock_face.box))
-        return replace(stock_face, box=located.box, crop_box=stock_face.box)
+    def _located(self, stock: Sequence[Face], tuned: Sequence[Face]) -> list[Face]:
+        """`stock`, each face located by the folder's box of the same face where one fits it (IoU >=
+        RELOCATE_IOU; best fits first, each box of theirs locating one face) and then cropped around
+        its own box; the others as they are."""
+        fits = sorted(
+            (
+                (face.box.iou(other.box), i, j)
+                for i, face in enumerate(stock)
+                for j, other in enumerate(tuned)
+                if self._same(face, other)
+            ),
+            reverse=True,
+        )
+        located, used = list(stock), set()
+        for fit, i, j in fits:
+            if fit < self.RELOCATE_IOU:
+                break
+            if located[i] is stock[i] and j not in used:
+                located[i] = replace(stock[i], box=tuned[j].box, crop_box=stock[i].box)
+                used.add(j)
+        return located
 
-    def _seen(self, face: Face, kept: list[Face]) -> bool:
-        return any(face.box.overlap_of_smaller(other.box) > self.SAME_FACE for other in kept)
+    def _same(self, face: Face, other: Face) -> bool:
+        return face.box.overlap_of_smaller(other.box) > self.SAME_FACE
+
+    def _seen(self, face: Face, kept: Sequence[Face]) -> bool:
+        return any(self._same(face, other) for other in kept)
 
     def to_tuned(self, box: Box) -> Box:
         """A stock box in the folder's convention: the box its calibration maps to the same place."""

@@ -120,8 +120,8 @@ class DetectorConfig:
     # (`maskgate calibrate-detector`; docs/detector.md). The shipped classifier learned from
     # calibrated crops: switched off, it misses most masks worn on the chin.
     box_calibration: bool = True
-    # With a detector folder in `model`, also run the stock nets: faces they find keep the stock
-    # box, the folder's nets add the faces they miss (docs/detector.md). Ignored without `model`.
+    # With a detector folder in `model`, also run the stock nets: faces they find are cropped around
+    # the stock box, the folder's nets add the faces they miss (docs/detector.md). Ignored without `model`.
     with_stock: bool = False
     # ...where the stock ONet scores the added face at least this (0 = no check): it turns away
     # false faces a tuned net finds, which the classifier may call masked. Lower keeps more masked

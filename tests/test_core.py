@@ -15,6 +15,7 @@ from maskgate.core import (
     Decision,
     DoorStatus,
     Event,
+    Face,
     Label,
     UnknownLabelError,
 )
@@ -59,6 +60,12 @@ def test_box_geometry():
     assert Box(-5, -5, 5, 50).clip(8, 8) == Box(0, 0, 5, 8)
     assert Box(10, 10, 5, 5).area == 0.0
     assert Box(0, 0, 4, 9).side == 9
+
+
+def test_a_face_is_cropped_around_its_crop_box_when_it_has_one():
+    located, cropped = Box(10, 10, 50, 50), Box(12, 8, 48, 46)
+    assert Face(located, 0.9).box_to_crop == located
+    assert Face(located, 0.9, crop_box=cropped).box_to_crop == cropped
 
 
 def test_classification_from_numpy_vector():

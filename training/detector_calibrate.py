@@ -119,7 +119,11 @@ def calibrate(
     """
     from maskgate.training.cropset import make_detector
 
-    raw_config = replace(config, box_calibration=False, min_face_size=min(config.min_face_size, FIT_MIN_FACE))
+    # One detector's own raw boxes: beside the stock nets (`with_stock`) the boxes would mix two
+    # conventions, and the fit is written into the folder of the nets it describes.
+    raw_config = replace(
+        config, box_calibration=False, with_stock=False, min_face_size=min(config.min_face_size, FIT_MIN_FACE)
+    )
     detector = detector or make_detector(raw_config)
     train_images, val_images = (
         set(sorted(split_images(manifest, [split]))[:max_scenes]) for split in ("train", "val")

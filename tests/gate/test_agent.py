@@ -356,11 +356,13 @@ class RelocatingDetector:
 
 def test_a_face_is_classified_and_snapshotted_around_its_crop_box(config, sqlite_store, detector):
     """Where a face is located by one box and cropped around another, the classifier and the
-    incident snapshot (what retraining crops again) both get the crop box, through the calibration."""
+    incident snapshot (what retraining crops again) both get the crop box, through the calibration
+    (the default's, which moves boxes: so a crop around the raw box would differ too)."""
     from maskgate.crop import crop_face
     from maskgate.gate.detector import box_calibration
 
     calibration = box_calibration(config.detector)
+    assert not calibration.is_identity
     image = astronaut_at_the_door()
     (face,) = detector.detect(image)
     agent = make_agent(config, StoreSink(sqlite_store), RelocatingDetector(detector))

@@ -4,6 +4,7 @@ same faces as the reference."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -171,7 +172,6 @@ def tuned_folder(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_a_tuned_detector_is_selected_by_config_and_agrees_between_keras_and_tflite(tuned_folder, door_frame):
-    from dataclasses import replace
 
     from maskgate.config import Config
     from maskgate.gate.build import make_detector
@@ -253,6 +253,21 @@ def test_with_stock_a_face_both_find_is_located_by_the_tuned_box_that_fits_it_be
     assert (found.box, found.box_to_crop) == (fitting.box, stock_face.box)  # the stock box raw
 
 
+def test_with_stock_a_tuned_box_that_does_not_fit_a_stock_face_does_not_move_it():
+    blank = np.zeros((480, 640, 3), np.uint8)
+    identity = BoxCalibration()
+    stock_face = Face(Box(100, 100, 200, 200), 0.95, {})
+    part = Face(Box(130, 130, 160, 160), 0.99, {})  # inside the face (a part of it): IoU 0.09
+    (found,) = StockFirstDetector(FixedFaces(part), FixedFaces(stock_face), identity, identity).detect(blank)
+    assert found == stock_face and found.crop_box is None
+    # One box of theirs over a face and the child's face held close to it locates at most one:
+    # the face it fits (IoU 0.67), not the small one inside it as well (IoU 0.09).
+    adult, child = Face(Box(100, 100, 220, 220), 0.95, {}), Face(Box(150, 150, 195, 195), 0.93, {})
+    both = Face(Box(100, 100, 247, 247), 0.99, {})
+    paired = StockFirstDetector(FixedFaces(both), FixedFaces(adult, child), identity, identity)
+    assert paired.detect(blank) == [replace(adult, box=both.box, crop_box=adult.box), child]
+
+
 class FixedScores:
     """A second opinion that scores each box by its left edge (x1 < 250: a face); keeps the boxes."""
 
@@ -316,7 +331,6 @@ def test_the_stock_onet_scores_a_face_high_and_a_wall_low_at_any_frame_width(doo
 @pytest.fixture(scope="module")
 def shipped_pair() -> tuple[DetectorConfig, StockFirstDetector]:
     """The shipped tuned nets beside the stock nets, as a gate with `detector.with_stock` builds them."""
-    from dataclasses import replace
 
     from maskgate.config import Config
     from maskgate.gate.build import make_detector
@@ -432,7 +446,6 @@ def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_mas
 
 @pytest.mark.slow
 def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_folder, door_frame, caplog):
-    from dataclasses import replace
 
     from maskgate.config import Config
     from maskgate.gate.build import make_detector
@@ -518,7 +531,6 @@ def test_a_calibrated_detector_returns_calibrated_boxes(door_frame):
 
 
 def test_a_model_trained_on_other_crops_than_the_gate_cuts_is_named():
-    from dataclasses import replace
 
     from maskgate.crop import BoxCalibration
     from maskgate.gate.detector import calibration_mismatch
@@ -540,7 +552,6 @@ def test_a_model_trained_on_other_crops_than_the_gate_cuts_is_named():
 def test_a_model_whose_photos_the_pair_located_matches_a_stock_calibrated_gate(shipped_pair):
     """Photos located by the tuned nets beside the stock ones were cut as the pair cuts: through the
     stock calibration, whatever the folder's own calibration is."""
-    from dataclasses import replace
 
     from maskgate.gate.detector import calibration_mismatch, crops_calibrated_as
     from maskgate.modelcard import load_card

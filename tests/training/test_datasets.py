@@ -114,6 +114,18 @@ def test_photos_layout_takes_the_largest_face_and_counts_photos_without_one(data
     assert "1 photos without a detected face" in report.summary()
 
 
+def test_photos_are_cut_around_the_face_box_to_crop():
+    """A face a detector locates by one box and crops around another (the tuned nets beside the
+    stock nets) is cut as the gate cuts it, and the largest is judged by that box too."""
+    image = np.zeros((120, 160, 3), np.uint8)
+    wide = Face(Box(0, 0, 100, 100), 0.99, crop_box=Box(10, 10, 40, 40))  # located large, crops small
+    other = Face(Box(50, 50, 100, 100), 0.95)
+    locate = cropset.largest_face_locator(FakeDetector([[wide, other]]))
+    assert locate(None, image) == other.box
+    locate = cropset.largest_face_locator(FakeDetector([[wide]]))
+    assert locate(None, image) == wide.crop_box
+
+
 def test_photos_layout_needs_a_detector(datasets: Path, tmp_path: Path):
     spec = DataSpec(tmp_path, Layout.PHOTOS, "x")
     with pytest.raises(ValueError, match="detector"):

@@ -100,6 +100,23 @@ def small_manifest(spec: DataSpec, path: Path, train: int, val: int) -> Path:
     return path
 
 
+def test_a_folder_beside_the_stock_nets_is_calibrated_on_its_own_boxes(tmp_path: Path, monkeypatch):
+    """With `detector.with_stock` set, the fit must still see only the folder's nets: the pair's
+    boxes mix two conventions, and the calibration is written into the folder."""
+    from maskgate.training import cropset
+
+    spec = blank_scene(tmp_path / "scenes", [("with_mask", (100, 50, 160, 120))])
+    manifest = small_manifest(spec, tmp_path / "manifest.csv.gz", train=1, val=0)
+    built: list[DetectorConfig] = []
+    detector = FixedDetector([Box(102, 45, 158, 110)])
+    monkeypatch.setattr(cropset, "make_detector", lambda config: built.append(config) or detector)
+    paired = DetectorConfig(model=str(tmp_path / "det"), with_stock=True, box_calibration=True)
+    calibration, fitted = calibrate(paired, spec, manifest, progress=False)
+    assert fitted["train_pairs"] == 1 and calibration.dy > 0  # the folder's box, moved down to the drawn one
+    assert len(built) == 1 and not built[0].with_stock and not built[0].box_calibration
+    assert built[0].model == paired.model
+
+
 @pytest.mark.slow
 def test_calibration_learned_on_real_scenes_brings_boxes_closer(datasets: Path, tmp_path: Path):
     """On 40 fmd scenes the stock detector's boxes sit high; the calibration fitted on 30 of them

@@ -6,13 +6,14 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from maskgate.cli import main
 from maskgate.config import DetectorConfig
-from maskgate.core import Box, Face, Label
+from maskgate.core import Box, Classification, Face, Label
 from maskgate.crop import BoxCalibration, CropSpec
 from maskgate.training import evaluate
 from maskgate.training.cropset import CropSet
@@ -160,6 +161,35 @@ def test_evaluate_scenes_writes_the_faces_the_detector_missed(
     recall = report["bands"]["all"]["detection_recall"]["all"]
     assert recall == pytest.approx(1 - 3 / sum(len(image) for image in boxes))
     assert (tmp_path / "review" / "missed.png").read_bytes().startswith(b"\x89PNG")
+
+
+class RecordingClassifier:
+    """Calls every crop `without_mask` and keeps the crops it was given."""
+
+    crop = CropSpec(size=32)
+
+    def __init__(self):
+        self.crops: list[np.ndarray] = []
+
+    def classify(self, crops):
+        self.crops.extend(crops)
+        bare = Classification({Label.WITH_MASK: 0.1, Label.WITHOUT_MASK: 0.8, Label.IMPROPER_MASK: 0.1})
+        return [bare] * len(crops)
+
+
+def test_scene_faces_are_matched_by_their_box_and_cropped_around_their_crop_box(rng):
+    from maskgate.crop import crop_face
+
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    calibration = BoxCalibration(dy=0.1)
+    face = Face(Box(60, 20, 120, 80), 0.97, crop_box=Box(10, 30, 50, 70))
+    classifier = RecordingClassifier()
+    detector = SimpleNamespace(detect=lambda _image: [face])
+    (detection,) = evaluate._detect_and_classify(image, detector, calibration, classifier)
+    assert detection.box == calibration.apply(face.box)  # matched where the face is
+    (crop,) = classifier.crops
+    assert np.array_equal(crop, crop_face(image, face.crop_box, classifier.crop, calibration))
+    assert not np.array_equal(crop, crop_face(image, face.box, classifier.crop, calibration))
 
 
 def test_evaluate_scenes_matches_and_crops_the_calibrated_boxes(
