@@ -79,6 +79,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         help="draw masks (proper, below the nose, on the chin; random colours) on up to N bare faces "
         "of the training split and add them to it (default 0)",
     )
+    p.add_argument("--label-review", type=Path, metavar="CSV", help=REVIEW_HELP)
     p.add_argument(
         "--init",
         type=Path,
@@ -119,6 +120,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         help="only images of this split in the model's manifest (default: all images)",
     )
     p.add_argument("--json", type=Path, help="write the metrics here (schema: docs/training.md)")
+    p.add_argument("--label-review", type=Path, metavar="CSV", help=REVIEW_HELP)
     p.add_argument(
         "--errors",
         type=Path,
@@ -152,6 +154,25 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_evaluate)
+
+
+REVIEW_HELP = (
+    "a CSV of source labels found wrong (source,image,box,label,reason; label or 'exclude'): applied to "
+    "what is trained on or measured, after the split (docs/training.md; the project's: "
+    "training/label_review.csv). Default: the sources' labels as they are"
+)
+
+
+def _label_review(args: argparse.Namespace):
+    from maskgate.cli import UsageError
+    from maskgate.training.label_review import LabelReview, LabelReviewError
+
+    if args.label_review is None:
+        return None
+    try:
+        return LabelReview.load(args.label_review)
+    except LabelReviewError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _specs(args: argparse.Namespace, config: Config, allow_non_commercial: bool = True):
@@ -204,6 +225,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         progress=not args.quiet,
         detector=config.detector,
         synthetic_masks=args.synthetic_masks,
+        label_review=_label_review(args),
         init_from=args.init,
         run_seed=args.run_seed,
     )
@@ -287,6 +309,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     from maskgate.training import evaluate
 
     specs = _specs(args, config)
+    review = _label_review(args)
     try:
         detector = config.detector
         if args.detector:
@@ -298,7 +321,15 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
         if args.mode == "crops":  # the detector crops `photos` (at its own minimum face)
             progress = not args.quiet
             report = evaluate.evaluate_crops(
-                args.model, specs, args.split, args.cache, progress, detector, args.errors, config.policy
+                args.model,
+                specs,
+                args.split,
+                args.cache,
+                progress,
+                detector,
+                args.errors,
+                config.policy,
+                review,
             )
         else:
             if args.min_face_size:
@@ -307,7 +338,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
                 if problems:
                     raise UsageError(f"--min-face-size: {'; '.join(problems)}")
             report = evaluate.evaluate_scenes(
-                args.model, specs, args.split, detector, not args.quiet, errors=args.errors
+                args.model, specs, args.split, detector, not args.quiet, errors=args.errors, review=review
             )
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)

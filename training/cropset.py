@@ -24,6 +24,7 @@ from maskgate.config import DetectorConfig
 from maskgate.core import LABELS, Box, Face
 from maskgate.crop import CropSpec, EmptyCropError, crop_face
 from maskgate.training.datasets import DataSpec, Layout, SourceImage, SourceReport, scan
+from maskgate.training.label_review import LabelReview
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,9 @@ def _face_box(
     return box, crop  # VOC: crop_face clips and pads; an empty box raises EmptyCropError
 
 
-def cache_key(spec: DataSpec, images: Sequence[SourceImage], crop: CropSpec, detector: str) -> str:
+def cache_key(
+    spec: DataSpec, images: Sequence[SourceImage], crop: CropSpec, detector: str, review: str = ""
+) -> str:
     digest = hashlib.sha256()
     header = {
         "version": CACHE_VERSION,
@@ -205,6 +208,8 @@ def cache_key(spec: DataSpec, images: Sequence[SourceImage], crop: CropSpec, det
         "crop": crop.to_json(),
         "detector": detector if spec.layout is Layout.PHOTOS else "",
     }
+    if review:  # only then: keys of unreviewed sources stay as they were
+        header["review"] = review
     digest.update(json.dumps(header, sort_keys=True).encode())
     for item in images:
         digest.update(f"{item.path}\0{item.sha256}\n".encode())
@@ -218,10 +223,20 @@ def load_source(
     make_detect: Callable[[], Detect] | None = None,
     detector_tag: str = "",
     progress: bool = True,
+    review: LabelReview | None = None,
 ) -> tuple[CropSet, SourceReport, list[SourceImage]]:
-    """The crops of one source, from the cache when its key matches, else extracted and cached."""
+    """The crops of one source, from the cache when its key matches, else extracted and cached.
+
+    With a `review`, the crops carry its corrected labels and leave out the faces it excludes; the
+    images returned are the source's as scanned, with its own labels: what the split is made of.
+    """
     images, report = scan(spec)
-    key = cache_key(spec, images, crop, detector_tag)
+    labelled, review_tag = images, ""
+    if review is not None:
+        labelled, counts = review.apply(spec.name, images)
+        report.relabelled, report.excluded = counts.relabelled, counts.excluded
+        review_tag = review.cache_tag(spec.name)
+    key = cache_key(spec, images, crop, detector_tag, review_tag)
     path = cache_dir / f"{spec.name.replace('/', '__')}-{spec.layout.value}-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as data:
@@ -235,7 +250,7 @@ def load_source(
         tag = hashlib.sha256(detector_tag.encode()).hexdigest()[:12]
         memo_path = cache_dir / f"detections-{tag}.json" if cache_dir else None
         memo = DetectionMemo(memo_path, make_detect)
-    crops = extract(spec, images, report, crop, memo, progress)
+    crops = extract(spec, labelled, report, crop, memo, progress)
     if memo is not None:
         memo.save()
     if path is not None:

@@ -115,6 +115,8 @@ class SourceReport:
     bad_annotations: list[str] = field(default_factory=list)  # XML that cannot be parsed
     empty_boxes: int = 0  # boxes with no area inside the image
     no_face: list[str] = field(default_factory=list)  # photos where the detector found no face
+    relabelled: int = 0  # faces whose label a label review corrected (label_review.py)
+    excluded: int = 0  # faces a label review left out
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -128,6 +130,8 @@ class SourceReport:
             "bad_annotations": len(self.bad_annotations),
             "empty_boxes": self.empty_boxes,
             "no_face": len(self.no_face),
+            "relabelled": self.relabelled,
+            "excluded": self.excluded,
         }
 
     def summary(self) -> str:
@@ -139,9 +143,11 @@ class SourceReport:
             f"{len(self.bad_annotations)} bad annotations" if self.bad_annotations else "",
             f"{self.empty_boxes} empty boxes" if self.empty_boxes else "",
             f"{len(self.no_face)} photos without a detected face" if self.no_face else "",
+            f"{self.excluded} faces left out by the label review" if self.excluded else "",
         ]
         skipped = "; ".join(p for p in problems if p)
-        return f"{self.source} ({self.layout}): {self.images} images, {faces}" + (
+        reviewed = f"; {self.relabelled} relabelled by the label review" if self.relabelled else ""
+        return f"{self.source} ({self.layout}): {self.images} images, {faces}{reviewed}" + (
             f"; skipped: {skipped}" if skipped else ""
         )
 

@@ -33,6 +33,7 @@ from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
 from maskgate.training.datasets import DataSpec, Layout, SourceImage, SourceReport, scan
+from maskgate.training.label_review import LabelReview
 from maskgate.training.metrics import (
     BAND_NAMES,
     Detection,
@@ -91,9 +92,11 @@ def split_crops(
     cache_dir: Path | None,
     detector: DetectorConfig | None = None,
     progress: bool = True,
+    review: LabelReview | None = None,
 ) -> tuple[CropSet, list[SourceReport]]:
     """The crops of `specs` cut to `crop` (`photos` by the gate's `detector`), only of the images in
-    `keep` ((source, path) pairs; None: all), and each source's report."""
+    `keep` ((source, path) pairs; None: all), labelled as `review` corrects them, and each source's
+    report."""
     detector_config = cropset.photo_detector_config(detector)
     sets, reports = [], []
     for spec in specs:
@@ -104,6 +107,7 @@ def split_crops(
             cropset.detector_factory(detector_config),
             cropset.detector_id(detector_config),
             progress,
+            review,
         )
         if keep is not None:
             crops = crops.subset(np.asarray([(spec.name, i) in keep for i in crops.images], bool))
@@ -121,8 +125,10 @@ def evaluate_crops(
     detector: DetectorConfig | None = None,
     errors: Path | None = None,
     policy: PolicyConfig | None = None,
+    review: LabelReview | None = None,
 ) -> dict[str, object]:
-    """Classification metrics on labelled faces; `photos` are cropped with the gate's `detector`.
+    """Classification metrics on labelled faces (as `review` corrects their labels; None: the
+    sources' own); `photos` are cropped with the gate's `detector`.
     Each band also says what its faces would tell the door under `policy` (default: the defaults;
     :class:`DoorAllows`). With `errors`, the misclassified faces are written there for review
     (:func:`write_errors`)."""
@@ -132,7 +138,7 @@ def evaluate_crops(
     classifier = MaskClassifier(model_dir)
     card = classifier.card
     keep = _split_filter(model_dir, split)
-    data, reports = split_crops(card.crop, specs, keep, cache_dir, detector, progress)
+    data, reports = split_crops(card.crop, specs, keep, cache_dir, detector, progress, review)
     if len(data) == 0:
         raise EvaluationError(
             f"no labelled faces to evaluate in {', '.join(map(str, specs))} (split {split})"
@@ -156,6 +162,7 @@ def evaluate_crops(
         "detector": cropset.photo_detector_record(detector),  # what found the faces of photos
         "faces": len(data),
         "seconds": round(time.monotonic() - started, 2),
+        "label_review": review.to_json() if review else None,
         "door_policy": {
             "opens_for": [LABELS[i].value for i in opening],
             "allow_confidence_floor": policy.allow_confidence_floor,
@@ -270,11 +277,13 @@ def evaluate_scenes(
     detector: FaceDetector | None = None,
     extra_bands: Sequence[str] = (),
     errors: Path | None = None,
+    review: LabelReview | None = None,
 ) -> dict[str, object]:
     """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`.
 
     `extra_bands` (">=60", ...) are reported after the standard ones. With `errors`, the annotated
-    faces the detector missed are written there for review (:meth:`MissedFaces.write`).
+    faces the detector missed are written there for review (:meth:`MissedFaces.write`). A `review`
+    corrects the annotated labels, and a face it excludes is not counted either way.
     """
     from maskgate.gate.classifier import MaskClassifier
 
@@ -292,6 +301,9 @@ def evaluate_scenes(
     started = time.monotonic()
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
+        if review is not None:
+            images, counts = review.apply(spec.name, images)
+            report.relabelled, report.excluded = counts.relabelled, counts.excluded
         for path, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
             result = SceneResult(truth, _detect_and_classify(rgb, detector, calibration, classifier))
             results.append(result)
@@ -308,6 +320,7 @@ def evaluate_scenes(
         "created": utcnow().isoformat(timespec="seconds"),
         "model": _model_json(model_dir, card),
         "split": split,
+        "label_review": review.to_json() if review else None,
         "detector": asdict(detector_config) | {"calibration": calibration.to_json()},
         "data": [report.to_json() for report in reports],
         "images": len(results),

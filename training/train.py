@@ -35,6 +35,7 @@ from maskgate.training.datasets import (
     licence_of,
 )
 from maskgate.training.export import check_agreement, tflite_predict, to_tflite
+from maskgate.training.label_review import LabelReview
 from maskgate.training.metrics import GATE_BAND, crop_metrics_by_band
 from maskgate.training.split import (
     MANIFEST_FILE,
@@ -78,6 +79,7 @@ class TrainConfig:
     progress: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # the gate's: it crops `photos`
     synthetic_masks: int = 0  # bare training faces that get a drawn mask (synthetic_crops.py)
+    label_review: LabelReview | None = None  # corrections to the sources' labels (label_review.py)
     init_from: Path | None = None  # a model folder of the same arch and crop to start from
     run_seed: int | None = None  # weights, shuffling, augmentation, synthetic masks; None: the split's seed
 
@@ -116,6 +118,7 @@ def load_pool(
     cache_dir: Path | None,
     progress: bool = True,
     detector: DetectorConfig | None = None,
+    review: LabelReview | None = None,
 ) -> PoolData:
     detector_config = cropset.photo_detector_config(detector)
     sets, reports = [], []
@@ -128,6 +131,7 @@ def load_pool(
             cropset.detector_factory(detector_config),
             cropset.detector_id(detector_config),
             progress,
+            review,
         )
         log.info("%s", report.summary())
         sets.append(crops)
@@ -239,7 +243,15 @@ def train(
         raise TrainError(f"synthetic masks must be 0 or more, not {config.synthetic_masks}")
     start_card = _start_card(config) if config.init_from else None
     configure_tensorflow(config.threads, config.effective_run_seed)
-    pool = load_pool(specs, config.crop_spec, config.split, cache_dir, config.progress, config.detector)
+    pool = load_pool(
+        specs,
+        config.crop_spec,
+        config.split,
+        cache_dir,
+        config.progress,
+        config.detector,
+        config.label_review,
+    )
     if config.init_from:
         _check_unseen(config.init_from, pool.rows)
     train_set, val_set, test_set = (pool.part(s) for s in (Split.TRAIN, Split.VAL, Split.TEST))
@@ -327,6 +339,7 @@ def train(
             "augment": config.augment.to_json() if config.augment else None,
             "max_train": config.max_train,
             "synthetic_masks": synthetic.to_json() if synthetic else None,
+            "label_review": config.label_review.to_json() if config.label_review else None,
             "started_from": start_card.version if start_card else None,
             # What cut the `photos` crops (the gate must calibrate its boxes the same way); None
             # when no source needed a detector: annotated boxes fit any calibrated gate.
