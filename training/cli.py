@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
+
+if TYPE_CHECKING:
+    from maskgate.training.datasets import DataSpec
+    from maskgate.training.label_review import LabelReview
 
 DEFAULT_CACHE = Path("var/cache/crops")
 ARCH_CHOICES = ("compact", "seed")
@@ -163,16 +169,25 @@ REVIEW_HELP = (
 )
 
 
-def _label_review(args: argparse.Namespace):
+def _label_review(args: argparse.Namespace, specs: Sequence[DataSpec] | None) -> LabelReview | None:
+    """The `--label-review` file, checked; a note on stderr for rows of sources not in `specs`
+    (None: the members' own sources), which change nothing here."""
     from maskgate.cli import UsageError
     from maskgate.training.label_review import LabelReview, LabelReviewError
 
     if args.label_review is None:
         return None
     try:
-        return LabelReview.load(args.label_review)
+        review = LabelReview.load(args.label_review)
     except LabelReviewError as exc:
         raise UsageError(str(exc)) from None
+    unused = sorted({face.source for face in review.faces} - {spec.name for spec in specs or ()})
+    if specs is not None and unused:
+        print(
+            f"{args.label_review}: rows for sources not in --data, not applied: {', '.join(unused)}",
+            file=sys.stderr,
+        )
+    return review
 
 
 def _specs(args: argparse.Namespace, config: Config, allow_non_commercial: bool = True):
@@ -225,7 +240,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         progress=not args.quiet,
         detector=config.detector,
         synthetic_masks=args.synthetic_masks,
-        label_review=_label_review(args),
+        label_review=_label_review(args, specs),
         init_from=args.init,
         run_seed=args.run_seed,
     )
@@ -263,6 +278,7 @@ def _register_ensemble(commands: argparse._SubParsersAction) -> None:
         "paths.datasets)",
     )
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=CACHE_HELP)
+    p.add_argument("--label-review", type=Path, metavar="CSV", help=REVIEW_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_ensemble)
 
@@ -277,7 +293,15 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     try:
         specs = _specs(args, config) if args.data else None
         result = ensemble(
-            args.models, args.out, args.cache, specs, config.paths.datasets, config.detector, not args.quiet
+            args.models,
+            args.out,
+            args.cache,
+            specs,
+            config.paths.datasets,
+            config.detector,
+            not args.quiet,
+            _label_review(args, specs),
+            config.policy,
         )
     except (EnsembleError, DataSpecError, EvaluationError) as exc:
         raise UsageError(str(exc)) from None
@@ -309,7 +333,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     from maskgate.training import evaluate
 
     specs = _specs(args, config)
-    review = _label_review(args)
+    review = _label_review(args, specs)
     try:
         detector = config.detector
         if args.detector:

@@ -234,6 +234,7 @@ def load_source(
     labelled, review_tag = images, ""
     if review is not None:
         labelled, counts = review.apply(spec.name, images)
+        review.warn_unmatched(spec.name, counts)
         report.relabelled, report.excluded = counts.relabelled, counts.excluded
         review_tag = review.cache_tag(spec.name)
     key = cache_key(spec, images, crop, detector_tag, review_tag)

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from maskgate.config import DetectorConfig
+from maskgate.config import DetectorConfig, PolicyConfig
 from maskgate.modelcard import RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
 from maskgate.training import cropset, plots
 from maskgate.training.datasets import DataSpec
 from maskgate.training.evaluate import evaluate_crops, split_crops
 from maskgate.training.export import check_agreement, to_tflite
+from maskgate.training.label_review import LabelReview
 from maskgate.training.metrics import GATE_BAND
 from maskgate.training.split import MANIFEST_FILE, split_images
 from maskgate.training.train import (
@@ -44,6 +45,8 @@ from maskgate.training.train import (
 )
 
 ARCH = "ensemble"
+# What a member's card says about how it was trained, repeated in the ensemble's list of members.
+MEMBER_TRAINING = ("run_seed", "epochs_run", "synthetic_masks", "label_review")
 
 
 class EnsembleError(ValueError):
@@ -165,12 +168,16 @@ def ensemble(
     datasets_root: Path | None = None,
     detector: DetectorConfig | None = None,
     progress: bool = True,
+    review: LabelReview | None = None,
+    policy: PolicyConfig | None = None,
 ) -> TrainResult:
     """Write the ensemble of the model `folders` to `out` (replaced as a whole when it is done).
 
     Its held-out metrics are measured on `specs` (default: the members' sources, found under
-    `datasets_root`), restricted to the members' val and test splits (those that have images);
-    `photos` are cropped by `detector` (the gate's), which must be the one the members recorded.
+    `datasets_root`), restricted to the members' val and test splits (those that have images),
+    against the labels as `review` corrects them (None: the sources' own) and with what each band
+    would tell the door under `policy`; `photos` are cropped by `detector` (the gate's), which must
+    be the one the members recorded.
     """
     started = time.monotonic()
     check_out_folder(out)
@@ -205,6 +212,7 @@ def ensemble(
             "split": first.training.get("split"),
             "flip_average": all(c.training.get("flip_average", False) for c in cards),
             "detector_for_photos": photos,
+            "label_review": review.to_json() if review else None,
         },
     )
     write_card(work, card)  # a loadable folder, so the gate's own classifier measures it below
@@ -214,7 +222,10 @@ def ensemble(
     metrics: dict[str, object] = {}
     splits = [split for split in ("val", "test") if split_images(work / MANIFEST_FILE, [split])]
     for split in splits:
-        metrics[split] = evaluate_crops(work, specs, split, cache_dir, progress, detector)["bands"]
+        report = evaluate_crops(
+            work, specs, split, cache_dir, progress, detector, policy=policy, review=review
+        )
+        metrics[split] = report["bands"]
     shown = splits[-1]  # test where there is one (a retraining candidate has none)
     crops = _sample_crops(work, specs, shown, cache_dir, detector)
     metrics["tflite_keras_max_diff"] = check_agreement(model, work / RUNTIME_FILE, crops)
@@ -253,7 +264,7 @@ def _member_json(card: ModelCard) -> dict[str, object]:
         "arch": card.arch,
         "crop": card.crop.to_json(),
         "sha256": card.sha256,
-        **{key: training[key] for key in ("run_seed", "epochs_run", "synthetic_masks") if key in training},
+        **{key: training[key] for key in MEMBER_TRAINING if key in training},
     }
 
 

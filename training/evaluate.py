@@ -283,7 +283,8 @@ def evaluate_scenes(
 
     `extra_bands` (">=60", ...) are reported after the standard ones. With `errors`, the annotated
     faces the detector missed are written there for review (:meth:`MissedFaces.write`). A `review`
-    corrects the annotated labels, and a face it excludes is not counted either way.
+    corrects the annotated labels; a face it excludes is no longer annotated, so a detection of it
+    counts as a false positive, as for any face the annotators did not draw.
     """
     from maskgate.gate.classifier import MaskClassifier
 
@@ -301,8 +302,11 @@ def evaluate_scenes(
     started = time.monotonic()
     for spec in specs:
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
-        if review is not None:
+        if review is not None:  # on the split's images only, as the report counts them
+            images = [image for image in images if keep is None or (spec.name, image.path) in keep]
             images, counts = review.apply(spec.name, images)
+            if keep is None:  # else rows of the other splits name no face here, as they should
+                review.warn_unmatched(spec.name, counts)
             report.relabelled, report.excluded = counts.relabelled, counts.excluded
         for path, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
             result = SceneResult(truth, _detect_and_classify(rgb, detector, calibration, classifier))

@@ -8,15 +8,14 @@ face: the source, the image, for a VOC scene the box as drawn, the label it shou
 it with ``--label-review FILE``; without it the sources' labels are used as they are.
 
 It is applied after the split, which stays the sources' own (an image never changes side because
-a label was corrected), and it is part of the crop cache key. A row that matches no face (the
-dataset changed) is counted and logged, never an error: the other corrections still hold.
+a label was corrected), and it is part of the crop cache key. A row that matches no face of its
+source (the dataset changed) is logged, never an error: the other corrections still hold.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -73,22 +72,22 @@ class LabelReview:
             data = path.read_bytes()
         except OSError as exc:
             raise LabelReviewError(f"{path}: cannot read the label review: {exc.strerror or exc}") from None
-        text = data.decode("utf-8", errors="replace")
-        lines = [
-            (n, line)
-            for n, line in enumerate(text.splitlines(), 1)
+        text = data.decode("utf-8-sig", errors="replace")  # a spreadsheet may save a BOM
+        # One row per line, each parsed alone: a quote left open spoils its own line, not the rest.
+        rows = [
+            (number, next(csv.reader([line])))
+            for number, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.startswith("#")
         ]
-        if not lines:
+        if not rows:
             raise LabelReviewError(f"{path}: no header line ({','.join(COLUMNS)})")
-        rows = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
-        header = tuple(next(rows))
-        if header != COLUMNS:
+        (number, header), *rows = rows
+        if tuple(header) != COLUMNS:
             raise LabelReviewError(
-                f"{path}:{lines[0][0]}: the header must be {','.join(COLUMNS)}, not {','.join(header)}"
+                f"{path}:{number}: the header must be {','.join(COLUMNS)}, not {','.join(header)}"
             )
         faces, seen = [], set()
-        for (number, _), row in zip(lines[1:], rows, strict=True):
+        for number, row in rows:
             face = _parse_row(row, f"{path}:{number}")
             if (face.source, face.key) in seen:
                 raise LabelReviewError(f"{path}:{number}: {face.source} {face.image} is reviewed twice")
@@ -105,7 +104,8 @@ class LabelReview:
         return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16] if rows else ""
 
     def apply(self, source: str, images: Sequence[SourceImage]) -> tuple[list[SourceImage], ReviewCounts]:
-        """`images` of `source` with the reviewed faces relabelled or left out."""
+        """`images` of `source` with the reviewed faces relabelled or left out; `unmatched` counts
+        the rows of `source` that name no face of `images`."""
         reviewed = {face.key: face for face in self.of_source(source)}
         used: set[FaceKey] = set()
         out = []
@@ -126,10 +126,12 @@ class LabelReview:
                     relabelled += 1
                 faces.append(replace(sample, label=face.label))
             out.append(image if tuple(faces) == image.faces else replace(image, faces=tuple(faces)))
-        counts = ReviewCounts(relabelled, excluded, len(reviewed) - len(used))
+        return out, ReviewCounts(relabelled, excluded, len(reviewed) - len(used))
+
+    def warn_unmatched(self, source: str, counts: ReviewCounts) -> None:
+        """Log the rows of `source` that named no face of all its images (the dataset changed)."""
         if counts.unmatched:
             log.warning("%s: %d reviewed faces of %s name no face of it", self.name, counts.unmatched, source)
-        return out, counts
 
     def to_json(self) -> dict[str, object]:
         return {"file": self.name, "sha256": self.sha256, "faces": len(self.faces)}

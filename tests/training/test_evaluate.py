@@ -74,6 +74,31 @@ def test_evaluate_crops_on_the_held_out_split_writes_the_documented_json(tiny_mo
 
 
 @pytest.mark.slow
+def test_with_no_allow_floor_the_door_counts_are_the_confusion_matrix(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+):
+    """Every face called masked then counts toward opening: false allows are the faces of the other
+    labels called masked, kept out the masked faces called anything else; improper may open too."""
+    out = tmp_path / "crops.json"
+    faces = tiny_model.parent / "faces"
+    argv = ["evaluate", "--model", str(tiny_model), "--data", str(faces), "--json", str(out), "--quiet",
+            "--cache", str(tmp_path / "cache")]  # fmt: skip
+    monkeypatch.setenv("MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR", "0")
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    band = report["bands"]["all"]
+    confusion = np.asarray(band["confusion"])
+    assert report["door_policy"] == {"opens_for": ["with_mask"], "allow_confidence_floor": 0.0}
+    assert band["door"]["false_allows"] == confusion[1, 0] + confusion[2, 0]
+    assert band["door"]["kept_out"] == confusion[0, 1] + confusion[0, 2]
+    monkeypatch.setenv("MASKGATE_POLICY__IMPROPER_MASK", "allow")
+    assert main(argv) == 0
+    band = json.loads(out.read_text())["bands"]["all"]
+    assert band["door"]["false_allows"] == confusion[1, 0] + confusion[1, 2]
+    assert band["door"]["kept_out"] == confusion[0, 1] + confusion[2, 1]
+
+
+@pytest.mark.slow
 def test_evaluate_refuses_a_model_folder_with_an_altered_file(tiny_model: Path, tmp_path: Path, capsys):
     copy = tmp_path / "altered"
     shutil.copytree(tiny_model, copy)

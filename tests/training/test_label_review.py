@@ -78,6 +78,15 @@ def test_a_bad_review_line_is_named_with_its_line_number(tmp_path: Path, rows, m
         LabelReview.load(write(tmp_path / "review.csv", *rows))
 
 
+def test_a_spreadsheets_byte_order_mark_is_read_and_an_open_quote_spoils_only_its_line(tmp_path: Path):
+    path = tmp_path / "review.csv"
+    path.write_bytes(("\ufeff" + HEADER + "\ns,a.jpg,,with_mask,why\n").encode())
+    assert len(LabelReview.load(path).faces) == 1
+    path.write_text(f'{HEADER}\ns,a.jpg,,with_mask,"why\nit is so"\n')
+    with pytest.raises(LabelReviewError, match=r"review.csv:3: expected 5 fields"):
+        LabelReview.load(path)
+
+
 def test_a_review_file_without_its_header_or_at_all_is_a_clear_error(tmp_path: Path):
     (tmp_path / "bad.csv").write_text("image,label\na.jpg,with_mask\n")
     with pytest.raises(
@@ -100,10 +109,11 @@ def test_applying_a_review_relabels_and_excludes_only_the_named_faces(tmp_path: 
             "another/source,images/b.jpg,30 30 70 70,exclude,not this source",
         )
     )
-    with caplog.at_level(logging.WARNING, logger="maskgate.training.label_review"):
-        reviewed, counts = review.apply(spec.name, images)
+    reviewed, counts = review.apply(spec.name, images)
     assert (counts.relabelled, counts.excluded, counts.unmatched) == (1, 1, 1)
-    assert "1 reviewed faces of" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="maskgate.training.label_review"):
+        cropset.load_source(spec, SPEC, None, progress=False, review=review)
+    assert f"review.csv: 1 reviewed faces of {spec.name} name no face of it" in caplog.text
     by_path = {image.path: image for image in reviewed}
     assert [(f.label, f.box) for f in by_path["images/a.jpg"].faces] == [
         (Label.IMPROPER_MASK, Box(80, 20, 120, 60))
@@ -123,6 +133,12 @@ def test_reviewed_crops_carry_the_corrected_labels_and_never_come_stale_from_the
     plain, report, _ = cropset.load_source(spec, SPEC, cache, progress=False)
     reviewed, reviewed_report, scanned = cropset.load_source(spec, SPEC, cache, progress=False, review=review)
     again, _, _ = cropset.load_source(spec, SPEC, cache, progress=False)
+    cached, cached_report, _ = cropset.load_source(spec, SPEC, cache, progress=False, review=review)
+    assert (
+        np.array_equal(cached.labels, reviewed.labels)
+        and cached_report.to_json() == reviewed_report.to_json()
+    )
+    assert len(list(cache.glob("*.npz"))) == 2  # one set of crops per labelling
     with_mask, without = LABELS.index(Label.WITH_MASK), LABELS.index(Label.WITHOUT_MASK)
     assert sorted(plain.labels.tolist()) == sorted(again.labels.tolist()) == [with_mask, with_mask, without]
     assert sorted(reviewed.labels.tolist()) == [with_mask, without, without]
@@ -159,7 +175,11 @@ def test_evaluate_measures_against_the_reviewed_labels(tiny_model: Path, tmp_pat
     spec = DataSpec.parse(str(faces))
     images, _ = scan(spec)
     bare = next(image.path for image in images if image.path.startswith("without_mask/"))
-    review = write(tmp_path / "review.csv", f"{spec.name},{bare},,with_mask,masked after all")
+    review = write(
+        tmp_path / "review.csv",
+        f"{spec.name},{bare},,with_mask,masked after all",
+        "folders/elsewhere,with_mask/1.jpg,,without_mask,a source not evaluated here",
+    )
     out = tmp_path / "report.json"
     argv = [
         "evaluate",
@@ -174,14 +194,43 @@ def test_evaluate_measures_against_the_reviewed_labels(tiny_model: Path, tmp_pat
     assert main([*argv, "--json", str(out)]) == 0
     plain = json.loads(out.read_text())
     assert main([*argv, "--json", str(out), "--label-review", str(review)]) == 0
+    assert "rows for sources not in --data, not applied: folders/elsewhere" in capsys.readouterr().err
     reviewed = json.loads(out.read_text())
-    assert plain["label_review"] is None and reviewed["label_review"]["faces"] == 1
+    assert plain["label_review"] is None and reviewed["label_review"]["faces"] == 2
     support = [r["bands"]["all"]["per_class"]["with_mask"]["support"] for r in (plain, reviewed)]
     assert support[1] == support[0] + 1
     assert reviewed["data"][0]["relabelled"] == 1
     (tmp_path / "broken.csv").write_text(f"{HEADER}\n{spec.name},{bare},,hat,why\n")
     assert main([*argv, "--label-review", str(tmp_path / "broken.csv")]) == 2
     assert "broken.csv:2: unknown label 'hat'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scenes_are_measured_against_the_reviewed_annotations(tiny_model: Path, tmp_path: Path):
+    from types import SimpleNamespace
+
+    from maskgate.config import DetectorConfig
+    from maskgate.training import evaluate
+
+    spec = grey_voc(tmp_path / "voc")
+    review = LabelReview.load(
+        write(
+            tmp_path / "review.csv",
+            f"{spec.name},images/a.jpg,80 20 120 60,improper_mask,a mask on the chin",
+            f"{spec.name},images/b.jpg,30 30 70 70,exclude,no face in the box",
+        )
+    )
+    nothing = SimpleNamespace(detect=lambda _image: [])
+    truth = {}
+    for applied in (None, review):
+        report = evaluate.evaluate_scenes(
+            tiny_model, [spec], "all", DetectorConfig(), progress=False, detector=nothing, review=applied
+        )
+        truth[applied is not None] = report["bands"]["all"]["ground_truth"]
+        assert report["label_review"] == (review.to_json() if applied else None)
+    assert truth[False] == {"with_mask": 2, "without_mask": 1, "improper_mask": 0}
+    assert truth[True] == {"with_mask": 1, "without_mask": 0, "improper_mask": 1}
+    assert (report["data"][0]["relabelled"], report["data"][0]["excluded"]) == (1, 1)
 
 
 def test_the_projects_review_names_faces_that_are_in_the_shared_datasets():
