@@ -260,6 +260,11 @@ def test_with_stock_a_tuned_box_that_does_not_fit_a_stock_face_does_not_move_it(
     part = Face(Box(130, 130, 160, 160), 0.99, {})  # inside the face (a part of it): IoU 0.09
     (found,) = StockFirstDetector(FixedFaces(part), FixedFaces(stock_face), identity, identity).detect(blank)
     assert found == stock_face and found.crop_box is None
+    # A larger box around the whole face (IoU 0.48), as the tuned nets box masked faces, does.
+    larger = Face(Box(95, 90, 235, 240), 0.99, {})
+    loose = StockFirstDetector(FixedFaces(larger), FixedFaces(stock_face), identity, identity)
+    (found,) = loose.detect(blank)
+    assert (found.box, found.crop_box) == (larger.box, stock_face.box)
     # One box of theirs over a face and the child's face held close to it locates at most one:
     # the face it fits (IoU 0.67), not the small one inside it as well (IoU 0.09).
     adult, child = Face(Box(100, 100, 220, 220), 0.95, {}), Face(Box(150, 150, 195, 195), 0.93, {})
