@@ -362,7 +362,14 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
                 if problems:
                     raise UsageError(f"--min-face-size: {'; '.join(problems)}")
             report = evaluate.evaluate_scenes(
-                args.model, specs, args.split, detector, not args.quiet, errors=args.errors, review=review
+                args.model,
+                specs,
+                args.split,
+                detector,
+                not args.quiet,
+                errors=args.errors,
+                review=review,
+                policy=config.policy,
             )
     except ModelFileError as exc:
         print(f"maskgate evaluate: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from maskgate.config import DetectorConfig, PolicyConfig
 from maskgate.core import LABELS, Classification, Face, utcnow
 from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face
 from maskgate.gate.detector import box_calibration
+from maskgate.gate.policy import DecisionPolicy
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.training import cropset
 from maskgate.training.cropset import CropSet
@@ -42,6 +43,7 @@ from maskgate.training.metrics import (
     crop_metrics_by_band,
     door_allows_by_band,
     missed_faces,
+    scene_door,
     scene_metrics,
 )
 from maskgate.training.split import MANIFEST_FILE, split_images
@@ -60,6 +62,11 @@ ERRORS_SHOWN = 96  # faces on a sheet; the CSV lists every one
 
 class EvaluationError(ValueError):
     """The evaluation asked for cannot be done (wrong layout, no manifest for a split, no data)."""
+
+
+def door_policy(policy: PolicyConfig | None) -> DecisionPolicy:
+    """The decision policy door counts are judged by: `policy`, by default the defaults."""
+    return DecisionPolicy(policy or PolicyConfig(), "evaluate")
 
 
 def _split_filter(model_dir: Path, split: str) -> set[tuple[str, str]] | None:
@@ -133,7 +140,6 @@ def evaluate_crops(
     :class:`DoorAllows`). With `errors`, the misclassified faces are written there for review
     (:func:`write_errors`)."""
     from maskgate.gate.classifier import MaskClassifier
-    from maskgate.gate.policy import DecisionPolicy
 
     classifier = MaskClassifier(model_dir)
     card = classifier.card
@@ -147,9 +153,10 @@ def evaluate_crops(
     probabilities = classify_crops(classifier, data.crops, progress)
     predicted = probabilities.argmax(axis=1)
     by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
-    policy = policy or PolicyConfig()
-    opening = [i for i, label in enumerate(LABELS) if DecisionPolicy(policy, "evaluate").opens(label)]
-    door = door_allows_by_band(data.labels, probabilities, data.sides, opening, policy.allow_confidence_floor)
+    decisions = door_policy(policy)
+    opening = [LABELS.index(label) for label in LABELS if decisions.opens(label)]
+    floor = decisions.config.allow_confidence_floor
+    door = door_allows_by_band(data.labels, probabilities, data.sides, opening, floor)
     if errors is not None:
         write_errors(errors, data, probabilities)
     return {
@@ -165,7 +172,7 @@ def evaluate_crops(
         "label_review": review.to_json() if review else None,
         "door_policy": {
             "opens_for": [LABELS[i].value for i in opening],
-            "allow_confidence_floor": policy.allow_confidence_floor,
+            "allow_confidence_floor": floor,
         },
         "bands": {band: by_band[band].to_json() | {"door": door[band].to_json()} for band in BAND_NAMES},
     }
@@ -278,8 +285,11 @@ def evaluate_scenes(
     extra_bands: Sequence[str] = (),
     errors: Path | None = None,
     review: LabelReview | None = None,
+    policy: PolicyConfig | None = None,
 ) -> dict[str, object]:
     """End-to-end metrics on VOC scenes; `detector` defaults to the gate's own for `detector_config`.
+    Each band also says what one frame of each scene would tell the door under `policy` (default:
+    the defaults), detection by detection as the gate's policy judges it (:class:`SceneDoor`).
 
     `extra_bands` (">=60", ...) are reported after the standard ones. With `errors`, the annotated
     faces the detector missed are written there for review (:meth:`MissedFaces.write`). A `review`
@@ -296,6 +306,8 @@ def evaluate_scenes(
     detector = detector or cropset.make_detector(detector_config)
     calibration = box_calibration(detector_config)
     keep = _split_filter(model_dir, split)
+    decisions = door_policy(policy)
+    opening = [label for label in LABELS if decisions.opens(label)]
     results: list[SceneResult] = []
     missed = MissedFaces(card.crop)
     reports = []
@@ -309,7 +321,9 @@ def evaluate_scenes(
                 review.warn_unmatched(spec.name, counts)
             report.relabelled, report.excluded = counts.relabelled, counts.excluded
         for path, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
-            result = SceneResult(truth, _detect_and_classify(rgb, detector, calibration, classifier))
+            result = SceneResult(
+                truth, _detect_and_classify(rgb, detector, calibration, classifier, decisions)
+            )
             results.append(result)
             if errors is not None:
                 missed.add(spec.name, path, rgb, missed_faces(result))
@@ -329,7 +343,17 @@ def evaluate_scenes(
         "data": [report.to_json() for report in reports],
         "images": len(results),
         "seconds": round(time.monotonic() - started, 2),
-        "bands": {band: scene_metrics(results, band).to_json() for band in (*BAND_NAMES, *extra_bands)},
+        "door_policy": {
+            "opens_for": [label.value for label in opening],
+            "allow_confidence_floor": decisions.config.allow_confidence_floor,
+            "min_face_size": decisions.config.min_face_size,
+            "min_detector_score": decisions.config.min_detector_score,
+        },
+        "bands": {
+            band: scene_metrics(results, band).to_json()
+            | {"door": scene_door(results, opening, band).to_json()}
+            for band in (*BAND_NAMES, *extra_bands)
+        },
     }
 
 
@@ -364,15 +388,21 @@ def labelled_scenes(
 
 
 def _detect_and_classify(
-    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier
+    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier, policy: DecisionPolicy | None = None
 ) -> tuple[Detection, ...]:
-    """The gate's view of one scene: detected faces with calibrated boxes, classified in one call.
+    """The gate's view of one scene: detected faces with calibrated boxes, classified in one call,
+    each marked where one frame of it would count toward opening the door under `policy`.
 
     The calibrated box is what is matched against the hand-drawn boxes; the crop is cut as the
-    gate cuts it, around the face's `box_to_crop`.
+    gate cuts it, around the face's `box_to_crop`; the policy judges the face as the gate's does.
     """
     return tuple(
-        Detection(calibration.apply(face.box), face.score, tuple(c.probabilities[label] for label in LABELS))
+        Detection(
+            calibration.apply(face.box),
+            face.score,
+            tuple(c.probabilities[label] for label in LABELS),
+            policy is not None and policy.opens(c.label) and policy.is_evidence(face, c),
+        )
         for face, c in classify_faces(rgb, detector.detect(rgb), classifier, calibration)
     )
 
@@ -417,6 +447,8 @@ def format_report(report: dict) -> str:
                 f"recall [{recall}] precision {m['detection_precision']['all']:.3f} "
                 f"AP50 [{ap}] mAP50 {m['map50']:.3f} "
                 f"face-acc {m['face_accuracy']:.3f} (n={m['matched_faces']})"
+                f" | door: false allows {m['door']['false_allows']}, "
+                f"on no face {m['door']['no_face_allows']}, kept out {m['door']['kept_out']}"
             )
     return "\n".join(lines)
 

@@ -180,6 +180,7 @@ class Detection:
     box: Box
     score: float
     probabilities: tuple[float, ...]
+    counts_to_open: bool = False  # one frame of it would count toward opening the door (the policy)
 
     @property
     def label(self) -> Label:
@@ -310,6 +311,44 @@ class BandSceneMetrics:
             "face_accuracy": self.face_accuracy,
             "confusion": self.confusion.astype(int).tolist(),
         }
+
+
+@dataclass(frozen=True)
+class SceneDoor:
+    """What one frame of each scene would tell the door, face by face (:class:`DoorAllows` for the
+    annotated faces; a face counts as let in when any detection of it counts toward opening), and
+    the detections on no annotated face that would count toward opening."""
+
+    faces: DoorAllows
+    no_face_allows: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return self.faces.to_json() | {"no_face_allows": self.no_face_allows}
+
+
+def scene_door(results: Sequence[SceneResult], opening: Collection[Label], band: str = ALL) -> SceneDoor:
+    """:class:`SceneDoor` of the faces in `band` (and the faceless detections of its size), where
+    the labels `opening` open the door; a missed face is kept out."""
+    shut = let_in = open_faces = kept_out = no_face = 0
+    for result in results:
+        counted: set[int] = set()
+        for det, match in _matched_detections(result):
+            if not det.counts_to_open:
+                continue
+            if match.truth is None:
+                no_face += in_band(det.box.side, band)
+            else:
+                counted.add(match.truth)
+        for i, face in enumerate(result.truth):
+            if not in_band(face.box.side, band):
+                continue
+            if face.label in opening:
+                open_faces += 1
+                kept_out += i not in counted
+            else:
+                shut += 1
+                let_in += i in counted
+    return SceneDoor(DoorAllows(shut, let_in, open_faces, kept_out), no_face)
 
 
 def _by_label(values: dict[Label, float]) -> dict[str, float]:

@@ -167,6 +167,36 @@ def test_evaluate_scenes_end_to_end_with_a_known_detector(tiny_model: Path, data
 
 
 @pytest.mark.slow
+def test_evaluate_scenes_counts_what_each_frame_would_tell_the_door(
+    tiny_model: Path, datasets: Path, tmp_path: Path
+):
+    """With no floors at all every face called masked counts toward opening: with the oracle
+    detector the door counts are the confusion matrix of the matched faces, and nothing is faceless."""
+    from maskgate.config import PolicyConfig
+
+    root = tmp_path / "voc"
+    boxes = copy_scenes(datasets, root, 3)
+
+    def evaluated(policy: PolicyConfig) -> dict:
+        spec, config = DataSpec.parse(str(root)), DetectorConfig(box_calibration=False)
+        return evaluate.evaluate_scenes(
+            tiny_model, [spec], "all", config, progress=False, detector=OracleDetector(boxes), policy=policy
+        )
+
+    report = evaluated(PolicyConfig(allow_confidence_floor=0.0, min_face_size=0, min_detector_score=0.0))
+    policy = report["door_policy"]
+    assert policy["opens_for"] == ["with_mask"] and policy["allow_confidence_floor"] == 0.0
+    assert (policy["min_face_size"], policy["min_detector_score"]) == (0, 0.0)
+    band = report["bands"]["all"]
+    confusion = np.asarray(band["confusion"])
+    assert band["door"]["false_allows"] == confusion[1, 0] + confusion[2, 0]
+    assert band["door"]["kept_out"] == confusion[0, 1] + confusion[0, 2]
+    assert band["door"]["no_face_allows"] == 0
+    door = evaluated(PolicyConfig(min_face_size=10_000))["bands"]["all"]["door"]  # no face large enough
+    assert door["false_allows"] == 0 and door["kept_out"] == confusion[0].sum()
+
+
+@pytest.mark.slow
 def test_evaluate_scenes_writes_the_faces_the_detector_missed(
     tiny_model: Path, datasets: Path, tmp_path: Path
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from maskgate.training.metrics import (
     door_allows_by_band,
     in_band,
     missed_faces,
+    scene_door,
     scene_metrics,
     voc_ap,
 )
@@ -130,6 +133,39 @@ def test_scene_metrics_by_hand():
     # (D), rest FP; 2 positives -> precision .5 at recall .5, never more -> .25. Improper: d3 first -> 1.
     assert m.ap50 == pytest.approx({W: 1.0, WO: 0.25, IM: 1.0})
     assert m.map50 == pytest.approx(0.75)
+
+
+def test_scene_door_by_hand():
+    """With_mask opens. Image 1: A (with) found by two detections, only the duplicate counts toward
+    opening; B (without) missed; C (improper) found, not counting; a detection on nothing counts.
+    Image 2: D (without) found and counting: a false allow."""
+    one, two = scenes()
+    counting = [
+        replace(one.detections[0], counts_to_open=False),
+        replace(one.detections[1], counts_to_open=True),  # the duplicate of A still lets A in
+        one.detections[2],
+        replace(one.detections[3], counts_to_open=True),  # on no face
+    ]
+    results = [
+        replace(one, detections=tuple(counting)),
+        replace(two, detections=(replace(two.detections[0], counts_to_open=True),)),
+    ]
+    door = scene_door(results, [W])
+    assert (door.faces.shut_faces, door.faces.false_allows) == (3, 1)  # B, C, D; D let in
+    assert (door.faces.open_faces, door.faces.kept_out) == (1, 0)  # A, let in by its duplicate
+    assert door.no_face_allows == 1
+    assert door.to_json()["no_face_allows"] == 1 and door.to_json()["false_allow_rate"] == pytest.approx(
+        1 / 3
+    )
+    # Faces of 45 px and more: C (100) and D (50) keep the door shut, D is let in; the 50 px
+    # detection on nothing counts; A (40) is out of the band.
+    large = scene_door(results, [W], ">=45")
+    assert (large.faces.shut_faces, large.faces.false_allows, large.faces.open_faces) == (2, 1, 0)
+    assert large.no_face_allows == 1
+    # A missed masked face is kept out; improper opening too makes C a face that should open.
+    assert scene_door([replace(one, detections=())], [W]).faces.kept_out == 1
+    lenient = scene_door(results, [W, IM])
+    assert (lenient.faces.open_faces, lenient.faces.kept_out) == (2, 1)
 
 
 def test_missed_faces_are_the_ones_recall_does_not_count():
