@@ -41,7 +41,7 @@ Locate = Callable[[SourceImage, np.ndarray], Box | None]
 
 @dataclass(frozen=True)
 class CropSet:
-    """Face crops and what is known about each: label, source, image, box side, box."""
+    """Face crops and what is known about each: label, source, image, box side."""
 
     crops: np.ndarray  # uint8 (N, size, size, channels), from crop_face
     labels: np.ndarray  # int64 (N,), index into LABELS
