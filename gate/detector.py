@@ -207,11 +207,11 @@ class StockFirstDetector:
     """A trained detector folder's nets with the stock nets beside them (`detector.with_stock`).
 
     Every face the stock nets find is kept and cropped around the stock box; where the folder's nets
-    box the same face and their box fits the stock one (IoU >= RELOCATE_IOU), that box locates it
-    and the stock box becomes its `crop_box` (a face of theirs lying mostly inside a stock one is
-    the same face, as ONet's last suppression judges it). The folder's nets add the faces the stock
-    nets miss, where the stock ONet's face probability for the added box is at least `stock_check`
-    (0: no check).
+    box the same face and their box fits the stock one (IoU >= RELOCATE_IOU), that box locates it,
+    the stock box becomes its `crop_box` and it carries the surer of the two scores (a face of
+    theirs lying mostly inside a stock one is the same face, as ONet's last suppression judges it).
+    The folder's nets add the faces the stock nets miss, where the stock ONet's face probability for
+    the added box is at least `stock_check` (0: no check).
 
     Why stock first and the check: the shipped classifier learned from crops around stock boxes,
     and a tuned detector alone was measured to open the door for an unmasked man, both by its own
@@ -282,8 +282,10 @@ class StockFirstDetector:
 
     def _located(self, stock: Sequence[Face], tuned: Sequence[Face]) -> list[Face]:
         """`stock`, each face located by the folder's box of the same face where one fits it (IoU >=
-        RELOCATE_IOU; best fits first, each box of theirs locating one face) and then cropped around
-        its own box; the others as they are."""
+        RELOCATE_IOU; best fits first, each box of theirs locating one face), then cropped around its
+        own box and scored by the surer of the two nets (the stock nets are unsure of masked faces:
+        their score kept masked faces both find under the policy's `min_detector_score`); the
+        others as they are."""
         fits = sorted(
             (
                 (face.box.iou(other.box), i, j)
@@ -298,7 +300,8 @@ class StockFirstDetector:
             if fit < self.RELOCATE_IOU:
                 break
             if located[i] is stock[i] and j not in used:
-                located[i] = replace(stock[i], box=tuned[j].box, crop_box=stock[i].box)
+                score = max(stock[i].score, tuned[j].score)
+                located[i] = replace(stock[i], box=tuned[j].box, crop_box=stock[i].box, score=score)
                 used.add(j)
         return located
 

@@ -213,7 +213,7 @@ def test_with_stock_keeps_the_stock_faces_and_adds_only_the_faces_stock_misses()
         stock_calibration,
     )
     found = paired.detect(np.zeros((480, 640, 3), np.uint8))
-    assert [face.score for face in found] == [0.95, 0.99]
+    assert [face.score for face in found] == [0.999, 0.99]  # a face both find: the surer score
     # Located where the tuned nets box it (they fit masked faces better) ...
     assert found[0].box == same_face.box
     # ... but the gate, calibrating as the tuned folder says, must crop the stock face where the
@@ -241,7 +241,12 @@ def test_with_stock_a_face_both_find_is_located_by_the_tuned_box_that_fits_it_be
         FixedFaces(inner, fitting), FixedFaces(stock_face), BoxCalibration(), BoxCalibration()
     )
     (found,) = paired.detect(np.zeros((480, 640, 3), np.uint8))
-    assert (found.box, found.crop_box, found.score) == (fitting.box, stock_face.box, stock_face.score)
+    assert (found.box, found.crop_box, found.score) == (fitting.box, stock_face.box, fitting.score)
+    surer_stock = StockFirstDetector(
+        FixedFaces(replace(fitting, score=0.9)), FixedFaces(stock_face), BoxCalibration(), BoxCalibration()
+    )
+    (found,) = surer_stock.detect(np.zeros((480, 640, 3), np.uint8))
+    assert found.score == stock_face.score == 0.95
     raw = StockFirstDetector(
         FixedFaces(fitting),
         FixedFaces(stock_face),
@@ -270,7 +275,7 @@ def test_with_stock_a_tuned_box_that_does_not_fit_a_stock_face_does_not_move_it(
     adult, child = Face(Box(100, 100, 220, 220), 0.95, {}), Face(Box(150, 150, 195, 195), 0.93, {})
     both = Face(Box(100, 100, 247, 247), 0.99, {})
     paired = StockFirstDetector(FixedFaces(both), FixedFaces(adult, child), identity, identity)
-    assert paired.detect(blank) == [replace(adult, box=both.box, crop_box=adult.box), child]
+    assert paired.detect(blank) == [replace(adult, box=both.box, crop_box=adult.box, score=both.score), child]
 
 
 class FixedScores:
