@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from maskgate.config import PolicyConfig
-from maskgate.core import Action, Classification, Decision, Face, Label, Track
+from maskgate.core import LABELS, Action, Classification, Decision, Face, Label, Track
 
 
 @dataclass
@@ -76,6 +76,15 @@ class DecisionPolicy:
     def opens(self, label: Label) -> bool:
         """Whether a decision for `label` opens the door."""
         return self.actions[label] is Action.ALLOW
+
+    @property
+    def opening(self) -> tuple[Label, ...]:
+        """The labels whose decision opens the door, in model output order."""
+        return tuple(label for label in LABELS if self.opens(label))
+
+    def counts_to_open(self, face: Face, classification: Classification) -> bool:
+        """Whether one frame's `classification` of `face` counts toward opening the door."""
+        return self.opens(classification.label) and self.is_evidence(face, classification)
 
     def is_evidence(self, face: Face, classification: Classification) -> bool:
         """Whether one frame's `classification` of `face` counts toward a decision."""

@@ -233,9 +233,7 @@ def load_source(
     images, report = scan(spec)
     labelled, review_tag = images, ""
     if review is not None:
-        labelled, counts = review.apply(spec.name, images)
-        review.warn_unmatched(spec.name, counts)
-        report.relabelled, report.excluded = counts.relabelled, counts.excluded
+        labelled = review.apply_counted(spec.name, images, report)
         review_tag = review.cache_tag(spec.name)
     key = cache_key(spec, images, crop, detector_tag, review_tag)
     path = cache_dir / f"{spec.name.replace('/', '__')}-{spec.layout.value}-{key}.npz" if cache_dir else None

@@ -92,7 +92,7 @@ def unmasked_photos(
         faces = detector.detect(rgb)
         with_face += bool(faces)
         classified = evaluate.classify_faces(rgb, faces, classifier, calibration)
-        if any(policy.opens(c.label) and policy.is_evidence(face, c) for face, c in classified):
+        if any(policy.counts_to_open(face, c) for face, c in classified):
             opening.append(f"{path.parent.parent.name}/{path.parent.name}/{path.name}")
     return {
         "photos": photos,

@@ -154,7 +154,7 @@ def evaluate_crops(
     predicted = probabilities.argmax(axis=1)
     by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
     decisions = door_policy(policy)
-    opening = [LABELS.index(label) for label in LABELS if decisions.opens(label)]
+    opening = [LABELS.index(label) for label in decisions.opening]
     floor = decisions.config.allow_confidence_floor
     door = door_allows_by_band(data.labels, probabilities, data.sides, opening, floor)
     if errors is not None:
@@ -171,7 +171,7 @@ def evaluate_crops(
         "seconds": round(time.monotonic() - started, 2),
         "label_review": review.to_json() if review else None,
         "door_policy": {
-            "opens_for": [LABELS[i].value for i in opening],
+            "opens_for": [label.value for label in decisions.opening],
             "allow_confidence_floor": floor,
         },
         "bands": {band: by_band[band].to_json() | {"door": door[band].to_json()} for band in BAND_NAMES},
@@ -307,7 +307,6 @@ def evaluate_scenes(
     calibration = box_calibration(detector_config)
     keep = _split_filter(model_dir, split)
     decisions = door_policy(policy)
-    opening = [label for label in LABELS if decisions.opens(label)]
     results: list[SceneResult] = []
     missed = MissedFaces(card.crop)
     reports = []
@@ -316,10 +315,7 @@ def evaluate_scenes(
         images, report = scan(spec)  # counts missing images, bad XML and unknown labels
         if review is not None:  # on the split's images only, as the report counts them
             images = [image for image in images if keep is None or (spec.name, image.path) in keep]
-            images, counts = review.apply(spec.name, images)
-            if keep is None:  # else rows of the other splits name no face here, as they should
-                review.warn_unmatched(spec.name, counts)
-            report.relabelled, report.excluded = counts.relabelled, counts.excluded
+            images = review.apply_counted(spec.name, images, report, all_images=keep is None)
         for path, rgb, truth in labelled_scenes(spec, images, keep, report, progress):
             result = SceneResult(
                 truth, _detect_and_classify(rgb, detector, calibration, classifier, decisions)
@@ -344,14 +340,14 @@ def evaluate_scenes(
         "images": len(results),
         "seconds": round(time.monotonic() - started, 2),
         "door_policy": {
-            "opens_for": [label.value for label in opening],
+            "opens_for": [label.value for label in decisions.opening],
             "allow_confidence_floor": decisions.config.allow_confidence_floor,
             "min_face_size": decisions.config.min_face_size,
             "min_detector_score": decisions.config.min_detector_score,
         },
         "bands": {
             band: scene_metrics(results, band).to_json()
-            | {"door": scene_door(results, opening, band).to_json()}
+            | {"door": scene_door(results, decisions.opening, band).to_json()}
             for band in (*BAND_NAMES, *extra_bands)
         },
     }
@@ -401,7 +397,7 @@ def _detect_and_classify(
             calibration.apply(face.box),
             face.score,
             tuple(c.probabilities[label] for label in LABELS),
-            policy is not None and policy.opens(c.label) and policy.is_evidence(face, c),
+            policy is not None and policy.counts_to_open(face, c),
         )
         for face, c in classify_faces(rgb, detector.detect(rgb), classifier, calibration)
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from maskgate.core import Box, Label, UnknownLabelError
-from maskgate.training.datasets import SourceImage
+from maskgate.training.datasets import SourceImage, SourceReport
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,16 @@ class LabelReview:
             out.append(image if tuple(faces) == image.faces else replace(image, faces=tuple(faces)))
         return out, ReviewCounts(relabelled, excluded, len(reviewed) - len(used))
 
-    def warn_unmatched(self, source: str, counts: ReviewCounts) -> None:
-        """Log the rows of `source` that named no face of all its images (the dataset changed)."""
-        if counts.unmatched:
+    def apply_counted(
+        self, source: str, images: Sequence[SourceImage], report: SourceReport, all_images: bool = True
+    ) -> list[SourceImage]:
+        """:meth:`apply`, its counts in `report`; with `all_images` (the whole source, not a
+        split of it), the rows that name no face of it are logged: the dataset changed."""
+        reviewed, counts = self.apply(source, images)
+        report.relabelled, report.excluded = counts.relabelled, counts.excluded
+        if all_images and counts.unmatched:
             log.warning("%s: %d reviewed faces of %s name no face of it", self.name, counts.unmatched, source)
+        return reviewed
 
     def to_json(self) -> dict[str, object]:
         return {"file": self.name, "sha256": self.sha256, "faces": len(self.faces)}

@@ -91,6 +91,12 @@ def test_one_frame_of_one_face_is_judged_as_evidence_alone(policy):
     assert policy.is_evidence(face, probs(WO, confidence=0.7))
     assert not policy.is_evidence(track(side=30).face, probs(WO, confidence=0.99))
     assert not policy.is_evidence(track(score=0.5).face, probs(WO, confidence=0.99))
+    # ... and toward opening the door: an opening label that is evidence.
+    assert policy.opening == (W,)
+    assert policy.counts_to_open(face, probs(W, confidence=0.9))
+    assert not policy.counts_to_open(face, probs(W, confidence=0.7))
+    assert not policy.counts_to_open(face, probs(WO, confidence=0.99))
+    assert not policy.counts_to_open(track(side=30).face, probs(W, confidence=0.99))
 
 
 def test_evidence_gathers_before_the_track_is_confirmed_but_no_decision_is_made(policy):
