@@ -191,6 +191,9 @@ class RetrainConfig:
     # matched by sha256. They are never trained on. "" = every image of eval_data.
     eval_manifest: str = "models/default/manifest.csv.gz"
     eval_split: Literal["train", "val", "test"] = "test"
+    # Source labels a person found wrong (training/label_review.py), corrected in what the candidate
+    # trains on and in both evaluation sets, the champion's scores included. "" = the sources' own.
+    label_review: str = "training/label_review.csv"
     arch: Literal["compact", "seed"] = "compact"
     # Networks trained (each from another seed) and averaged into the candidate, as the shipped
     # model averages three: a single network rarely matches an ensemble champion.

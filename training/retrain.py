@@ -61,6 +61,7 @@ from maskgate.store import (
     make_engine,
 )
 from maskgate.training.datasets import DataSpec
+from maskgate.training.label_review import LabelReview, LabelReviewError
 from maskgate.training.metrics import GATE_BAND
 from maskgate.training.pool import (
     BasePool,
@@ -289,12 +290,14 @@ class Pool:
     base: BasePool
     held_out: DataSpec | None  # recent incidents kept out of training, to evaluate on
     incident_counts: IncidentCounts
+    review: LabelReview | None  # corrected source labels, for training and both evaluation sets
 
     def to_json(self) -> dict[str, object]:
         return {
             "base": self.base.counts.to_json(),
             "incidents": self.incident_counts.to_json(),
             "frozen": self.frozen.to_json(),
+            "label_review": self.review.to_json() if self.review else None,
         }
 
 
@@ -358,11 +361,12 @@ class Retrainer:
 
     def _run(self, run: TrainingRun, say: Log) -> RunResult:
         check_settings(self.config.retrain)
+        review = load_label_review(self.config.retrain)
         phases = Phases()
         with phases("prepare"):
             work = fresh_work_dir(Path(self.config.retrain.work_dir), run.run_id)
             champion = self._champion(work, say)
-            pool = self._pool(work, say)
+            pool = self._pool(work, review, say)
         with phases("train"):
             card, folder = self._train(run, pool, work, say)
         with phases("evaluate"):
@@ -420,7 +424,7 @@ class Retrainer:
         say(f"no model was active: registered the gates' starting model {known.version} ({folder})")
         return self.registry.promote(known.version)
 
-    def _pool(self, work: Path, say: Log) -> Pool:
+    def _pool(self, work: Path, review: LabelReview | None, say: Log) -> Pool:
         retrain, paths = self.config.retrain, self.config.paths
         scans = Scans()
         base_specs = parse_specs(retrain.base_data, paths.datasets, "base_data")
@@ -450,12 +454,14 @@ class Retrainer:
             f"frozen evaluation set: {frozen.images} images, digest {frozen.digest} "
             f"({frozen.missing} listed but missing or changed)"
         )
-        return Pool(specs, frozen, base, held_spec, counts)
+        if review:
+            say(f"label review: {review.name} ({len(review.faces)} faces, sha256 {review.sha256[:12]})")
+        return Pool(specs, frozen, base, held_spec, counts, review)
 
     def _train(self, run: TrainingRun, pool: Pool, work: Path, say: Log) -> tuple[ModelCard, Path]:
         out = fresh_model_folder(Path(self.config.paths.models), f"retrain-{run.run_id}")
         retrain = self.config.retrain
-        config = train_config(retrain, self.progress, self.config.detector)
+        config = train_config(retrain, self.progress, self.config.detector, pool.review)
         train_fn = self.train_fn or _default_train_fn()
         if retrain.networks == 1:
             say(f"training a {retrain.arch} candidate into {out} (at most {retrain.epochs} epochs)")
@@ -504,6 +510,7 @@ class Retrainer:
                     self.config.paths.datasets,
                     self.config.detector,
                     self.progress,
+                    pool.review,
                 ).folder
             )
         except EnsembleError as exc:
@@ -512,20 +519,32 @@ class Retrainer:
     def _evaluate(
         self, champion: Champion | None, folder: Path, pool: Pool, say: Log
     ) -> dict[str, Comparison]:
-        comparisons = {FROZEN: self._compare(champion, folder, pool.frozen.specs, FROZEN, say)}
+        comparisons = {FROZEN: self._compare(champion, folder, pool.frozen.specs, FROZEN, pool.review, say)}
         if pool.held_out is not None:
-            comparisons[INCIDENTS] = self._compare(champion, folder, [pool.held_out], INCIDENTS, say)
+            comparisons[INCIDENTS] = self._compare(
+                champion, folder, [pool.held_out], INCIDENTS, pool.review, say
+            )
         else:
             say("incidents: none reviewed recently and held out from training; frozen set only")
         return comparisons
 
     def _compare(
-        self, champion: Champion | None, folder: Path, specs: Sequence[DataSpec], name: str, say: Log
+        self,
+        champion: Champion | None,
+        folder: Path,
+        specs: Sequence[DataSpec],
+        name: str,
+        review: LabelReview | None,
+        say: Log,
     ) -> Comparison:
         cache = Path(self.config.retrain.cache)
         detector = self.config.detector  # photos are cropped as the gate crops
-        challenger = evaluate_scores(folder, specs, cache, self.progress, detector)
-        held = evaluate_scores(champion.folder, specs, cache, self.progress, detector) if champion else None
+
+        def scores(model: Path) -> Scores:  # both judged against the same (reviewed) labels
+            return evaluate_scores(model, specs, cache, self.progress, detector, review)
+
+        challenger = scores(folder)
+        held = scores(champion.folder) if champion else None
         comparison = Comparison(held, challenger)
         say(f"{name}: {comparison.to_json()}")
         return comparison
@@ -561,6 +580,17 @@ def snapshot_model(folder: Path, dest: Path, sha256: str) -> Path:
     return dest
 
 
+def load_label_review(retrain: RetrainConfig) -> LabelReview | None:
+    """The reviewed labels `retrain.label_review` names (None for ""): a file that is missing or
+    malformed fails the run before it trains, rather than training on labels known to be wrong."""
+    if not retrain.label_review:
+        return None
+    try:
+        return LabelReview.load(Path(retrain.label_review))
+    except LabelReviewError as exc:
+        raise RetrainError(f"retrain.label_review: {exc}") from None
+
+
 def check_settings(retrain: RetrainConfig) -> None:
     """Refuse settings that would make a run meaningless, before it spends an hour training (a
     config file is checked when loaded; this also covers settings built in code)."""
@@ -575,13 +605,14 @@ def evaluate_scores(
     cache: Path,
     progress: bool,
     detector: DetectorConfig | None = None,
+    review: LabelReview | None = None,
 ) -> Scores:
     """The model in `folder` on `specs`, as the gate runs it (its TFLite file through LiteRT, photos
-    cropped by the gate's `detector`)."""
+    cropped by the gate's `detector`), against the labels as `review` corrects them."""
     from maskgate.training.evaluate import EvaluationError, evaluate_crops
 
     try:
-        report = evaluate_crops(folder, specs, "all", cache, progress, detector)
+        report = evaluate_crops(folder, specs, "all", cache, progress, detector, review=review)
     except EvaluationError:
         return Scores(0, 0.0, 0.0, 0)
     return Scores.from_report(report)
@@ -616,7 +647,12 @@ def card_metrics(card: ModelCard) -> dict[str, object]:
     }
 
 
-def train_config(retrain: RetrainConfig, progress: bool, detector: DetectorConfig | None = None):
+def train_config(
+    retrain: RetrainConfig,
+    progress: bool,
+    detector: DetectorConfig | None = None,
+    review: LabelReview | None = None,
+):
     from maskgate.training.archs import ARCHS
     from maskgate.training.split import SplitConfig
     from maskgate.training.train import TrainConfig
@@ -634,6 +670,7 @@ def train_config(retrain: RetrainConfig, progress: bool, detector: DetectorConfi
         threads=retrain.threads,
         progress=progress,
         detector=detector or DetectorConfig(),
+        label_review=review,
     )
 
 

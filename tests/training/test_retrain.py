@@ -335,6 +335,7 @@ def world(tmp_path, sqlite_url):
             incident_days=30,
             incident_holdout=1.0,  # every recent incident is held out; older ones train
             networks=1,  # the stand-in "trains" a copy of the shipped model
+            label_review="",  # the project's review names the shared sets, not these
         ),
     )
     yield SimpleNamespace(config=config, engine=engine, store=EventStore(engine), tmp=tmp_path)
@@ -478,6 +479,59 @@ def test_the_candidate_is_trained_with_the_gates_detector_settings(world):
     finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
     assert finished.status is not RunStatus.FAILED, finished.reason
     assert [c.detector for c in train.configs] == [detector]
+
+
+@needs_datasets
+def test_reviewed_labels_reach_the_training_and_both_models_scores(world):
+    """The review corrects what the candidate trains on and the frozen set both models are judged on."""
+    copy_model(world.tmp / "starting", "start-good")
+    frozen_image, base_image = (
+        scan(DataSpec.parse(n, world.config.paths.datasets))[0][0] for n in ("frozen", "base")
+    )
+    review_file = world.tmp / "review.csv"
+    review_file.write_text(
+        "source,image,box,label,reason\n"
+        f"frozen,{frozen_image.path},,exclude,no label fits the crop\n"
+        f"base,{base_image.path},,without_mask,no mask at all\n"
+    )
+    config = replace(world.config, retrain=replace(world.config.retrain, label_review=str(review_file)))
+    train = FakeTrain()
+
+    finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
+
+    assert finished.status is not RunStatus.FAILED, finished.reason
+    (train_config,) = train.configs
+    assert train_config.label_review.name == "review.csv" and len(train_config.label_review.faces) == 2
+    frozen = finished.metrics["frozen"]
+    assert frozen["challenger"]["faces"] == frozen["champion"]["faces"] == 15  # 16 frozen faces, one left out
+    assert finished.metrics["pool"]["label_review"]["faces"] == 2
+    assert "label review: review.csv (2 faces" in finished.log
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read the label review"),
+        ("source,image,box,label,reason\nbase,a.jpg,,masked,why\n", "review.csv:2: unknown label 'masked'"),
+    ],
+)
+def test_a_missing_or_malformed_review_fails_the_run_before_anything_else(world, content, message):
+    review_file = world.tmp / "review.csv"
+    if content is not None:
+        review_file.write_text(content)
+    config = replace(world.config, retrain=replace(world.config.retrain, label_review=str(review_file)))
+    train = FakeTrain()
+    finished = run_job(world, Retrainer(config, world.engine, train_fn=train))
+    assert finished.status is RunStatus.FAILED and train.specs == []
+    assert finished.reason.startswith("retrain.label_review: ") and message in finished.reason
+    assert ModelRegistry(world.engine).active() is None  # not even the starting model was registered
+
+
+def test_the_default_review_is_the_projects_own_file():
+    from maskgate.training.label_review import LabelReview
+
+    review = LabelReview.load(Path(RetrainConfig().label_review))
+    assert review.name == "label_review.csv" and review.faces
 
 
 def test_missing_data_fails_the_run_with_the_key_named(world):
