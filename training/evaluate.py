@@ -69,6 +69,14 @@ def door_policy(policy: PolicyConfig | None) -> DecisionPolicy:
     return DecisionPolicy(policy or PolicyConfig(), "evaluate")
 
 
+def _door_policy_json(decisions: DecisionPolicy) -> dict[str, object]:
+    """The report's `door_policy`: what opens the door and how sure a label that opens must be."""
+    return {
+        "opens_for": [label.value for label in decisions.opening],
+        "allow_confidence_floor": decisions.config.allow_confidence_floor,
+    }
+
+
 def _split_filter(model_dir: Path, split: str) -> set[tuple[str, str]] | None:
     """The (source, image path) pairs of `split` in the model's manifest; None for all images."""
     if split == "all":
@@ -170,10 +178,7 @@ def evaluate_crops(
         "faces": len(data),
         "seconds": round(time.monotonic() - started, 2),
         "label_review": review.to_json() if review else None,
-        "door_policy": {
-            "opens_for": [label.value for label in decisions.opening],
-            "allow_confidence_floor": floor,
-        },
+        "door_policy": _door_policy_json(decisions),
         "bands": {band: by_band[band].to_json() | {"door": door[band].to_json()} for band in BAND_NAMES},
     }
 
@@ -339,9 +344,8 @@ def evaluate_scenes(
         "data": [report.to_json() for report in reports],
         "images": len(results),
         "seconds": round(time.monotonic() - started, 2),
-        "door_policy": {
-            "opens_for": [label.value for label in decisions.opening],
-            "allow_confidence_floor": decisions.config.allow_confidence_floor,
+        "door_policy": _door_policy_json(decisions)
+        | {  # a scene's detections are also judged by their size and detector score
             "min_face_size": decisions.config.min_face_size,
             "min_detector_score": decisions.config.min_detector_score,
         },
@@ -384,7 +388,7 @@ def labelled_scenes(
 
 
 def _detect_and_classify(
-    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier, policy: DecisionPolicy | None = None
+    rgb: np.ndarray, detector, calibration: BoxCalibration, classifier, policy: DecisionPolicy
 ) -> tuple[Detection, ...]:
     """The gate's view of one scene: detected faces with calibrated boxes, classified in one call,
     each marked where one frame of it would count toward opening the door under `policy`.
@@ -397,7 +401,7 @@ def _detect_and_classify(
             calibration.apply(face.box),
             face.score,
             tuple(c.probabilities[label] for label in LABELS),
-            policy is not None and policy.counts_to_open(face, c),
+            policy.counts_to_open(face, c),
         )
         for face, c in classify_faces(rgb, detector.detect(rgb), classifier, calibration)
     )

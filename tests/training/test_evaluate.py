@@ -240,7 +240,8 @@ def test_scene_faces_are_matched_by_their_box_and_cropped_around_their_crop_box(
     face = Face(Box(60, 20, 120, 80), 0.97, crop_box=Box(10, 30, 50, 70))
     classifier = RecordingClassifier()
     detector = SimpleNamespace(detect=lambda _image: [face])
-    (detection,) = evaluate._detect_and_classify(image, detector, calibration, classifier)
+    policy = evaluate.door_policy(None)
+    (detection,) = evaluate._detect_and_classify(image, detector, calibration, classifier, policy)
     assert detection.box == calibration.apply(face.box)  # matched where the face is
     (crop,) = classifier.crops
     assert np.array_equal(crop, crop_face(image, face.crop_box, classifier.crop, calibration))
