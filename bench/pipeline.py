@@ -4,7 +4,8 @@ stock:    mtcnn's `detect_faces` (TensorFlow, its default settings) + the seed a
           (255 px grey) with Keras `model.predict` once per face
 maskgate: MTCNN on LiteRT at the gate's settings + one batched LiteRT call per frame (shipped model);
           --detector-model DIR [--with-stock] runs a tuned detector folder, alone or beside the
-          stock nets (detector.with_stock), as the agent builds it
+          stock nets (detector.with_stock), as the agent builds it; --thresholds P,R,O sets its
+          nets' stage thresholds (detector.thresholds)
 
 Frames (640x480), the same for both: `one_face` and `four_faces` compose real face photos from
 folders/chandrikadeb7 of the shared datasets (with and without masks, about 200 px as a person at
@@ -21,7 +22,7 @@ frames/s, so 30 fps input would only queue up), so this figure is maskgate's.
 The seed network's weights are freshly initialised: its cost per call does not depend on them.
 
     .venv/bin/python bench/pipeline.py [--seconds 10] [--runs 3] [--json OUT]
-        [--detector-model models/detector-masked [--with-stock]]
+        [--detector-model models/detector-masked [--with-stock] [--thresholds 0.3,0.7,0.8]]
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ def run_worker(name: str, args: argparse.Namespace, frames: Path) -> dict:
         sys.executable, __file__, "--worker", name, "--model", str(args.model),
         "--frames", str(frames), "--seconds", str(args.seconds),
         "--detector-model", args.detector_model, *(["--with-stock"] if args.with_stock else []),
+        "--thresholds", ",".join(map(str, args.thresholds)),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -373,6 +375,9 @@ def print_report(figures: dict) -> None:
 
 
 def main() -> None:
+    from maskgate.config import DetectorConfig
+    from maskgate.training.detector_compare import parse_thresholds
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -386,11 +391,22 @@ def main() -> None:
         "--detector-model", default="", help="maskgate's detector folder (detector.model); '' = stock nets"
     )
     parser.add_argument("--with-stock", action="store_true", help="the folder's nets beside the stock nets")
+    parser.add_argument(
+        "--thresholds",
+        type=parse_thresholds,
+        default=DetectorConfig().thresholds,
+        help="P,R,O: stage thresholds of the detector's nets (detector.thresholds; beside the stock "
+        "nets, the folder's)",
+    )
     parser.add_argument("--worker", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        detector = {"model": args.detector_model, "with_stock": args.with_stock}
+        detector = {
+            "model": args.detector_model,
+            "with_stock": args.with_stock,
+            "thresholds": args.thresholds,
+        }
         worker(args.worker, args.model, detector, args.frames, args.seconds)
         return
     with tempfile.TemporaryDirectory() as folder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -20,6 +20,7 @@ from maskgate.gate.detector import (
     box_calibration,
     detector_folder,
     folder_calibration,
+    stock_nets_config,
 )
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.gate.snapshots import SnapshotWriter
@@ -39,7 +40,7 @@ def make_detector(config: Config) -> FaceDetector:
         return _detector_of_kind(settings)
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
-    stock = replace(settings, model="")
+    stock = stock_nets_config(settings)
     stock_nets = _detector_of_kind(stock)
     return StockFirstDetector(
         tuned=_detector_of_kind(settings),

@@ -150,6 +150,11 @@ def detector_folder(config: DetectorConfig) -> Path:
     return Path(config.model) if config.model else DEFAULT_DETECTOR_DIR
 
 
+def stock_nets_config(config: DetectorConfig) -> DetectorConfig:
+    """The settings of the stock nets that run beside `config`'s folder (`detector.with_stock`)."""
+    return replace(config, model="", thresholds=config.stock_thresholds)
+
+
 class CalibratedDetector:
     """A detector whose boxes go through a :class:`BoxCalibration` (for tools that match or crop
     detected boxes outside the agent, which calibrates in its crop call)."""

@@ -112,7 +112,8 @@ class CameraConfig:
 class DetectorConfig:
     kind: Literal["mtcnn", "mtcnn-litert"] = "mtcnn-litert"  # "mtcnn" is the TensorFlow reference
     min_face_size: int = ruled(40, at_least(12))  # pixels at the working resolution (P-net sees 12)
-    thresholds: tuple[float, float, float] = ruled((0.6, 0.7, 0.8), each(FRACTION))  # P-, R- and O-net
+    # P-, R- and O-net of the nets `model` names (the stock nets when it is "")
+    thresholds: tuple[float, float, float] = ruled((0.6, 0.7, 0.8), each(FRACTION))
     scale_factor: float = ruled(0.709, between(0.1, 0.95))  # pyramid step; near 1 it never ends
     working_width: int = ruled(640, at_least(48))  # frames are scaled to this width before detection
     model: str = ""  # detector folder (maskgate train-detector); "" = the stock MTCNN weights
@@ -125,8 +126,11 @@ class DetectorConfig:
     with_stock: bool = False
     # ...where the stock ONet scores the added face at least this (0 = no check): it turns away
     # false faces a tuned net finds, which the classifier may call masked. Lower keeps more masked
-    # faces, but such false faces on unmasked photos score up to 0.16 (docs/detector.md).
+    # faces, but false ones score up to 0.16: at 0.05 a wall counts toward opening (docs/detector.md).
     stock_check: float = ruled(0.3, FRACTION)
+    # ...and the stock nets' own stage thresholds there (`thresholds` are the folder's nets'): the
+    # reference ones, so that every face the stock nets find alone is still found.
+    stock_thresholds: tuple[float, float, float] = ruled((0.6, 0.7, 0.8), each(FRACTION))
 
 
 @dataclass(frozen=True)

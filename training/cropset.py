@@ -313,19 +313,19 @@ def make_detector(config: DetectorConfig) -> FaceDetector:
 def detector_id(config: DetectorConfig) -> str:
     """What the located faces depend on: the detector's settings, the sha256 of its weights (a
     folder trained again under the same name is another detector) and its box calibration."""
-    from maskgate.gate.detector import box_calibration, detector_folder, read_detector_card
+    from maskgate.gate.detector import box_calibration, detector_folder, read_detector_card, stock_nets_config
 
     weights = read_detector_card(detector_folder(config)).get("files", {})
     calibration = box_calibration(config).to_json()
     record = asdict(config) | {"weights": weights, "calibration": calibration}
     if config.with_stock and config.model:
-        stock = replace(config, model="")
+        stock = stock_nets_config(config)
         record["stock_weights"] = read_detector_card(detector_folder(stock)).get("files", {})
         record["stock_calibration"] = box_calibration(stock).to_json()
     else:
         # Unpaired, the pairing settings change nothing: the records and crop caches of models
         # trained before they existed stay equal to today's.
-        del record["with_stock"], record["stock_check"]
+        del record["with_stock"], record["stock_check"], record["stock_thresholds"]
     return json.dumps(record, sort_keys=True)
 
 

@@ -10,7 +10,8 @@ unmasked people (``--unmasked``): how many offer the policy a face it would coun
     .venv/bin/python -m maskgate.training.detector_compare --detector stock= \\
         --detector masked=models/detector-masked --with-stock both=models/detector-masked [--json OUT]
 
-``--with-stock NAME=FOLDER@0.3`` sets the stock check of that pair (a sweep names several).
+``--with-stock NAME=FOLDER@0.3`` sets the stock check of that pair (a sweep names several);
+``--thresholds NAME=0.3,0.7,0.8`` the stage thresholds of NAME's nets (of a pair: the folder's).
 """
 
 from __future__ import annotations
@@ -229,6 +230,18 @@ def folder_and_check(value: str) -> tuple[str, float | None]:
         return value, None
 
 
+def parse_thresholds(value: str) -> tuple[float, float, float]:
+    """``P,R,O`` as three stage thresholds, each a fraction; ValueError says what is wrong."""
+    parts = value.split(",")
+    try:
+        thresholds = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"{value!r} is not three numbers P,R,O") from None
+    if len(thresholds) != 3 or not all(FRACTION.holds(t) for t in thresholds):
+        raise ValueError(f"{value!r} is not three thresholds P,R,O, each {FRACTION.says}")
+    return thresholds
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="NAME=FOLDER[@CHECK], repeatable: the folder's nets beside the stock nets "
         "(detector.with_stock), CHECK the detector.stock_check to use (default: as configured; "
         "a sweep names several)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        action="append",
+        default=[],
+        help="NAME=P,R,O, repeatable: the stage thresholds of detector NAME's nets (detector.thresholds; "
+        "beside the stock nets, the folder's nets')",
     )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
@@ -286,6 +306,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "give each detector a different NAME (--detector, --calibrated or --with-stock NAME=FOLDER)"
         )
     detectors = dict(named)
+    for item in args.thresholds:
+        name, value = item.partition("=")[::2]
+        if name not in detectors:
+            parser.error(f"--thresholds {item}: no detector is named {name!r}")
+        try:
+            detectors[name] = replace(detectors[name], thresholds=parse_thresholds(value))
+        except ValueError as exc:
+            parser.error(f"--thresholds {item}: {exc}")
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

@@ -401,6 +401,34 @@ def test_the_pair_locates_a_masked_face_by_the_tuned_box_where_the_stock_box_mis
 
 
 @pytest.mark.slow
+def test_the_tuned_nets_at_a_lower_pnet_threshold_find_a_masked_face_they_miss_at_the_reference_one(
+    shipped_pair,
+):
+    """fmd `maksssksksss89` (validation split): the 29 px masked face is found beside the stock nets
+    when the tuned P-net proposes at 0.3 (the mask-aware setting, docs/detector.md), not at 0.6."""
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+    from maskgate.training.cropset import read_rgb
+    from maskgate.training.datasets import parse_voc
+
+    scenes = DATASETS / "scenes" / "fmd"
+    if not scenes.is_dir():
+        pytest.skip(f"shared dataset {scenes} is not present")
+    reference_config, reference = shipped_pair
+    lower_config = replace(reference_config, thresholds=(0.3, 0.7, 0.8))
+    lower = make_detector(replace(Config(), detector=lower_config))
+    image = read_rgb(scenes / "images" / "maksssksksss89.jpg")
+    annotation = parse_voc((scenes / "annotations" / "maksssksksss89.xml").read_bytes())
+    (drawn,) = [box for label, box in annotation.objects if label == "with_mask" and round(box.side) == 29]
+    calibration = box_calibration(reference_config)
+
+    def found(detector) -> bool:
+        return any(calibration.apply(face.box).iou(drawn) >= 0.5 for face in detector.detect(image))
+
+    assert found(lower) and not found(reference)
+
+
+@pytest.mark.slow
 def test_the_false_faces_the_masked_detector_finds_behind_an_unmasked_man_fail_the_stock_check(
     shipped_pair,
 ):
@@ -455,6 +483,46 @@ def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_mas
 
 
 @pytest.mark.slow
+def test_a_check_low_enough_for_more_masked_faces_counts_a_wall_toward_opening_the_door(shipped_pair):
+    """fmd `maksssksksss751` (validation split): beside the stock nets, the tuned nets box a corner
+    of the wall and a sign (73 px, tuned score 0.99, stock ONet 0.15) that the shipped classifier
+    calls masked at 0.94. The default check turns it away; at 0.05, the check that would meet more
+    of issue #9's recall bar (docs/detector.md), it would count toward opening the door."""
+    from maskgate.config import Config, PolicyConfig
+    from maskgate.gate.build import make_detector
+    from maskgate.gate.classifier import MaskClassifier
+    from maskgate.gate.policy import DecisionPolicy
+    from maskgate.training.cropset import read_rgb
+    from maskgate.training.datasets import parse_voc
+    from maskgate.training.evaluate import classify_faces
+
+    scenes = DATASETS / "scenes" / "fmd"
+    if not scenes.is_dir():
+        pytest.skip(f"shared dataset {scenes} is not present")
+    config, paired = shipped_pair
+    image = read_rgb(scenes / "images" / "maksssksksss751.jpg")
+    annotation = parse_voc((scenes / "annotations" / "maksssksksss751.xml").read_bytes())
+    drawn = [box for _, box in annotation.objects]
+    classifier = MaskClassifier(ROOT / "models" / "default")
+    policy = DecisionPolicy(PolicyConfig(), "test")
+    calibration = box_calibration(config)
+
+    def faceless_openers(detector) -> list:
+        faces = classify_faces(image, detector.detect(image), classifier, calibration)
+        return [
+            face
+            for face, classification in faces
+            if policy.counts_to_open(face, classification)
+            and all(calibration.apply(face.box).iou(box) < 0.5 for box in drawn)
+        ]
+
+    assert faceless_openers(paired) == []
+    low_check = make_detector(replace(Config(), detector=replace(config, stock_check=0.05)))
+    (wall,) = faceless_openers(low_check)
+    assert wall.box.side >= PolicyConfig().min_face_size
+
+
+@pytest.mark.slow
 def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_folder, door_frame, caplog):
 
     from maskgate.config import Config
@@ -478,6 +546,31 @@ def test_with_stock_the_gate_crops_the_faces_stock_finds_as_stock_would(tuned_fo
         alone = make_detector(replace(Config(), detector=DetectorConfig(with_stock=True)))
     assert isinstance(alone, LiteRtMtcnnDetector)
     assert "without detector.model" in caplog.text
+
+
+def test_beside_the_stock_nets_each_set_of_nets_runs_at_its_own_thresholds():
+    from maskgate.config import Config
+    from maskgate.gate.build import make_detector
+
+    folder = str(ROOT / "models" / "detector-masked")
+    tuned_only = (0.3, 0.7, 0.8)
+    pair = make_detector(
+        replace(Config(), detector=DetectorConfig(model=folder, with_stock=True, thresholds=tuned_only))
+    )
+    assert pair.tuned.config.thresholds == tuned_only
+    assert pair.stock.config.thresholds == DetectorConfig().stock_thresholds == (0.6, 0.7, 0.8)
+    assert pair.stock.folder != pair.tuned.folder
+    stricter = make_detector(
+        replace(
+            Config(), detector=DetectorConfig(model=folder, with_stock=True, stock_thresholds=(0.7, 0.7, 0.9))
+        )
+    )
+    assert stricter.stock.config.thresholds == (0.7, 0.7, 0.9)
+    assert stricter.tuned.config.thresholds == DetectorConfig().thresholds
+    # Alone, a folder's nets and the stock nets both run at `thresholds`.
+    assert make_detector(
+        replace(Config(), detector=DetectorConfig(thresholds=tuned_only))
+    ).config.thresholds == (tuned_only)
 
 
 def test_a_detector_folder_without_keras_weights_is_refused_by_the_reference(tmp_path):

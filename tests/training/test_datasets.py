@@ -171,9 +171,14 @@ def test_photos_are_cropped_around_the_gates_calibrated_boxes(datasets: Path, tm
     paired_record = json.loads(cropset.detector_id(paired))
     assert paired_record["stock_weights"] == json.loads(before)["weights"]
     assert paired_record["stock_calibration"] == box_calibration(replace(paired, model="")).to_json()
+    stricter_stock = replace(paired, stock_thresholds=(0.5, 0.7, 0.8))
+    assert cropset.detector_id(stricter_stock) != cropset.detector_id(paired)
     # Unpaired, the pairing settings are left out: cards and caches made before they existed match.
-    assert "with_stock" not in json.loads(before) and "stock_check" not in json.loads(before)
+    assert not {"with_stock", "stock_check", "stock_thresholds"} & set(json.loads(before))
     assert cropset.detector_id(replace(retrained, stock_check=0.9)) == cropset.detector_id(retrained)
+    assert cropset.detector_id(replace(retrained, stock_thresholds=(0.5, 0.7, 0.8))) == cropset.detector_id(
+        retrained
+    )
     crops, _, _ = cropset.load_source(
         spec, SPEC, tmp_path / "cache", cropset.detector_factory(config), cropset.detector_id(config), False
     )

@@ -18,6 +18,7 @@ from maskgate.training.detector_compare import (
     clip_decisions,
     folder_and_check,
     main,
+    parse_thresholds,
     table,
     unmasked_photos,
 )
@@ -92,6 +93,24 @@ def test_a_stock_check_outside_0_to_1_is_refused_before_anything_runs(check, cap
         main(["--with-stock", f"pair=models/detector-masked@{check}"])
     assert exit_info.value.code == 2
     assert "the stock check must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_stage_thresholds_are_three_fractions():
+    assert parse_thresholds("0.3,0.7,0.8") == (0.3, 0.7, 0.8)
+    for bad in ("0.3,0.7", "0.3,0.7,0.8,0.9", "0.3,x,0.8", "0.3,0.7,1.5"):
+        with pytest.raises(ValueError, match="P,R,O"):
+            parse_thresholds(bad)
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [("pair=0.3,0.7", "not three thresholds"), ("other=0.3,0.7,0.8", "no detector is named 'other'")],
+)
+def test_thresholds_for_an_unknown_detector_or_not_three_fractions_are_refused(item, says, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--with-stock", "pair=models/detector-masked", "--thresholds", item])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 class WholeImage:
