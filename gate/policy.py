@@ -86,17 +86,26 @@ class DecisionPolicy:
         """Whether one frame's `classification` of `face` counts toward opening the door."""
         return self.opens(classification.label) and self.is_evidence(face, classification)
 
+    def counts_to_open_alone(self, classification: Classification) -> bool:
+        """Whether `classification` counts toward opening the door by the half of the rule that
+        needs no face (its size and detector score): how `evaluate` judges face crops."""
+        return self.opens(classification.label) and self.is_sure(classification)
+
     def is_evidence(self, face: Face, classification: Classification) -> bool:
         """Whether one frame's `classification` of `face` counts toward a decision."""
+        return (
+            face.box.side >= self.config.min_face_size
+            and face.score >= self.config.min_detector_score
+            and self.is_sure(classification)
+        )
+
+    def is_sure(self, classification: Classification) -> bool:
+        """Whether `classification` is confident enough to be evidence."""
         # Opening the door for the wrong person is the worst error a gate can make, so a label
         # that opens it must be more certain than one that keeps it shut (fail closed).
         allows = self.opens(classification.label)
         floor = self.config.allow_confidence_floor if allows else self.config.confidence_floor
-        return (
-            face.box.side >= self.config.min_face_size
-            and face.score >= self.config.min_detector_score
-            and classification.confidence >= floor
-        )
+        return classification.confidence >= floor
 
     def _verdict(self, history: _TrackHistory) -> Label | None:
         if len(history.evidence) < self.config.min_classifications:

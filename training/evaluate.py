@@ -163,8 +163,8 @@ def evaluate_crops(
     by_band = crop_metrics_by_band(data.labels, predicted, data.sides)
     decisions = door_policy(policy)
     opening = [LABELS.index(label) for label in decisions.opening]
-    floor = decisions.config.allow_confidence_floor
-    door = door_allows_by_band(data.labels, probabilities, data.sides, opening, floor)
+    counts = [decisions.counts_to_open_alone(Classification.from_vector(row)) for row in probabilities]
+    door = door_allows_by_band(data.labels, np.asarray(counts, bool), data.sides, opening)
     if errors is not None:
         write_errors(errors, data, probabilities)
     return {

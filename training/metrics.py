@@ -125,10 +125,9 @@ def crop_metrics_by_band(y_true: np.ndarray, y_pred: np.ndarray, sides: np.ndarr
 
 @dataclass(frozen=True)
 class DoorAllows:
-    """What single faces would tell the door: a face counts toward opening it when the classifier
-    gives it a label that opens the door with at least the policy's allow floor (as
-    :meth:`maskgate.gate.policy.DecisionPolicy.is_evidence` counts a frame). Opening for a face whose
-    true label keeps the door shut is the worst error a gate makes; accuracy does not show it."""
+    """What single faces would tell the door: whether each counts toward opening it, as the gate's
+    policy judges it (:class:`maskgate.gate.policy.DecisionPolicy`). Opening for a face whose true
+    label keeps the door shut is the worst error a gate makes; accuracy does not show it."""
 
     shut_faces: int  # faces whose true label keeps the door shut
     false_allows: int  # ... that would count toward opening it
@@ -144,14 +143,11 @@ class DoorAllows:
         }
 
 
-def door_allows(
-    y_true: np.ndarray, probabilities: np.ndarray, opening: Collection[int], floor: float
-) -> DoorAllows:
-    """:class:`DoorAllows` of faces labelled `y_true` (label indices), classified as `probabilities`,
-    where the labels `opening` open the door at a confidence of at least `floor`."""
-    opening = list(opening)
-    counts = np.isin(probabilities.argmax(axis=1), opening) & (probabilities.max(axis=1) >= floor)
-    should = np.isin(y_true, opening)
+def door_allows(y_true: np.ndarray, counts: np.ndarray, opening: Collection[int]) -> DoorAllows:
+    """:class:`DoorAllows` of faces labelled `y_true` (label indices), where `counts` says of each
+    whether it would count toward opening the door and the labels `opening` should open it."""
+    counts = np.asarray(counts, bool)
+    should = np.isin(y_true, list(opening))
     return DoorAllows(
         shut_faces=int((~should).sum()),
         false_allows=int((counts & ~should).sum()),
@@ -161,12 +157,12 @@ def door_allows(
 
 
 def door_allows_by_band(
-    y_true: np.ndarray, probabilities: np.ndarray, sides: np.ndarray, opening: Collection[int], floor: float
+    y_true: np.ndarray, counts: np.ndarray, sides: np.ndarray, opening: Collection[int]
 ) -> dict[str, DoorAllows]:
     result = {}
     for band in BAND_NAMES:
         mask = band_mask(sides, band)
-        result[band] = door_allows(y_true[mask], probabilities[mask], opening, floor)
+        result[band] = door_allows(y_true[mask], np.asarray(counts, bool)[mask], opening)
     return result
 
 

@@ -7,7 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from maskgate.core import Box, Label
+from maskgate.config import PolicyConfig
+from maskgate.core import Box, Classification, Label
+from maskgate.gate.policy import DecisionPolicy
 from maskgate.training.metrics import (
     Detection,
     GroundTruth,
@@ -62,19 +64,25 @@ def test_door_allows_by_hand():
         ]
     )
     y_true = np.array([0, 0, 0, 1, 1, 2, 2])
-    door = door_allows(y_true, probabilities, [0], 0.85)
+
+    def counts(policy: DecisionPolicy) -> np.ndarray:
+        return np.array([policy.counts_to_open_alone(Classification.from_vector(p)) for p in probabilities])
+
+    gate = DecisionPolicy(PolicyConfig(allow_confidence_floor=0.85), "gate-1")
+    door = door_allows(y_true, counts(gate), [0])
     assert (door.shut_faces, door.false_allows, door.open_faces, door.kept_out) == (4, 2, 3, 2)
     assert door.to_json() == {
         "false_allows": 2, "false_allow_rate": 0.5, "kept_out": 2, "kept_out_rate": pytest.approx(2 / 3)
     }  # fmt: skip
     # A gate that lets improper masks in: only the two bare faces should keep it shut; face 2, called
     # improper at 0.85, now counts toward opening as it should.
-    lenient = door_allows(y_true, probabilities, [0, 2], 0.85)
+    lenient_gate = DecisionPolicy(PolicyConfig(allow_confidence_floor=0.85, improper_mask="allow"), "gate-1")
+    lenient = door_allows(y_true, counts(lenient_gate), [0, 2])
     assert (lenient.shut_faces, lenient.false_allows, lenient.open_faces, lenient.kept_out) == (2, 1, 5, 1)
-    by_band = door_allows_by_band(y_true, probabilities, np.array([20, 40, 40, 40, 100, 100, 100]), [0], 0.85)
+    by_band = door_allows_by_band(y_true, counts(gate), np.array([20, 40, 40, 40, 100, 100, 100]), [0])
     assert by_band[">=32"].false_allows == 2
     assert (by_band["<32"].open_faces, by_band["<32"].kept_out) == (1, 0)
-    assert door_allows(y_true[:0], probabilities[:0], [0], 0.85).to_json()["false_allow_rate"] == 0.0
+    assert door_allows(y_true[:0], counts(gate)[:0], [0]).to_json()["false_allow_rate"] == 0.0
 
 
 def test_size_bands():
