@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from maskgate.config import FRACTION, Config, DetectorConfig
+from maskgate.config import FRACTION, Config, DetectorConfig, config_from_mapping
 from maskgate.core import Decision, Event, Label
 from maskgate.crop import BoxCalibration
 from maskgate.gate.detector import box_calibration
@@ -230,16 +230,10 @@ def folder_and_check(value: str) -> tuple[str, float | None]:
         return value, None
 
 
-def parse_thresholds(value: str) -> tuple[float, float, float]:
-    """``P,R,O`` as three stage thresholds, each a fraction; ValueError says what is wrong."""
-    parts = value.split(",")
-    try:
-        thresholds = tuple(float(part) for part in parts)
-    except ValueError:
-        raise ValueError(f"{value!r} is not three numbers P,R,O") from None
-    if len(thresholds) != 3 or not all(FRACTION.holds(t) for t in thresholds):
-        raise ValueError(f"{value!r} is not three thresholds P,R,O, each {FRACTION.says}")
-    return thresholds
+def parse_thresholds(value: str, source: str = "--thresholds") -> tuple[float, float, float]:
+    """``P,R,O`` as `detector.thresholds`, held to the config's own rules; ConfigError (a
+    ValueError) names `source` and says what is wrong."""
+    return config_from_mapping({"detector": {"thresholds": value}}, source).detector.thresholds
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -311,9 +305,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if name not in detectors:
             parser.error(f"--thresholds {item}: no detector is named {name!r}")
         try:
-            detectors[name] = replace(detectors[name], thresholds=parse_thresholds(value))
+            thresholds = parse_thresholds(value, f"--thresholds {item}")
         except ValueError as exc:
-            parser.error(f"--thresholds {item}: {exc}")
+            parser.error(str(exc))
+        detectors[name] = replace(detectors[name], thresholds=thresholds)
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

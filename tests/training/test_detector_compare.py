@@ -97,14 +97,22 @@ def test_a_stock_check_outside_0_to_1_is_refused_before_anything_runs(check, cap
 
 def test_stage_thresholds_are_three_fractions():
     assert parse_thresholds("0.3,0.7,0.8") == (0.3, 0.7, 0.8)
-    for bad in ("0.3,0.7", "0.3,0.7,0.8,0.9", "0.3,x,0.8", "0.3,0.7,1.5"):
-        with pytest.raises(ValueError, match="P,R,O"):
+    for bad, says in [
+        ("0.3,0.7", "expected 3 values"),
+        ("0.3,0.7,0.8,0.9", "expected 3 values"),
+        ("0.3,x,0.8", r"\[1\]: expected a number"),
+        ("0.3,0.7,1.5", "must be all between 0 and 1"),
+    ]:
+        with pytest.raises(ValueError, match=f"^--thresholds: detector.thresholds.*{says}"):
             parse_thresholds(bad)
 
 
 @pytest.mark.parametrize(
     ("item", "says"),
-    [("pair=0.3,0.7", "not three thresholds"), ("other=0.3,0.7,0.8", "no detector is named 'other'")],
+    [
+        ("pair=0.3,0.7", "--thresholds pair=0.3,0.7: detector.thresholds: expected 3 values"),
+        ("other=0.3,0.7,0.8", "no detector is named 'other'"),
+    ],
 )
 def test_thresholds_for_an_unknown_detector_or_not_three_fractions_are_refused(item, says, capsys):
     with pytest.raises(SystemExit) as exit_info:
