@@ -164,7 +164,7 @@ def evaluate_crops(
     decisions = door_policy(policy)
     opening = [LABELS.index(label) for label in decisions.opening]
     counts = [decisions.counts_to_open_alone(Classification.from_vector(row)) for row in probabilities]
-    door = door_allows_by_band(data.labels, np.asarray(counts, bool), data.sides, opening)
+    door = door_allows_by_band(data.labels, counts, data.sides, opening)
     if errors is not None:
         write_errors(errors, data, probabilities)
     return {

@@ -157,12 +157,13 @@ def door_allows(y_true: np.ndarray, counts: np.ndarray, opening: Collection[int]
 
 
 def door_allows_by_band(
-    y_true: np.ndarray, counts: np.ndarray, sides: np.ndarray, opening: Collection[int]
+    y_true: np.ndarray, counts: Sequence[bool] | np.ndarray, sides: np.ndarray, opening: Collection[int]
 ) -> dict[str, DoorAllows]:
+    counts = np.asarray(counts, bool)
     result = {}
     for band in BAND_NAMES:
         mask = band_mask(sides, band)
-        result[band] = door_allows(y_true[mask], np.asarray(counts, bool)[mask], opening)
+        result[band] = door_allows(y_true[mask], counts[mask], opening)
     return result
 
 
