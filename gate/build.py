@@ -38,19 +38,24 @@ def make_detector(config: Config) -> FaceDetector:
         if settings.with_stock:
             log.warning("detector.with_stock is set without detector.model: the stock nets run alone")
         return _detector_of_kind(settings)
+    from maskgate.gate.face_check import FaceCheckNet, has_face_check
     from maskgate.gate.mtcnn_litert import LiteRtMtcnnDetector
 
     stock = stock_nets_config(settings)
     stock_nets = _detector_of_kind(stock)
+    folder = detector_folder(settings)
     return StockFirstDetector(
         tuned=_detector_of_kind(settings),
         stock=stock_nets,
-        tuned_calibration=folder_calibration(detector_folder(settings)),
+        tuned_calibration=folder_calibration(folder),
         stock_calibration=folder_calibration(detector_folder(stock)),
         # The check is LiteRT's ONet whatever the kind: the reference gives the same scores.
         checker=stock_nets if isinstance(stock_nets, LiteRtMtcnnDetector) else LiteRtMtcnnDetector(stock),
         stock_check=settings.stock_check,
         calibrated=settings.box_calibration,
+        face_check=FaceCheckNet(folder) if settings.face_check > 0 and has_face_check(folder) else None,
+        face_check_threshold=settings.face_check,
+        face_check_floor=settings.face_check_floor,
     )
 
 

@@ -216,7 +216,9 @@ class StockFirstDetector:
     the stock box becomes its `crop_box` and it carries the surer of the two scores (a face of
     theirs lying mostly inside a stock one is the same face, as ONet's last suppression judges it).
     The folder's nets add the faces the stock nets miss, where the stock ONet's face probability for
-    the added box is at least `stock_check` (0: no check).
+    the added box is at least `stock_check` (0: no check), or, with a `face_check` (the folder's
+    face-check net, :mod:`maskgate.gate.face_check`), at least `face_check_floor` and that net's
+    score at least `face_check_threshold`.
 
     Why stock first and the check: the shipped classifier learned from crops around stock boxes,
     and a tuned detector alone was measured to open the door for an unmasked man, both by its own
@@ -247,10 +249,15 @@ class StockFirstDetector:
         checker: FaceScorer | None = None,
         stock_check: float = 0.0,
         calibrated: bool = True,
+        face_check: FaceScorer | None = None,
+        face_check_threshold: float = 0.9,
+        face_check_floor: float = 0.05,
     ):
         self.tuned, self.stock, self.checker = tuned, stock, checker
         self.tuned_calibration, self.stock_calibration = tuned_calibration, stock_calibration
         self.stock_check = stock_check
+        self.face_check = face_check
+        self.face_check_threshold, self.face_check_floor = face_check_threshold, face_check_floor
         self.calibrated = calibrated
         # The tuned nets run in a thread of their own beside the stock nets: LiteRT lets go of the
         # GIL while a network runs, so on two cores a frame costs about one detector, not two.
@@ -259,7 +266,8 @@ class StockFirstDetector:
     def detect(self, image: np.ndarray) -> list[Face]:
         kept, added, scores = self.stock_and_added(image)
         if self.has_check:
-            added = [face for face, score in zip(added, scores, strict=True) if score >= self.stock_check]
+            passed = self.passes_check(image, added, scores)
+            added = [face for face, ok in zip(added, passed, strict=True) if ok]
         for face in sorted(added, key=lambda f: -f.score):
             if not self._seen(face, kept):
                 kept.append(face)
@@ -284,6 +292,21 @@ class StockFirstDetector:
             return found_by_both, added, np.full(len(added), np.nan)
         scores = self.checker.face_scores(image, [self.to_stock(face.box) for face in added])
         return found_by_both, added, np.asarray(scores, float)
+
+    def passes_check(self, image: np.ndarray, added: Sequence[Face], scores: np.ndarray) -> np.ndarray:
+        """Which `added` faces (with their stock ONet `scores`) pass the check: the stock ONet's
+        score at least `stock_check`, or with a face-check net, at least `face_check_floor` and the
+        net's score at least `face_check_threshold`. The net judges only those in between (a few
+        per hundred frames); both must vouch for them, so a face that neither believes in stays out
+        (the trees behind an unmasked man score under 0.02 with the stock ONet)."""
+        passed = np.asarray(scores, float) >= self.stock_check
+        if self.face_check is None or self.face_check_threshold <= 0:
+            return passed
+        doubted = np.flatnonzero(~passed & (np.asarray(scores, float) >= self.face_check_floor))
+        if len(doubted):
+            boxes = [self.tuned_calibration.apply(added[i].box) for i in doubted]
+            passed[doubted] = self.face_check.face_scores(image, boxes) >= self.face_check_threshold
+        return passed
 
     def _located(self, stock: Sequence[Face], tuned: Sequence[Face]) -> list[Face]:
         """`stock`, each face located by the folder's box of the same face where one fits it (IoU >=

@@ -47,8 +47,9 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) - 127.5) / 128
 
 
-class _Network:
-    """One TFLite network; `run` returns its outputs ordered as the reference returns them."""
+class LiteRtNetwork:
+    """One TFLite network of a detector folder; `run` returns its outputs in the order `outputs`
+    names them by channel count (for MTCNN's nets, the order the reference returns them)."""
 
     def __init__(self, path: Path, outputs: tuple[int, ...], num_threads: int = 1):
         self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -76,11 +77,11 @@ class LiteRtMtcnnDetector:
     def __init__(self, config: DetectorConfig | None = None, folder: Path | None = None):
         self.config = config or DetectorConfig()
         self.folder = folder or detector_folder(self.config)
-        _verify(self.folder)
-        self._rnet = _Network(self.folder / "rnet.tflite", outputs=(4, 2))
-        self._onet = _Network(self.folder / "onet.tflite", outputs=(4, 10, 2))
+        verify_folder(self.folder)
+        self._rnet = LiteRtNetwork(self.folder / "rnet.tflite", outputs=(4, 2))
+        self._onet = LiteRtNetwork(self.folder / "onet.tflite", outputs=(4, 10, 2))
         # One PNet per pyramid level shape: a camera's frames repeat the same few shapes.
-        self._pnets: OrderedDict[tuple[int, int], _Network] = OrderedDict()
+        self._pnets: OrderedDict[tuple[int, int], LiteRtNetwork] = OrderedDict()
         self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -154,17 +155,18 @@ class LiteRtMtcnnDetector:
         boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
         return boxes[nms(boxes, NMS_ONET, by_min=True)]
 
-    def _pnet(self, shape: tuple[int, int]) -> _Network:
+    def _pnet(self, shape: tuple[int, int]) -> LiteRtNetwork:
         if shape in self._pnets:
             self._pnets.move_to_end(shape)
         else:
-            self._pnets[shape] = _Network(self.folder / "pnet.tflite", outputs=(4, 2))
+            self._pnets[shape] = LiteRtNetwork(self.folder / "pnet.tflite", outputs=(4, 2))
             while len(self._pnets) > PNET_CACHE:  # images of many sizes (a photo folder)
                 self._pnets.popitem(last=False)
         return self._pnets[shape]
 
 
-def _verify(folder: Path) -> None:
+def verify_folder(folder: Path) -> None:
+    """Every file the detector folder's card lists is there and matches its sha256 (ModelFileError)."""
     card = read_detector_card(folder)
     for name, expected in card.get("files", {}).items():
         if not (folder / name).is_file() or sha256_file(folder / name) != expected:

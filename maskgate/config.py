@@ -131,6 +131,13 @@ class DetectorConfig:
     # ...and the stock nets' own stage thresholds there (`thresholds` are the folder's nets'): the
     # reference ones, so that every face the stock nets find alone is still found.
     stock_thresholds: tuple[float, float, float] = ruled((0.6, 0.7, 0.8), each(FRACTION))
+    # ...and where the folder has a face-check net (`maskgate train-face-check`), an added face the
+    # stock ONet scores under `stock_check` but at least `face_check_floor` passes when that net
+    # scores it at least `face_check` (0 = not asked): a second opinion trained on the folder's own
+    # false faces, which keeps masked faces the stock ONet doubts and turns away walls it half
+    # believes (docs/detector.md).
+    face_check: float = ruled(0.9, FRACTION)
+    face_check_floor: float = ruled(0.05, FRACTION)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Model architectures: ``seed`` (the original design, kept for comparison) and ``compact`` (default).
 
 Both take float32 pixels 0-255 as :func:`maskgate.crop.crop_face` makes them and normalise
-inside the model (the model card's contract), and end in a softmax over ``LABELS``.
+inside the model (the model card's contract), and end in a softmax over ``LABELS``. The detector's
+face-check net (``face_check``) shares compact's trunk and ends in one face probability.
 """
 
 from __future__ import annotations
@@ -76,18 +77,43 @@ def compact(crop: CropSpec):
 
     inputs = keras.Input((crop.size, crop.size, crop.channels), name="pixels")
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = _separable_trunk(x, COMPACT_BLOCKS)
+    outputs = layers.Dense(len(LABELS), activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="compact")
+
+
+def _separable_trunk(x, blocks: tuple[tuple[int, int], ...]):
+    """compact's body: a strided 3x3 stem, depthwise-separable blocks (filters, stride) with batch
+    norm, residual where the shape allows, then global average pooling and dropout."""
+    from keras import layers
+
     x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
-    for filters, stride in COMPACT_BLOCKS:
+    for filters, stride in blocks:
         y = layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
         y = layers.BatchNormalization()(y)
         y = layers.ReLU()(y)
         x = layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.3)(x)
-    outputs = layers.Dense(len(LABELS), activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="compact")
+    return layers.Dropout(0.3)(x)
+
+
+# A face or not, on 64 px: fewer, narrower blocks than compact's (about 84k parameters).
+FACE_CHECK_BLOCKS = ((32, 1), (48, 2), (64, 1), (96, 2), (128, 1), (160, 2), (192, 1))
+
+
+def face_check(crop: CropSpec):
+    """The detector's face-check net (:mod:`maskgate.gate.face_check`): compact's trunk, narrower,
+    ending in one sigmoid, the probability that the crop is a face (masked or not)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((crop.size, crop.size, crop.channels), name="pixels")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = _separable_trunk(x, FACE_CHECK_BLOCKS)
+    outputs = layers.Dense(1, activation="sigmoid", name="face")(x)
+    return keras.Model(inputs, outputs, name="face_check")
 
 
 def with_flip_average(model):

@@ -32,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_evaluate(commands)
     _register_export_detector(commands)
     _register_train_detector(commands)
+    _register_train_face_check(commands)
     _register_calibrate_detector(commands)
     commands.add_parser(
         "retrain",
@@ -507,6 +508,76 @@ def _train_detector(args: argparse.Namespace, config: Config) -> int:
     result = train_detector(args.out, train_config, config.paths.datasets)
     for name in result.card["files"]:
         print(f"  {name}  {(args.out / name).stat().st_size:,} bytes")
+    print(f"wrote {result.folder} in {result.seconds:.0f} s")
+    return EXIT_OK
+
+
+def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train-face-check",
+        help="train a detector folder's face-check net: the second opinion on the faces it adds "
+        "beside the stock nets",
+        description="Train the face-check net of a tuned detector folder on the train split of VOC "
+        "scenes (its val images pick the epoch; its test images are never used): drawn faces against "
+        "the folder's own false faces. Adds check.tflite to the folder (or a copy, --out) and a "
+        "face_check entry to its card; used beside the stock nets (detector.face_check, docs/detector.md).",
+    )
+    _add_scene_split_arguments(p, "whose train/val images are used and whose test images are held out")
+    p.add_argument(
+        "--detector-model",
+        type=Path,
+        default=DEFAULT_TRAINED_DETECTOR_OUT,
+        help=f"the tuned detector folder (default {DEFAULT_TRAINED_DETECTOR_OUT})",
+    )
+    p.add_argument("--out", type=Path, help="folder to write (default: the detector folder itself)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--members", type=int, default=3, help="nets from successive seeds, averaged (default 3)")
+    p.add_argument(
+        "--photos",
+        nargs="*",
+        default=[],
+        help="folders of photos of masked people (under paths.datasets) whose largest face is a face too",
+    )
+    p.add_argument(
+        "--max-scenes", type=int, default=0, help="use at most this many scenes per split (smoke runs)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train_face_check)
+
+
+def _train_face_check(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
+    from maskgate.modelcard import ModelFileError
+    from maskgate.training.datasets import DataSpecError
+    from maskgate.training.face_check import FaceCheckConfig, summary, train_face_check
+
+    if not args.manifest.is_file():
+        raise UsageError(f"--manifest {args.manifest} does not exist")
+    for option in ("epochs", "members"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option} must be at least 1, not {getattr(args, option)}")
+    check_config = FaceCheckConfig(
+        detector=str(args.detector_model),
+        data=args.data,
+        manifest=str(args.manifest),
+        epochs=args.epochs,
+        members=args.members,
+        photos=tuple(args.photos),
+        max_scenes=args.max_scenes,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    try:
+        result = train_face_check(args.out or args.detector_model, check_config, config.paths.datasets)
+    except DataSpecError as exc:
+        raise UsageError(str(exc)) from None
+    except (ModelFileError, ValueError) as exc:
+        print(f"maskgate train-face-check: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(summary(result.entry))
     print(f"wrote {result.folder} in {result.seconds:.0f} s")
     return EXIT_OK
 

@@ -325,7 +325,8 @@ def detector_id(config: DetectorConfig) -> str:
     else:
         # Unpaired, the pairing settings change nothing: the records and crop caches of models
         # trained before they existed stay equal to today's.
-        del record["with_stock"], record["stock_check"], record["stock_thresholds"]
+        for key in ("with_stock", "stock_check", "stock_thresholds", "face_check", "face_check_floor"):
+            del record[key]
     return json.dumps(record, sort_keys=True)
 
 

@@ -264,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="NAME=P,R,O, repeatable: the stage thresholds of detector NAME's nets (detector.thresholds; "
         "beside the stock nets, the folder's nets')",
     )
+    parser.add_argument(
+        "--face-check",
+        action="append",
+        default=[],
+        help="NAME=T, repeatable: detector NAME's detector.face_check (0 = the stock check alone)",
+    )
     parser.add_argument("--model", type=Path, default=Path("models/default"), help="classifier folder")
     parser.add_argument("--data", default="scenes/fmd")
     parser.add_argument("--split", default="test")
@@ -309,6 +315,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
         detectors[name] = replace(detectors[name], thresholds=thresholds)
+    for item in args.face_check:
+        name, value = item.partition("=")[::2]
+        if name not in detectors:
+            parser.error(f"--face-check {item}: no detector is named {name!r}")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = -1.0
+        if not FRACTION.holds(threshold):
+            parser.error(f"--face-check {item}: the threshold must be {FRACTION.says}")
+        detectors[name] = replace(detectors[name], face_check=threshold)
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

@@ -140,16 +140,22 @@ def regression_targets(crops: np.ndarray, truth: np.ndarray, network: str) -> np
     return ((truth - crops[:, :4]) / np.stack([w, h, w, h], axis=1)).astype(np.float32)
 
 
-def jitter_crops(truth: np.ndarray, per_face: int, rng: np.random.Generator) -> np.ndarray:
-    """Random squares around each face: side 0.8-1.25 of the face's, centre moved up to 0.2 side."""
+def jitter_crops(
+    truth: np.ndarray,
+    per_face: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.8, 1.25),
+    shift: float = 0.2,
+) -> np.ndarray:
+    """Random squares around each face: side `scale` times the face's, centre moved up to `shift` side."""
     if len(truth) == 0 or per_face == 0:
         return np.zeros((0, 4))
     faces = np.repeat(np.asarray(truth, np.float64), per_face, axis=0)
     side = np.maximum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
     cx, cy = (faces[:, 0] + faces[:, 2]) / 2, (faces[:, 1] + faces[:, 3]) / 2
-    new = side * rng.uniform(0.8, 1.25, len(faces))
-    cx += side * rng.uniform(-0.2, 0.2, len(faces))
-    cy += side * rng.uniform(-0.2, 0.2, len(faces))
+    new = side * rng.uniform(*scale, len(faces))
+    cx += side * rng.uniform(-shift, shift, len(faces))
+    cy += side * rng.uniform(-shift, shift, len(faces))
     return np.stack([cx - new / 2, cy - new / 2, cx + new / 2, cy + new / 2], axis=1)
 
 

@@ -162,13 +162,26 @@ def make_dataset(
     seed: int,
     shuffle: bool,
 ):
+    onehot = np.eye(len(LABELS), dtype=np.float32)[crops.labels]
+    sample_w = weights[crops.labels] if weights is not None else np.ones(len(crops))
+    return pixel_dataset(crops.crops, onehot, sample_w, batch_size, augment, seed, shuffle)
+
+
+def pixel_dataset(
+    pixels: np.ndarray,
+    targets: np.ndarray,
+    sample_weights: np.ndarray,
+    batch_size: int,
+    augment: AugmentConfig | None,
+    seed: int,
+    shuffle: bool,
+):
+    """Batches of (0-255 float32 pixels, augmented if `augment`; targets; per-sample weights)."""
     import tensorflow as tf
 
-    onehot = np.eye(len(LABELS), dtype=np.float32)[crops.labels]
-    sample_w = (weights[crops.labels] if weights is not None else np.ones(len(crops))).astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((crops.crops, onehot, sample_w))
+    ds = tf.data.Dataset.from_tensor_slices((pixels, targets, sample_weights.astype(np.float32)))
     if shuffle:
-        ds = ds.shuffle(len(crops), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
     def prepare(x, y, w):

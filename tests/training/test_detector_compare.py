@@ -108,15 +108,18 @@ def test_stage_thresholds_are_three_fractions():
 
 
 @pytest.mark.parametrize(
-    ("item", "says"),
+    ("option", "item", "says"),
     [
-        ("pair=0.3,0.7", "--thresholds pair=0.3,0.7: detector.thresholds: expected 3 values"),
-        ("other=0.3,0.7,0.8", "no detector is named 'other'"),
+        ("--thresholds", "pair=0.3,0.7", "--thresholds pair=0.3,0.7: detector.thresholds: expected 3 values"),
+        ("--thresholds", "other=0.3,0.7,0.8", "no detector is named 'other'"),
+        ("--face-check", "pair=1.5", "--face-check pair=1.5: the threshold must be"),
+        ("--face-check", "pair=x", "--face-check pair=x: the threshold must be"),
+        ("--face-check", "other=0.9", "no detector is named 'other'"),
     ],
 )
-def test_thresholds_for_an_unknown_detector_or_not_three_fractions_are_refused(item, says, capsys):
+def test_settings_for_an_unknown_detector_or_out_of_range_are_refused(option, item, says, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--with-stock", "pair=models/detector-masked", "--thresholds", item])
+        main(["--with-stock", "pair=models/detector-masked", option, item])
     assert exit_info.value.code == 2
     assert says in capsys.readouterr().err
 

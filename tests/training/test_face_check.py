@@ -1,0 +1,164 @@
+"""`maskgate train-face-check`: its samples on hand-made boxes, and a smoke run to a folder the gate loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from maskgate.cli import main
+from maskgate.config import Config, DetectorConfig
+from maskgate.core import Box
+from maskgate.crop import crop_face
+from maskgate.gate.build import make_detector
+from maskgate.gate.detector import StockFirstDetector
+from maskgate.gate.face_check import CHECK_FILE, CHECK_KEY, FaceCheckNet, has_face_check
+from maskgate.modelcard import ModelFileError, sha256_file
+from maskgate.training.face_check import (
+    CHECK_KERAS,
+    AddedFace,
+    CheckSamples,
+    FaceCheckConfig,
+    check_figures,
+    sample_weights,
+    scene_samples,
+)
+from tests.training.conftest import DATASETS, ROOT
+
+needs_fmd = pytest.mark.skipif(
+    not (DATASETS / "scenes" / "fmd").is_dir(), reason=f"shared datasets not found at {DATASETS}"
+)
+
+
+def noise(height: int = 300, width: int = 400) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_a_scene_gives_its_drawn_faces_jittered_and_not_faces_away_from_them():
+    image = noise()
+    config = FaceCheckConfig(jitters=3, random=40, min_face=20)
+    truth = np.array([[100, 100, 160, 160], [300, 20, 310, 30]])  # the second is under min_face
+    blank = np.zeros((64, 64, 3), np.uint8)
+    added = [
+        AddedFace(0.1, 0.8, blank + 1),  # fits a drawn face: a face
+        AddedFace(0.1, 0.0, blank + 2),  # fits none: a hard not-face
+        AddedFace(0.1, 0.4, blank + 3),  # neither: left out
+    ]
+    low_boxes = np.array([[102, 98, 158, 162], [250, 200, 300, 250]])  # on the face; away from it
+    samples = scene_samples(image, truth, added, low_boxes, config, np.random.default_rng(1))
+    counts = samples.counts()
+    assert counts["faces"] == 1 + 3 + 1
+    assert counts["hard_not_faces"] == 2
+    assert 0 < counts["not_faces"] - counts["hard_not_faces"] <= 40
+    assert np.array_equal(samples.crops[0], crop_face(image, Box(100, 100, 160, 160), config.crop))
+    assert any(np.array_equal(crop, blank + 1) for crop in samples.crops[samples.faces])
+    assert any(np.array_equal(crop, blank + 2) for crop in samples.crops[samples.hard])
+    assert not any(np.array_equal(crop, blank + 3) for crop in samples.crops)
+    # The random not-faces were kept only away from the face: none is the face's own crop.
+    face = crop_face(image, Box(100, 100, 160, 160), config.crop)
+    assert not any(np.array_equal(crop, face) for crop in samples.crops[~samples.faces])
+
+
+def test_faces_and_not_faces_are_balanced_then_hard_ones_weigh_more():
+    samples = CheckSamples(
+        np.zeros((6, 8, 8, 3), np.uint8),
+        np.array([True, True, False, False, False, False]),
+        np.array([False, False, False, False, True, True]),
+    )
+    weights = sample_weights(samples, hard_weight=3.0)
+    # Balanced (2 faces against 4 not-faces: each face twice a not-face), then hard ones 3 times.
+    assert weights[0] == pytest.approx(weights[1]) == pytest.approx(2 * weights[2])
+    assert weights[4] == weights[5] == pytest.approx(3 * weights[2])
+    assert weights.mean() == pytest.approx(1.0)
+
+
+def test_the_check_figures_count_faces_and_false_faces_each_rule_lets_through():
+    crop = np.zeros((64, 64, 3), np.uint8)
+    added = [
+        AddedFace(0.9, 0.8, crop),  # through the stock check
+        AddedFace(0.1, 0.7, crop),  # doubted, vouched for: through with the face check
+        AddedFace(0.02, 0.9, crop),  # under the floor: out either way
+        AddedFace(0.2, 0.0, crop),  # a false face the net rejects
+        AddedFace(0.2, 0.1, crop),  # a false face the net lets through
+        AddedFace(0.1, 0.4, crop),  # neither a face nor a false one: not counted
+    ]
+    scores = np.array([0.1, 0.95, 0.99, 0.3, 0.92, 0.99])
+    figures = check_figures(added, scores, 0.3, FaceCheckConfig(threshold=0.9, floor=0.05))
+    assert figures == {
+        "faces": {"added": 3, "passed_stock_check": 1, "passed_with_face_check": 2},
+        "false_faces": {"added": 2, "passed_stock_check": 0, "passed_with_face_check": 1},
+    }
+
+
+@pytest.mark.slow
+def test_photos_of_masked_people_give_the_largest_face_the_pair_finds(tmp_path):
+    from maskgate.training.face_check import pair_config, photo_faces
+
+    folder = DATASETS / "folders" / "chandrikadeb7" / "with_mask"
+    if not folder.is_dir():
+        pytest.skip(f"shared dataset {folder} is not present")
+    config = FaceCheckConfig(detector=str(ROOT / "models" / "detector-masked"), progress=False)
+    (tmp_path / "photos").mkdir()
+    for photo in sorted(folder.iterdir())[:4]:
+        shutil.copy(photo, tmp_path / "photos" / photo.name)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, not a crash
+    pair = make_detector(replace(Config(), detector=pair_config(config)))
+    crops = photo_faces(replace(config, photos=("photos",)), tmp_path, pair)
+    assert 1 <= len(crops) <= 4 and crops.shape[1:] == (64, 64, 3)
+
+
+@pytest.mark.slow
+@needs_fmd
+def test_train_face_check_adds_a_net_the_pair_loads_and_that_agrees_with_keras(tmp_path, monkeypatch, capsys):
+    import keras
+
+    monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(DATASETS))
+    out = tmp_path / "detector"
+    args = ["train-face-check", "--out", str(out), "--max-scenes", "10", "--epochs", "1", "--members", "2"]
+    args.append("--quiet")
+    assert main(args) == 0
+    assert "face-check net:" in capsys.readouterr().out
+    card = json.loads((out / "card.json").read_text())
+    for name in (CHECK_FILE, CHECK_KERAS, "face_check_curves.png", "onet.tflite"):
+        assert card["files"][name] == sha256_file(out / name)
+    entry = card[CHECK_KEY]
+    assert entry["data"]["licence"] == "CC0 1.0" and entry["samples"]["train"]["faces"] > 0
+    assert [member["seed"] for member in entry["members"]] == [0, 1]
+    assert entry["tflite_max_difference"] < 1e-3
+    net = FaceCheckNet(out)
+    image = noise()
+    boxes = [Box(100, 100, 160, 160), Box(10, 10, 90, 90), Box(1000, 1000, 1100, 1100)]  # last: outside
+    crops = np.stack([crop_face(image, box, net.crop) for box in boxes[:2]]).astype(np.float32)
+    expected = keras.models.load_model(out / CHECK_KERAS).predict(crops, verbose=0)[:, 0]
+    scores = net.face_scores(image, boxes)
+    assert np.abs(scores[:2] - expected).max() < 1e-3 and scores[2] == 0
+    # Selected by the config beside the stock nets; switched off with detector.face_check = 0.
+    paired = DetectorConfig(model=str(out), with_stock=True)
+    detector = make_detector(replace(Config(), detector=paired))
+    assert isinstance(detector, StockFirstDetector) and isinstance(detector.face_check, FaceCheckNet)
+    off = make_detector(
+        replace(Config(), detector=DetectorConfig(model=str(out), with_stock=True, face_check=0))
+    )
+    assert off.face_check is None
+
+
+def test_an_altered_or_missing_face_check_net_is_refused_with_its_file(tmp_path):
+    folder = tmp_path / "detector"
+    shutil.copytree(ROOT / "models" / "detector-masked", folder)
+    assert has_face_check(folder)
+    (folder / CHECK_FILE).write_bytes(b"not a network")
+    with pytest.raises(ModelFileError, match=CHECK_FILE):
+        FaceCheckNet(folder)
+    with pytest.raises(ModelFileError, match=CHECK_FILE):
+        make_detector(replace(Config(), detector=DetectorConfig(model=str(folder), with_stock=True)))
+    card = json.loads((folder / "card.json").read_text())
+    del card[CHECK_KEY], card["files"][CHECK_FILE]
+    (folder / "card.json").write_text(json.dumps(card))
+    assert not has_face_check(folder)
+    with pytest.raises(ModelFileError, match="names no face-check net"):
+        FaceCheckNet(folder)
+    detector = make_detector(replace(Config(), detector=DetectorConfig(model=str(folder), with_stock=True)))
+    assert detector.face_check is None  # a folder without one: the stock check alone, as before
