@@ -44,6 +44,13 @@ def make_detector(config: Config) -> FaceDetector:
     stock = stock_nets_config(settings)
     stock_nets = _detector_of_kind(stock)
     folder = detector_folder(settings)
+    if settings.face_check > 0 and settings.face_check_floor >= settings.stock_check:
+        log.warning(
+            "detector.face_check_floor (%s) is not under detector.stock_check (%s): "
+            "the face-check net is never asked",
+            settings.face_check_floor,
+            settings.stock_check,
+        )
     return StockFirstDetector(
         tuned=_detector_of_kind(settings),
         stock=stock_nets,

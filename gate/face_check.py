@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from maskgate.core import Box
-from maskgate.crop import CropSpec, EmptyCropError, crop_face
+from maskgate.crop import CropSpec, crop_faces
 from maskgate.gate.detector import read_detector_card
 from maskgate.gate.mtcnn_litert import LiteRtNetwork, verify_folder
 from maskgate.modelcard import ModelFileError
@@ -44,7 +44,6 @@ class FaceCheckNet:
     """
 
     def __init__(self, folder: Path):
-        self.folder = folder
         verify_folder(folder)  # every file of the card, this one included, against its sha256
         card = read_detector_card(folder)
         entry = card.get(CHECK_KEY)
@@ -58,17 +57,17 @@ class FaceCheckNet:
             self._net = LiteRtNetwork(folder / CHECK_FILE, outputs=(1,))
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelFileError(f"{folder}: LiteRT cannot load {CHECK_FILE}: {exc}") from None
+        # The net would take crops of any size (its pooling is global) and score them wrongly.
+        expected = (self.crop.size, self.crop.size, self.crop.channels)
+        if self._net.input_shape[1:] != expected:
+            raise ModelFileError(
+                f"{folder}: {CHECK_FILE} takes {self._net.input_shape[1:]}, the card says {expected}"
+            )
         self._lock = threading.Lock()
 
     def face_scores(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         scores = np.zeros(len(boxes), np.float32)
-        crops, cut = [], []
-        for i, box in enumerate(boxes):
-            try:
-                crops.append(crop_face(image, box, self.crop))
-            except EmptyCropError:
-                continue
-            cut.append(i)
+        crops, cut = crop_faces(image, boxes, self.crop)
         if crops:
             with self._lock:
                 (probability,) = self._net.run(np.stack(crops))

@@ -60,6 +60,11 @@ class LiteRtNetwork:
         self._outputs = [by_channels[channels] for channels in outputs]
         self._shape: tuple[int, ...] = ()
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The input shape the file was exported with (the batch may be resized)."""
+        return tuple(int(n) for n in self._interpreter.get_input_details()[0]["shape"])
+
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.shape != self._shape:

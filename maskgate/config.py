@@ -137,7 +137,8 @@ class DetectorConfig:
     # false faces, which keeps masked faces the stock ONet doubts and turns away walls it half
     # believes (docs/detector.md).
     face_check: float = ruled(0.9, FRACTION)
-    face_check_floor: float = ruled(0.05, FRACTION)
+    # Above 0: a face the stock ONet does not believe at all stays out, whatever the net says.
+    face_check_floor: float = ruled(0.05, Rule(lambda v: 0 < v <= 1, "above 0 and at most 1"))
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,19 @@ def square_box(box: Box, margin: float) -> Box:
     return Box(cx - half, cy - half, cx + half, cy + half)
 
 
+def crop_faces(image: np.ndarray, boxes: Sequence[Box], spec: CropSpec) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`crop_face` for each of `boxes` (no calibration: boxes as they are to be cut), and the
+    indices of the boxes cut; a box with no pixels inside the image is left out."""
+    crops, cut = [], []
+    for i, box in enumerate(boxes):
+        try:
+            crops.append(crop_face(image, box, spec))
+        except EmptyCropError:
+            continue
+        cut.append(i)
+    return crops, cut
+
+
 def crop_face(
     image: np.ndarray, box: Box, spec: CropSpec, calibration: BoxCalibration | None = None
 ) -> np.ndarray:

@@ -100,6 +100,10 @@ def test_config_file_from_environment(tmp_path):
         ),
         ("[detector]\nthresholds = [0.6, 0.7, 1.2]\n", r"detector.thresholds must be all between 0 and 1"),
         ("[detector]\nmin_face_size = 4\n", r"detector.min_face_size must be at least 12, got 4"),
+        (
+            "[detector]\nface_check_floor = 0\n",
+            r"detector.face_check_floor must be above 0 and at most 1, got 0",
+        ),
         ("[camera]\nstream_timeout_s = -1\n", r"camera.stream_timeout_s must be positive, got -1"),
         ("[mqtt]\ndoor_command_ttl_s = 61\n", r"mqtt.door_command_ttl_s must be above 0 and at most 60"),
         ("[dashboard]\nport = 70000\n", r"dashboard.port must be between 0 and 65535, got 70000"),

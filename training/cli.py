@@ -551,13 +551,18 @@ def _train_face_check(args: argparse.Namespace, config: Config) -> int:
     from maskgate.cli import UsageError
     from maskgate.modelcard import ModelFileError
     from maskgate.training.datasets import DataSpecError
-    from maskgate.training.face_check import FaceCheckConfig, summary, train_face_check
+    from maskgate.training.face_check import FaceCheckConfig, FaceCheckError, summary, train_face_check
 
     if not args.manifest.is_file():
         raise UsageError(f"--manifest {args.manifest} does not exist")
     for option in ("epochs", "members"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option} must be at least 1, not {getattr(args, option)}")
+    for folder in args.photos:
+        if not (config.paths.datasets / folder).is_dir():
+            raise UsageError(f"--photos {folder}: no such folder under {config.paths.datasets}")
+    if not (args.detector_model / "card.json").is_file():
+        raise UsageError(f"--detector-model {args.detector_model} is not a detector folder (no card.json)")
     check_config = FaceCheckConfig(
         detector=str(args.detector_model),
         data=args.data,
@@ -574,7 +579,7 @@ def _train_face_check(args: argparse.Namespace, config: Config) -> int:
         result = train_face_check(args.out or args.detector_model, check_config, config.paths.datasets)
     except DataSpecError as exc:
         raise UsageError(str(exc)) from None
-    except (ModelFileError, ValueError) as exc:
+    except (ModelFileError, FaceCheckError) as exc:
         print(f"maskgate train-face-check: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     print(summary(result.entry))

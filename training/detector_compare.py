@@ -236,6 +236,11 @@ def parse_thresholds(value: str, source: str = "--thresholds") -> tuple[float, f
     return config_from_mapping({"detector": {"thresholds": value}}, source).detector.thresholds
 
 
+def parse_face_check(value: str, source: str = "--face-check") -> float:
+    """A threshold as `detector.face_check`, held to the config's own rules (ConfigError, a ValueError)."""
+    return config_from_mapping({"detector": {"face_check": value}}, source).detector.face_check
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,15 +322,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         detectors[name] = replace(detectors[name], thresholds=thresholds)
     for item in args.face_check:
         name, value = item.partition("=")[::2]
-        if name not in detectors:
-            parser.error(f"--face-check {item}: no detector is named {name!r}")
+        if name not in detectors or not detectors[name].with_stock:
+            parser.error(f"--face-check {item}: no detector beside the stock nets is named {name!r}")
         try:
-            threshold = float(value)
-        except ValueError:
-            threshold = -1.0
-        if not FRACTION.holds(threshold):
-            parser.error(f"--face-check {item}: the threshold must be {FRACTION.says}")
-        detectors[name] = replace(detectors[name], face_check=threshold)
+            detectors[name] = replace(
+                detectors[name], face_check=parse_face_check(value, f"--face-check {item}")
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

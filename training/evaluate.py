@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from maskgate.config import DetectorConfig, PolicyConfig
 from maskgate.core import LABELS, Classification, Face, utcnow
-from maskgate.crop import BoxCalibration, CropSpec, EmptyCropError, crop_face
+from maskgate.crop import BoxCalibration, CropSpec, crop_face, crop_faces
 from maskgate.gate.detector import box_calibration
 from maskgate.gate.policy import DecisionPolicy
 from maskgate.modelcard import ModelCard, load_card
@@ -412,14 +412,8 @@ def classify_faces(
 ) -> list[tuple[Face, Classification]]:
     """Each face of `image` with the classifier's verdict, in one call, cropped as the gate crops
     it (its `box_to_crop` through `calibration`); a face whose crop is empty is left out."""
-    kept, crops = [], []
-    for face in faces:
-        try:
-            crops.append(crop_face(image, face.box_to_crop, classifier.crop, calibration))
-        except EmptyCropError:
-            continue
-        kept.append(face)
-    return list(zip(kept, classifier.classify(crops), strict=True))
+    crops, cut = crop_faces(image, [calibration.apply(face.box_to_crop) for face in faces], classifier.crop)
+    return list(zip([faces[i] for i in cut], classifier.classify(crops), strict=True))
 
 
 def format_report(report: dict) -> str:

@@ -23,6 +23,7 @@ the crop, data, settings, history and what the check does on the validation spli
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -34,10 +35,11 @@ import numpy as np
 
 from maskgate.config import DetectorConfig
 from maskgate.core import Box
-from maskgate.crop import CropSpec, EmptyCropError, crop_face
+from maskgate.crop import CropSpec, crop_faces
 from maskgate.training.augment import AugmentConfig
 from maskgate.training.detector_samples import iou_matrix, jitter_crops, random_crops
 
+_GATE = DetectorConfig()
 CHECK_KERAS = "check.keras"
 CHECK_CURVES = "face_check_curves.png"
 FACE_IOU, NOT_FACE_IOU, ADDED_NOT_FACE_IOU = 0.5, 0.2, 0.3
@@ -48,6 +50,10 @@ AUGMENT = AugmentConfig(
     rotation_deg=0, zoom=0, shift=0, brightness=0.2, contrast=0.2, saturation=0,
     blur_probability=0, lowres_probability=0,
 )  # fmt: skip
+
+
+class FaceCheckError(ValueError):
+    """The data gives nothing to learn from."""
 
 
 @dataclass(frozen=True)
@@ -71,21 +77,36 @@ class FaceCheckConfig:
     # in each is a face too, of more kinds of mask than the scenes show. Never the unmasked photos
     # (detector_compare's door-safety measure).
     photos: tuple[str, ...] = ()
-    threshold: float = 0.9  # what the validation figures are measured at (detector.face_check)
-    floor: float = 0.05  # ... and the stock ONet's floor (detector.face_check_floor)
+    # The gate's defaults, at which the card's validation figures are measured.
+    threshold: float = _GATE.face_check
+    floor: float = _GATE.face_check_floor
+    stock_check: float = _GATE.stock_check
     seed: int = 0
     threads: int = 2
     max_scenes: int = 0  # 0 = all (tests use a few)
     progress: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CheckSamples:
-    """Crops (N, S, S, 3) uint8, is-a-face (N,) and whether each is a hard example (N,)."""
+    """Crops (N, S, S, C) uint8, is-a-face (N,) and whether each is a hard example (N,)."""
 
     crops: np.ndarray
     faces: np.ndarray
     hard: np.ndarray
+
+    @staticmethod
+    def empty(crop: CropSpec) -> CheckSamples:
+        no = np.zeros(0, bool)
+        return CheckSamples(np.zeros((0, crop.size, crop.size, crop.channels), np.uint8), no, no)
+
+    @staticmethod
+    def concat(parts: list[CheckSamples], crop: CropSpec) -> CheckSamples:
+        if not parts:
+            return CheckSamples.empty(crop)
+        return CheckSamples(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("crops", "faces", "hard"))
+        )
 
     def counts(self) -> dict[str, int]:
         return {
@@ -95,7 +116,7 @@ class CheckSamples:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AddedFace:
     """A face the pair adds on a scene: its stock ONet score, its fit to the drawn faces, its crop."""
 
@@ -105,8 +126,9 @@ class AddedFace:
 
 
 def pair_config(config: FaceCheckConfig) -> DetectorConfig:
-    """The pair the net checks for: the folder's nets at `config.thresholds` beside the stock nets."""
-    return DetectorConfig(model=config.detector, with_stock=True, thresholds=config.thresholds)
+    """The pair the net checks for: the folder's nets at `config.thresholds` beside the stock nets,
+    with the stock check alone (a face-check net already in the folder must not pick the samples)."""
+    return DetectorConfig(model=config.detector, with_stock=True, thresholds=config.thresholds, face_check=0)
 
 
 def _boxes(rows: np.ndarray) -> list[Box]:
@@ -114,13 +136,7 @@ def _boxes(rows: np.ndarray) -> list[Box]:
 
 
 def _cut(image: np.ndarray, boxes: list[Box], crop: CropSpec) -> list[np.ndarray]:
-    crops = []
-    for box in boxes:
-        try:
-            crops.append(crop_face(image, box, crop))
-        except EmptyCropError:
-            continue
-    return crops
+    return crop_faces(image, boxes, crop)[0]
 
 
 def added_faces(pair, image: np.ndarray, truth: np.ndarray, crop: CropSpec) -> list[AddedFace]:
@@ -165,9 +181,8 @@ def scene_samples(
     hard = _cut(image, _boxes(away(low_boxes)), config.crop)
     hard += [a.crop for a in added if a.iou < ADDED_NOT_FACE_IOU]
     crops = face_crops + random + hard
-    shape = (0, config.crop.size, config.crop.size, config.crop.channels)
     return CheckSamples(
-        np.stack(crops) if crops else np.zeros(shape, np.uint8),
+        np.stack(crops) if crops else CheckSamples.empty(config.crop).crops,
         np.array([True] * len(face_crops) + [False] * (len(random) + len(hard)), bool),
         np.array([False] * (len(face_crops) + len(random)) + [True] * len(hard), bool),
     )
@@ -199,15 +214,15 @@ def build_samples(config: FaceCheckConfig, root: Path, split: str) -> tuple[Chec
     parts, all_added = [], []
     for rgb, truth in _scenes(config, root, split):
         added = added_faces(pair, rgb, truth, config.crop)
-        low_boxes = np.array([[f.box.x1, f.box.y1, f.box.x2, f.box.y2] for f in low.detect(rgb)])
-        parts.append(scene_samples(rgb, truth, added, low_boxes, config, rng))
+        # In the drawn boxes' convention, like the added faces and the drawn faces they are kept from.
+        low_boxes = [pair.tuned_calibration.apply(face.box) for face in low.detect(rgb)]
+        low_rows = np.array([[b.x1, b.y1, b.x2, b.y2] for b in low_boxes]).reshape(-1, 4)
+        parts.append(scene_samples(rgb, truth, added, low_rows, config, rng))
         all_added += added
     if split == "train" and config.photos:
         photos = photo_faces(config, root, pair)
         parts.append(CheckSamples(photos, np.ones(len(photos), bool), np.zeros(len(photos), bool)))
-    return CheckSamples(
-        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("crops", "faces", "hard"))
-    ), all_added
+    return CheckSamples.concat(parts, config.crop), all_added
 
 
 def photo_faces(config: FaceCheckConfig, root: Path, pair) -> np.ndarray:
@@ -227,7 +242,7 @@ def photo_faces(config: FaceCheckConfig, root: Path, pair) -> np.ndarray:
             if faces:
                 largest = max(faces, key=lambda face: face.box.area)
                 crops += _cut(rgb, [pair.tuned_calibration.apply(largest.box)], config.crop)
-    return np.stack(crops) if crops else np.zeros((0, config.crop.size, config.crop.size, 3), np.uint8)
+    return np.stack(crops) if crops else CheckSamples.empty(config.crop).crops
 
 
 def sample_weights(samples: CheckSamples, hard_weight: float) -> np.ndarray:
@@ -243,14 +258,12 @@ def sample_weights(samples: CheckSamples, hard_weight: float) -> np.ndarray:
     return weights / weights.mean() if len(weights) else weights
 
 
-def check_figures(
-    added: list[AddedFace], scores: np.ndarray, stock_check: float, config: FaceCheckConfig
-) -> dict:
+def check_figures(added: list[AddedFace], scores: np.ndarray, config: FaceCheckConfig) -> dict:
     """What the check does on added faces: true ones (IoU >= 0.5) and false ones (IoU < 0.3) that
     the stock ONet alone passes, and that pass with the face-check net (at `config.threshold`)."""
     stock = np.array([a.stock_score for a in added])
     fits = np.array([a.iou for a in added])
-    alone = stock >= stock_check
+    alone = stock >= config.stock_check
     with_net = alone | ((stock >= config.floor) & (np.asarray(scores) >= config.threshold))
     figures = {}
     for name, chosen in (("faces", fits >= FACE_IOU), ("false_faces", fits < ADDED_NOT_FACE_IOU)):
@@ -264,7 +277,6 @@ def check_figures(
 
 @dataclass(frozen=True)
 class Member:
-    path: Path  # the kept epoch's weights
     seed: int
     history: dict[str, list[float]]
     best_epoch: int
@@ -307,9 +319,9 @@ def _fit_member(
     ).history
     if not has_val:
         model.save(path)
-    best_epoch = int(np.argmin(history["val_loss"] if has_val else history["loss"])) + 1
+    best_epoch = int(np.argmin(history["val_loss"])) + 1 if has_val else len(history["loss"])
     log(f"face-check member {seed}: epoch {best_epoch} kept, losses {[round(v, 4) for v in history['loss']]}")
-    return Member(path, seed, history, best_epoch)
+    return Member(seed, history, best_epoch)
 
 
 def _averaged(members: list, crop: CropSpec):
@@ -342,9 +354,7 @@ def train_face_check(
     (the detector folder itself, or a copy of it)."""
     import keras
 
-    from maskgate.gate.detector import read_detector_card
-    from maskgate.gate.face_check import CHECK_FILE, CHECK_KEY
-    from maskgate.modelcard import sha256_file
+    from maskgate.gate.face_check import CHECK_FILE
     from maskgate.training.archs import trainable_parameters
     from maskgate.training.export import check_agreement, to_tflite
     from maskgate.training.plots import training_curves
@@ -359,56 +369,108 @@ def train_face_check(
     val, val_added = build_samples(config, root, "val")
     log(f"face-check samples: train {train.counts()}, val {val.counts()}")
     if not train.faces.any() or train.faces.all():
-        raise ValueError(f"{config.data}: the train split gives no faces or no not-faces to learn from")
+        raise FaceCheckError(f"{config.data}: the train split gives no faces or no not-faces to learn from")
 
-    members = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for member in range(config.members):
-            path = Path(scratch) / f"member{member}.keras"
-            members.append(_fit_member(train, val, config, config.seed + member, path, log))
-        model = _averaged([keras.models.load_model(m.path, compile=False) for m in members], config.crop)
-    model.save(out / CHECK_KERAS)
-    to_tflite(model, out / CHECK_FILE)
-    agreement = check_agreement(
-        model, out / CHECK_FILE, val.crops[:256] if len(val.crops) else train.crops[:256]
-    )
-    epochs = min(len(m.history["loss"]) for m in members)
-    mean_history = {
-        key: list(np.mean([m.history[key][:epochs] for m in members], axis=0)) for key in members[0].history
-    }
-    training_curves(mean_history, out / CHECK_CURVES)
-
-    val_scores = model.predict(np.stack([a.crop for a in val_added]), verbose=0)[:, 0] if val_added else []
-    stock_check = DetectorConfig().stock_check
-    entry = {
-        "crop": config.crop.to_json(),
-        "parameters": trainable_parameters(model),
-        "data": {
-            "source": config.data,
-            "licence": "CC0 1.0",
-            "split": f"{config.manifest} (train; val picks the epoch)",
-        },
-        "settings": {k: v for k, v in asdict(config).items() if k not in ("crop", "progress")},
-        "samples": {"train": train.counts(), "val": val.counts()},
-        "members": [
-            {
-                "seed": m.seed,
-                "best_epoch": m.best_epoch,
-                "history": {key: [round(float(v), 5) for v in values] for key, values in m.history.items()},
-            }
-            for m in members
-        ],
-        "tflite_max_difference": agreement,
-        "val_added_faces": check_figures(val_added, np.asarray(val_scores), stock_check, config),
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    card = read_detector_card(out)
-    card[CHECK_KEY] = entry
-    card.setdefault("files", {}).update(
-        {name: sha256_file(out / name) for name in (CHECK_FILE, CHECK_KERAS, CHECK_CURVES)}
-    )
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-face-check-") as scratch:
+        staging = Path(scratch)
+        members = [
+            _fit_member(train, val, config, config.seed + i, staging / f"member{i}.keras", log)
+            for i in range(config.members)
+        ]
+        loaded = [
+            keras.models.load_model(staging / f"member{i}.keras", compile=False) for i in range(len(members))
+        ]
+        model = _averaged(loaded, config.crop)
+        model.save(staging / CHECK_KERAS)
+        to_tflite(model, staging / CHECK_FILE)
+        agreement = check_agreement(
+            model, staging / CHECK_FILE, val.crops[:256] if len(val.crops) else train.crops[:256]
+        )
+        epochs = min(len(m.history["loss"]) for m in members)
+        mean_history = {
+            key: list(np.mean([m.history[key][:epochs] for m in members], axis=0))
+            for key in members[0].history
+        }
+        training_curves(mean_history, staging / CHECK_CURVES)
+        val_scores = (
+            model.predict(np.stack([a.crop for a in val_added]), verbose=0)[:, 0] if val_added else []
+        )
+        entry = {
+            "crop": config.crop.to_json(),
+            "parameters": trainable_parameters(model),
+            "data": _data_record(config, root),
+            "settings": {k: v for k, v in asdict(config).items() if k not in ("crop", "progress")},
+            "samples": {"train": train.counts(), "val": val.counts()},
+            "members": [
+                {
+                    "seed": m.seed,
+                    "best_epoch": m.best_epoch,
+                    "history": {
+                        key: [round(float(v), 5) for v in values] for key, values in m.history.items()
+                    },
+                }
+                for m in members
+            ],
+            "tflite_max_difference": agreement,
+            "val_added_faces": check_figures(val_added, np.asarray(val_scores), config),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        _install(staging, out, entry)
     return FaceCheckResult(out, entry, time.monotonic() - started)
+
+
+def _data_record(config: FaceCheckConfig, root: Path) -> dict:
+    """The card's account of the data: the scenes and each photo folder, with their licences."""
+    from maskgate.training.datasets import DataSpec, licence_of
+
+    scenes = DataSpec.parse(config.data, root)
+    return {
+        "source": config.data,
+        "licence": licence_of(scenes, root),
+        "split": f"{config.manifest} (train; val picks each net's epoch; test never read)",
+        "photos": [{"source": folder, "licence": _folder_licence(folder, root)} for folder in config.photos],
+    }
+
+
+def _folder_licence(folder: str, root: Path) -> str:
+    """The licence of the dataset `folder` belongs to (the README names datasets, not their class
+    folders: ``folders/chandrikadeb7``, not ``folders/chandrikadeb7/with_mask``)."""
+    from maskgate.training.datasets import DataSpec, licence_of
+
+    path = Path(folder)
+    for candidate in (path, *path.parents[:-1]):
+        licence = licence_of(DataSpec.parse(str(candidate), root), root)
+        if licence != "unknown":
+            return licence
+    return "unknown"
+
+
+def _write_card(folder: Path, card: dict) -> None:
+    """card.json replaced in one step: a reader sees the old card or the new one, never half of it."""
+    partial = folder / "card.json.partial"
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, folder / "card.json")
+
+
+def _install(staging: Path, out: Path, entry: dict) -> None:
+    """Move the new net into `out` so that the folder passes its sha256 check at every step: the
+    card first forgets the old net, then the files move, then the card names them. An interrupted
+    run leaves the folder usable (without a face check at worst)."""
+    from maskgate.gate.detector import read_detector_card
+    from maskgate.gate.face_check import CHECK_FILE, CHECK_KEY
+    from maskgate.modelcard import sha256_file
+
+    names = (CHECK_FILE, CHECK_KERAS, CHECK_CURVES)
+    card = read_detector_card(out)
+    card.pop(CHECK_KEY, None)
+    for name in names:
+        card.get("files", {}).pop(name, None)
+    _write_card(out, card)
+    for name in names:
+        os.replace(staging / name, out / name)
+    card[CHECK_KEY] = entry
+    card.setdefault("files", {}).update({name: sha256_file(out / name) for name in names})
+    _write_card(out, card)
 
 
 def summary(entry: dict) -> str:

@@ -343,6 +343,21 @@ def test_with_stock_a_face_the_stock_onet_doubts_passes_only_where_the_face_chec
     # boxes' convention (where the classifier's crops are cut).
     assert face_check.boxes == [tuned_calibration.apply(face.box) for face in (doubted_face, doubted_wall)]
     assert [face.box.x1 for face in StockFirstDetector(*pair).detect(image)] == [0]
+    off = StockFirstDetector(*pair, face_check=face_check, face_check_threshold=0.0, face_check_floor=0.05)
+    assert [face.box.x1 for face in off.detect(image)] == [0]  # 0: the net is not asked
+
+
+def test_the_face_check_is_asked_from_its_floor_up_to_the_stock_check():
+    faces = [Face(Box(x, 100, x + 60, 160), 0.99, {}) for x in (0, 100, 200)]
+    calibration = BoxCalibration()
+    face_check = ScoresByLeftEdge({0: 0.95, 100: 0.95, 200: 0.95})
+    scores = np.array([0.05, 0.3, 0.0499])  # at the floor: asked; at the check: passes; under: out
+    paired = StockFirstDetector(
+        FixedFaces(*faces), FixedFaces(), calibration, calibration, face_check=face_check, stock_check=0.3
+    )
+    passed = paired.passes_check(np.zeros((240, 320, 3), np.uint8), faces, scores)
+    assert list(passed) == [True, True, False]
+    assert face_check.boxes == [faces[0].box]
 
 
 def test_with_stock_a_gate_that_crops_raw_boxes_gets_the_stock_boxes_raw():

@@ -112,9 +112,9 @@ def test_stage_thresholds_are_three_fractions():
     [
         ("--thresholds", "pair=0.3,0.7", "--thresholds pair=0.3,0.7: detector.thresholds: expected 3 values"),
         ("--thresholds", "other=0.3,0.7,0.8", "no detector is named 'other'"),
-        ("--face-check", "pair=1.5", "--face-check pair=1.5: the threshold must be"),
-        ("--face-check", "pair=x", "--face-check pair=x: the threshold must be"),
-        ("--face-check", "other=0.9", "no detector is named 'other'"),
+        ("--face-check", "pair=1.5", "--face-check pair=1.5: detector.face_check must be between 0 and 1"),
+        ("--face-check", "pair=x", "--face-check pair=x: detector.face_check: expected a number"),
+        ("--face-check", "other=0.9", "no detector beside the stock nets is named 'other'"),
     ],
 )
 def test_settings_for_an_unknown_detector_or_out_of_range_are_refused(option, item, says, capsys):

@@ -11,6 +11,7 @@ import pytest
 
 from maskgate.cli import main
 from maskgate.config import Config, DetectorConfig
+from maskgate.const import EXIT_USAGE
 from maskgate.core import Box
 from maskgate.crop import crop_face
 from maskgate.gate.build import make_detector
@@ -37,7 +38,7 @@ def noise(height: int = 300, width: int = 400) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def test_a_scene_gives_its_drawn_faces_jittered_and_not_faces_away_from_them():
+def test_a_scene_gives_its_drawn_faces_jittered_and_not_faces_away_from_them(monkeypatch):
     image = noise()
     config = FaceCheckConfig(jitters=3, random=40, min_face=20)
     truth = np.array([[100, 100, 160, 160], [300, 20, 310, 30]])  # the second is under min_face
@@ -48,18 +49,23 @@ def test_a_scene_gives_its_drawn_faces_jittered_and_not_faces_away_from_them():
         AddedFace(0.1, 0.4, blank + 3),  # neither: left out
     ]
     low_boxes = np.array([[102, 98, 158, 162], [250, 200, 300, 250]])  # on the face; away from it
+    # Random boxes: one on the face (IoU 0.85), one overlapping it a little (0.14), one away from it.
+    random = np.array([[100, 100, 155, 155], [130, 130, 190, 190], [20, 200, 80, 260]], float)
+    monkeypatch.setattr("maskgate.training.face_check.random_crops", lambda *args: random)
     samples = scene_samples(image, truth, added, low_boxes, config, np.random.default_rng(1))
     counts = samples.counts()
     assert counts["faces"] == 1 + 3 + 1
     assert counts["hard_not_faces"] == 2
-    assert 0 < counts["not_faces"] - counts["hard_not_faces"] <= 40
+    assert counts["not_faces"] - counts["hard_not_faces"] == 2  # the random boxes away from the face
     assert np.array_equal(samples.crops[0], crop_face(image, Box(100, 100, 160, 160), config.crop))
     assert any(np.array_equal(crop, blank + 1) for crop in samples.crops[samples.faces])
     assert any(np.array_equal(crop, blank + 2) for crop in samples.crops[samples.hard])
     assert not any(np.array_equal(crop, blank + 3) for crop in samples.crops)
-    # The random not-faces were kept only away from the face: none is the face's own crop.
-    face = crop_face(image, Box(100, 100, 160, 160), config.crop)
-    assert not any(np.array_equal(crop, face) for crop in samples.crops[~samples.faces])
+    on_face = crop_face(image, Box(*random[0]), config.crop)
+    assert not any(np.array_equal(crop, on_face) for crop in samples.crops)
+    for box in random[1:]:
+        away = crop_face(image, Box(*box), config.crop)
+        assert any(np.array_equal(crop, away) for crop in samples.crops[~samples.faces & ~samples.hard])
 
 
 def test_faces_and_not_faces_are_balanced_then_hard_ones_weigh_more():
@@ -86,11 +92,25 @@ def test_the_check_figures_count_faces_and_false_faces_each_rule_lets_through():
         AddedFace(0.1, 0.4, crop),  # neither a face nor a false one: not counted
     ]
     scores = np.array([0.1, 0.95, 0.99, 0.3, 0.92, 0.99])
-    figures = check_figures(added, scores, 0.3, FaceCheckConfig(threshold=0.9, floor=0.05))
+    figures = check_figures(added, scores, FaceCheckConfig(threshold=0.9, floor=0.05, stock_check=0.3))
     assert figures == {
         "faces": {"added": 3, "passed_stock_check": 1, "passed_with_face_check": 2},
         "false_faces": {"added": 2, "passed_stock_check": 0, "passed_with_face_check": 1},
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--photos", "folders/nowhere"], "--photos folders/nowhere: no such folder"),
+        (["--detector-model", "models"], "--detector-model models is not a detector folder"),
+        (["--members", "0"], "--members must be at least 1"),
+    ],
+)
+def test_train_face_check_refuses_bad_options_before_training(args, says, capsys, monkeypatch):
+    monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(DATASETS))
+    assert main(["train-face-check", *args]) == EXIT_USAGE
+    assert says in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -145,7 +165,7 @@ def test_train_face_check_adds_a_net_the_pair_loads_and_that_agrees_with_keras(t
     assert off.face_check is None
 
 
-def test_an_altered_or_missing_face_check_net_is_refused_with_its_file(tmp_path):
+def test_an_altered_unloadable_or_misdescribed_face_check_net_is_refused_with_its_file(tmp_path):
     folder = tmp_path / "detector"
     shutil.copytree(ROOT / "models" / "detector-masked", folder)
     assert has_face_check(folder)
@@ -155,6 +175,20 @@ def test_an_altered_or_missing_face_check_net_is_refused_with_its_file(tmp_path)
     with pytest.raises(ModelFileError, match=CHECK_FILE):
         make_detector(replace(Config(), detector=DetectorConfig(model=str(folder), with_stock=True)))
     card = json.loads((folder / "card.json").read_text())
+    card["files"][CHECK_FILE] = sha256_file(folder / CHECK_FILE)  # a file that matches, but no network
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match=f"LiteRT cannot load {CHECK_FILE}"):
+        FaceCheckNet(folder)
+    shutil.copy(ROOT / "models" / "detector-masked" / CHECK_FILE, folder / CHECK_FILE)
+    card["files"][CHECK_FILE] = sha256_file(folder / CHECK_FILE)
+    for crop, says in [
+        ({"size": 32, "margin": 0.2, "color": "rgb"}, r"takes \(64, 64, 3\), the card says \(32, 32, 3\)"),
+        ({}, "crop"),
+    ]:
+        card[CHECK_KEY]["crop"] = crop
+        (folder / "card.json").write_text(json.dumps(card))
+        with pytest.raises(ModelFileError, match=says):
+            FaceCheckNet(folder)
     del card[CHECK_KEY], card["files"][CHECK_FILE]
     (folder / "card.json").write_text(json.dumps(card))
     assert not has_face_check(folder)
@@ -162,3 +196,12 @@ def test_an_altered_or_missing_face_check_net_is_refused_with_its_file(tmp_path)
         FaceCheckNet(folder)
     detector = make_detector(replace(Config(), detector=DetectorConfig(model=str(folder), with_stock=True)))
     assert detector.face_check is None  # a folder without one: the stock check alone, as before
+
+
+def test_the_shipped_face_check_net_learned_from_permissively_licensed_data_only():
+    card = json.loads((ROOT / "models" / "detector-masked" / "card.json").read_text())
+    data = card[CHECK_KEY]["data"]
+    assert data["licence"] == "CC0 1.0" and "test never read" in data["split"]
+    for photos in data["photos"]:
+        assert not photos["source"].startswith("noncommercial/")
+        assert photos["licence"].startswith(("MIT", "CC0", "CC BY "))
