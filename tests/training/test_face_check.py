@@ -205,3 +205,40 @@ def test_the_shipped_face_check_net_learned_from_permissively_licensed_data_only
     for photos in data["photos"]:
         assert not photos["source"].startswith("noncommercial/")
         assert photos["licence"].startswith(("MIT", "CC0", "CC BY "))
+
+
+def test_a_new_net_is_installed_so_the_folder_passes_its_check_even_when_interrupted(tmp_path, monkeypatch):
+    from maskgate.gate.mtcnn_litert import verify_folder
+    from maskgate.training import face_check
+
+    folder = tmp_path / "detector"
+    shutil.copytree(ROOT / "models" / "detector-masked", folder)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in (CHECK_FILE, CHECK_KERAS, "face_check_curves.png"):
+        shutil.copy(folder / name, staging / name)
+    (staging / "face_check_curves.png").write_bytes(b"another plot")
+    (staging / CHECK_FILE).write_bytes(b"a new net")  # moved first: the card must not name the old one
+    moved = []
+
+    def fail_on_the_second_file(source, target):
+        if moved:
+            raise OSError("disk full")
+        moved.append(target)
+        shutil.move(source, target)
+
+    monkeypatch.setattr(face_check.os, "replace", fail_on_the_second_file)
+    with pytest.raises(OSError, match="disk full"):
+        face_check._install(staging, folder, {"crop": {"size": 64, "margin": 0.2, "color": "rgb"}})
+    verify_folder(folder)  # usable: the card forgot the old net before any file moved ...
+    assert not has_face_check(folder)  # ... so the pair runs with the stock check alone
+    monkeypatch.undo()
+    (staging / "face_check_curves.png").write_bytes(b"another plot")
+    shutil.copy(ROOT / "models" / "detector-masked" / CHECK_FILE, staging / CHECK_FILE)
+    entry = json.loads((ROOT / "models" / "detector-masked" / "card.json").read_text())[CHECK_KEY]
+    face_check._install(staging, folder, entry)
+    verify_folder(folder)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["files"]["face_check_curves.png"] == sha256_file(folder / "face_check_curves.png")
+    assert (folder / "face_check_curves.png").read_bytes() == b"another plot"
+    assert FaceCheckNet(folder).crop.size == 64
