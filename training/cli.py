@@ -414,6 +414,7 @@ def _export_detector(args: argparse.Namespace, config: Config) -> int:
 
 
 DEFAULT_TRAINED_DETECTOR_OUT = Path("models/detector-masked")
+SHIPPED_FACE_CHECK_PHOTOS = ("folders/chandrikadeb7/with_mask",)  # MIT; never the unmasked photos
 
 
 def _add_scene_split_arguments(p: argparse.ArgumentParser, manifest_use: str) -> None:
@@ -535,8 +536,9 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--photos",
         nargs="*",
-        default=[],
-        help="folders of photos of masked people (under paths.datasets) whose largest face is a face too",
+        default=list(SHIPPED_FACE_CHECK_PHOTOS),
+        help="folders of photos of masked people (under paths.datasets) whose largest face is a face too "
+        f"(default: {' '.join(SHIPPED_FACE_CHECK_PHOTOS)}, as for the shipped net; --photos alone: none)",
     )
     p.add_argument(
         "--max-scenes", type=int, default=0, help="use at most this many scenes per split (smoke runs)"

@@ -103,7 +103,7 @@ def test_the_check_figures_count_faces_and_false_faces_each_rule_lets_through():
     ("args", "says"),
     [
         (["--photos", "folders/nowhere"], "--photos folders/nowhere: no such folder"),
-        (["--detector-model", "models"], "--detector-model models is not a detector folder"),
+        (["--photos", "--detector-model", "models"], "--detector-model models is not a detector folder"),
         (["--members", "0"], "--members must be at least 1"),
     ],
 )
