@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -294,19 +294,22 @@ class StockFirstDetector:
         return found_by_both, added, np.asarray(scores, float)
 
     def passes_check(self, image: np.ndarray, added: Sequence[Face], scores: np.ndarray) -> np.ndarray:
-        """Which `added` faces (with their stock ONet `scores`) pass the check: the stock ONet's
-        score at least `stock_check`, or with a face-check net, at least `face_check_floor` and the
-        net's score at least `face_check_threshold`. The net judges only those in between (a few
-        per hundred frames); both must vouch for them, so a face that neither believes in stays out
-        (the trees behind an unmasked man score under 0.02 with the stock ONet)."""
-        passed = np.asarray(scores, float) >= self.stock_check
-        if self.face_check is None or self.face_check_threshold <= 0:
-            return passed
-        doubted = np.flatnonzero(~passed & (np.asarray(scores, float) >= self.face_check_floor))
-        if len(doubted):
-            boxes = [self.tuned_calibration.apply(added[i].box) for i in doubted]
-            passed[doubted] = self.face_check.face_scores(image, boxes) >= self.face_check_threshold
-        return passed
+        """Which `added` faces (with their stock ONet `scores`) pass the check
+        (:func:`passes_added_check`), the face-check net asked in the drawn boxes' convention."""
+        face_check = self.face_check
+
+        def net_scores(doubted: np.ndarray) -> np.ndarray:
+            return face_check.face_scores(
+                image, [self.tuned_calibration.apply(added[i].box) for i in doubted]
+            )
+
+        return passes_added_check(
+            scores,
+            self.stock_check,
+            self.face_check_floor,
+            self.face_check_threshold,
+            net_scores if face_check is not None else None,
+        )
 
     def _located(self, stock: Sequence[Face], tuned: Sequence[Face]) -> list[Face]:
         """`stock`, each face located by the folder's box of the same face where one fits it (IoU >=
@@ -346,6 +349,29 @@ class StockFirstDetector:
     def to_stock(self, box: Box) -> Box:
         """A box of the folder's nets in the stock convention (the inverse of :meth:`to_tuned`)."""
         return self.stock_calibration.invert(self.tuned_calibration.apply(box))
+
+
+def passes_added_check(
+    stock_scores: np.ndarray,
+    stock_check: float,
+    face_check_floor: float,
+    face_check: float,
+    net_scores: Callable[[np.ndarray], np.ndarray] | None,
+) -> np.ndarray:
+    """Which faces only a tuned folder's nets find pass the check, given the stock ONet's scores:
+    at least `stock_check`, or, with a face-check net (`net_scores` scores the faces at the indices
+    it is given; None or `face_check` 0: none), at least `face_check_floor` and the net's score at
+    least `face_check`. The net judges only those in between (a few per hundred frames); both must
+    vouch for them, so a face that neither believes in stays out (the trees behind an unmasked man
+    score under 0.02 with the stock ONet). The gate's rule, and what training reports of it."""
+    stock_scores = np.asarray(stock_scores, float)
+    passed = stock_scores >= stock_check
+    if net_scores is None or face_check <= 0:
+        return passed
+    doubted = np.flatnonzero(~passed & (stock_scores >= face_check_floor))
+    if len(doubted):
+        passed[doubted] = np.asarray(net_scores(doubted)) >= face_check
+    return passed
 
 
 CALIBRATION_TOLERANCE = 0.02  # per term; smaller differences do not visibly change a crop

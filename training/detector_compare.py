@@ -311,25 +311,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             "give each detector a different NAME (--detector, --calibrated or --with-stock NAME=FOLDER)"
         )
     detectors = dict(named)
-    for item in args.thresholds:
-        name, value = item.partition("=")[::2]
-        if name not in detectors:
-            parser.error(f"--thresholds {item}: no detector is named {name!r}")
-        try:
-            thresholds = parse_thresholds(value, f"--thresholds {item}")
-        except ValueError as exc:
-            parser.error(str(exc))
-        detectors[name] = replace(detectors[name], thresholds=thresholds)
-    for item in args.face_check:
-        name, value = item.partition("=")[::2]
-        if name not in detectors or not detectors[name].with_stock:
-            parser.error(f"--face-check {item}: no detector beside the stock nets is named {name!r}")
-        try:
-            detectors[name] = replace(
-                detectors[name], face_check=parse_face_check(value, f"--face-check {item}")
-            )
-        except ValueError as exc:
-            parser.error(str(exc))
+    # NAME=VALUE settings of one detector, each held to the config's own rules for its key.
+    for option, items, key, parse, paired_only in (
+        ("--thresholds", args.thresholds, "thresholds", parse_thresholds, False),
+        ("--face-check", args.face_check, "face_check", parse_face_check, True),
+    ):
+        for item in items:
+            name, value = item.partition("=")[::2]
+            if name not in detectors or (paired_only and not detectors[name].with_stock):
+                beside = " beside the stock nets" if paired_only else ""
+                parser.error(f"{option} {item}: no detector{beside} is named {name!r}")
+            try:
+                detectors[name] = replace(detectors[name], **{key: parse(value, f"{option} {item}")})
+            except ValueError as exc:
+                parser.error(str(exc))
     videos = config.paths.datasets / args.videos if args.videos else None
     unmasked = [config.paths.datasets / folder for folder in args.unmasked]
     for folder in unmasked:

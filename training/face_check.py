@@ -260,11 +260,17 @@ def sample_weights(samples: CheckSamples, hard_weight: float) -> np.ndarray:
 
 def check_figures(added: list[AddedFace], scores: np.ndarray, config: FaceCheckConfig) -> dict:
     """What the check does on added faces: true ones (IoU >= 0.5) and false ones (IoU < 0.3) that
-    the stock ONet alone passes, and that pass with the face-check net (at `config.threshold`)."""
+    the stock ONet alone passes, and that pass with the face-check net's `scores` (the gate's rule,
+    :func:`maskgate.gate.detector.passes_added_check`, at `config`'s settings)."""
+    from maskgate.gate.detector import passes_added_check
+
     stock = np.array([a.stock_score for a in added])
     fits = np.array([a.iou for a in added])
-    alone = stock >= config.stock_check
-    with_net = alone | ((stock >= config.floor) & (np.asarray(scores) >= config.threshold))
+    alone = passes_added_check(stock, config.stock_check, config.floor, config.threshold, None)
+    scores = np.asarray(scores)
+    with_net = passes_added_check(
+        stock, config.stock_check, config.floor, config.threshold, scores.__getitem__
+    )
     figures = {}
     for name, chosen in (("faces", fits >= FACE_IOU), ("false_faces", fits < ADDED_NOT_FACE_IOU)):
         figures[name] = {
