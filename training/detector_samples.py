@@ -24,7 +24,7 @@ or on the chin, because real improperly worn masks are scarce (123 boxes in fmd)
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from maskgate.core import Label
 from maskgate.gate.detector import resize_to_width
 from maskgate.gate.synthetic import MASK_COLOURS, SURGICAL_BLUE, MaskStyle, draw_mask
+from maskgate.training.metrics import GroundTruth
 
 POSITIVE_IOU, PART_IOU, NEGATIVE_IOU = 0.65, 0.4, 0.3
 NETWORK_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
@@ -171,14 +172,11 @@ def random_crops(width: int, height: int, count: int, min_side: int, rng: np.ran
 # -- scenes -----------------------------------------------------------------------------------------
 
 
-def load_scenes(
-    data: str, root: Path, manifest: Path, splits: set[str], working_width: int, progress: bool = True
-) -> list[Scene]:
-    """The VOC scenes of `data` whose split in `manifest` is one of `splits` (never an unlisted image).
-
-    The manifest is the shipped classifier's (models/default): its test images are the held-out
-    scenes every detector is measured on, so they must never reach training.
-    """
+def split_scenes(
+    data: str, root: Path, manifest: Path, splits: set[str], progress: bool = True
+) -> Iterator[tuple[str, np.ndarray, tuple[GroundTruth, ...]]]:
+    """(path, RGB pixels, drawn faces) of each VOC scene of `data` whose split in `manifest` is one
+    of `splits` (never an unlisted image), at full size, one at a time."""
     from maskgate.training.datasets import DataSpec, scan
     from maskgate.training.evaluate import labelled_scenes
     from maskgate.training.split import split_images
@@ -186,8 +184,19 @@ def load_scenes(
     spec = DataSpec.parse(data, root)
     wanted = split_images(manifest, splits)
     images, _ = scan(spec)
+    yield from labelled_scenes(spec, images, wanted, progress=progress)
+
+
+def load_scenes(
+    data: str, root: Path, manifest: Path, splits: set[str], working_width: int, progress: bool = True
+) -> list[Scene]:
+    """The VOC scenes of `data` whose split in `manifest` is one of `splits`, at `working_width`.
+
+    The manifest is the shipped classifier's (models/default): its test images are the held-out
+    scenes every detector is measured on, so they must never reach training.
+    """
     scenes = []
-    for path, rgb, truth in labelled_scenes(spec, images, wanted, progress=progress):
+    for path, rgb, truth in split_scenes(data, root, manifest, splits, progress):
         small, factor = resize_to_width(rgb, working_width)
         boxes = np.asarray([[t.box.x1, t.box.y1, t.box.x2, t.box.y2] for t in truth], np.float64)
         labels = [t.label.value for t in truth]

@@ -37,7 +37,7 @@ from maskgate.config import DetectorConfig
 from maskgate.core import Box
 from maskgate.crop import CropSpec, crop_faces
 from maskgate.training.augment import AugmentConfig
-from maskgate.training.detector_samples import iou_matrix, jitter_crops, random_crops
+from maskgate.training.detector_samples import iou_matrix, jitter_crops, random_crops, split_scenes
 
 _GATE = DetectorConfig()
 CHECK_KERAS = "check.keras"
@@ -189,15 +189,8 @@ def scene_samples(
 
 
 def _scenes(config: FaceCheckConfig, root: Path, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(RGB pixels, drawn face boxes (M, 4)) of the scenes of `split` in the manifest."""
-    from maskgate.training.datasets import DataSpec, scan
-    from maskgate.training.evaluate import labelled_scenes
-    from maskgate.training.split import split_images
-
-    spec = DataSpec.parse(config.data, root)
-    images, _ = scan(spec)
-    wanted = split_images(Path(config.manifest), {split})
-    scenes = labelled_scenes(spec, images, wanted, progress=config.progress)
+    """(RGB pixels, drawn face boxes (M, 4)) of the scenes of `split` in the manifest, at full size."""
+    scenes = split_scenes(config.data, root, Path(config.manifest), {split}, config.progress)
     for count, (_, rgb, truth) in enumerate(scenes, start=1):
         yield rgb, np.array([[t.box.x1, t.box.y1, t.box.x2, t.box.y2] for t in truth]).reshape(-1, 4)
         if config.max_scenes and count >= config.max_scenes:
@@ -322,6 +315,7 @@ def _fit_member(
         if has_val
         else [],
         verbose=2 if config.progress else 0,
+        shuffle=False,  # the dataset shuffles itself (seeded)
     ).history
     if not has_val:
         model.save(path)
