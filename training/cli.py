@@ -203,11 +203,15 @@ def _specs(args: argparse.Namespace, config: Config, allow_non_commercial: bool 
     if not allow_non_commercial:
         for spec in specs:
             if is_non_commercial(spec, licence_of(spec, root)):
-                raise UsageError(
-                    f"{spec.name} is licensed for non-commercial use only; pass --allow-non-commercial "
-                    "to train on it anyway (such a model must not ship)"
-                )
+                raise UsageError(_non_commercial_refusal(spec.name))
     return specs
+
+
+def _non_commercial_refusal(name: str) -> str:
+    return (
+        f"{name} is licensed for non-commercial use only; pass --allow-non-commercial to train on it "
+        "anyway (such a model must not ship)"
+    )
 
 
 def _train(args: argparse.Namespace, config: Config) -> int:
@@ -545,6 +549,11 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument(
+        "--allow-non-commercial",
+        action="store_true",
+        help="accept --photos licensed for non-commercial use only (never for the shipped detector)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train_face_check)
 
@@ -552,17 +561,29 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
 def _train_face_check(args: argparse.Namespace, config: Config) -> int:
     from maskgate.cli import UsageError
     from maskgate.modelcard import ModelFileError
-    from maskgate.training.datasets import DataSpecError
-    from maskgate.training.face_check import FaceCheckConfig, FaceCheckError, summary, train_face_check
+    from maskgate.training.datasets import DataSpec, DataSpecError, is_non_commercial
+    from maskgate.training.face_check import (
+        FaceCheckConfig,
+        FaceCheckError,
+        folder_licence,
+        summary,
+        train_face_check,
+    )
 
     if not args.manifest.is_file():
         raise UsageError(f"--manifest {args.manifest} does not exist")
     for option in ("epochs", "members"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option} must be at least 1, not {getattr(args, option)}")
+    root = config.paths.datasets
     for folder in args.photos:
-        if not (config.paths.datasets / folder).is_dir():
-            raise UsageError(f"--photos {folder}: no such folder under {config.paths.datasets}")
+        if not (root / folder).is_dir():
+            raise UsageError(f"--photos {folder}: no such folder under {root}")
+        # The net goes into the shipped detector folder by default: refused like `train`'s sources.
+        if not args.allow_non_commercial and is_non_commercial(
+            DataSpec.parse(folder, root), folder_licence(folder, root)
+        ):
+            raise UsageError(f"--photos {_non_commercial_refusal(folder)}")
     if not (args.detector_model / "card.json").is_file():
         raise UsageError(f"--detector-model {args.detector_model} is not a detector folder (no card.json)")
     check_config = FaceCheckConfig(

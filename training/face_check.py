@@ -428,11 +428,11 @@ def _data_record(config: FaceCheckConfig, root: Path) -> dict:
         "source": config.data,
         "licence": licence_of(scenes, root),
         "split": f"{config.manifest} (train; val picks each net's epoch; test never read)",
-        "photos": [{"source": folder, "licence": _folder_licence(folder, root)} for folder in config.photos],
+        "photos": [{"source": folder, "licence": folder_licence(folder, root)} for folder in config.photos],
     }
 
 
-def _folder_licence(folder: str, root: Path) -> str:
+def folder_licence(folder: str, root: Path) -> str:
     """The licence of the dataset `folder` belongs to (the README names datasets, not their class
     folders: ``folders/chandrikadeb7``, not ``folders/chandrikadeb7/with_mask``)."""
     from maskgate.training.datasets import DataSpec, licence_of

@@ -113,6 +113,19 @@ def test_train_face_check_refuses_bad_options_before_training(args, says, capsys
     assert says in capsys.readouterr().err
 
 
+def test_train_face_check_refuses_non_commercial_photos_unless_asked(capsys, monkeypatch):
+    folder = "noncommercial/maskedfacenet/with_mask"
+    if not (DATASETS / folder).is_dir():
+        pytest.skip(f"shared dataset {DATASETS / folder} is not present")
+    monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(DATASETS))
+    assert main(["train-face-check", "--photos", folder]) == EXIT_USAGE
+    assert f"--photos {folder} is licensed for non-commercial use only" in capsys.readouterr().err
+    # Allowed, the photos pass and the next option is checked (a folder that is no detector's).
+    allowed = ["train-face-check", "--photos", folder, "--allow-non-commercial", "--detector-model", "models"]
+    assert main(allowed) == EXIT_USAGE
+    assert "--detector-model models is not a detector folder" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_photos_of_masked_people_give_the_largest_face_the_pair_finds(tmp_path):
     from maskgate.training.face_check import pair_config, photo_faces
