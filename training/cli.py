@@ -552,7 +552,8 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-non-commercial",
         action="store_true",
-        help="accept --photos licensed for non-commercial use only (never for the shipped detector)",
+        help="accept scenes or photos licensed for non-commercial use only, into an --out of its own "
+        "(never the shipped detector)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train_face_check)
@@ -561,14 +562,8 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
 def _train_face_check(args: argparse.Namespace, config: Config) -> int:
     from maskgate.cli import UsageError
     from maskgate.modelcard import ModelFileError
-    from maskgate.training.datasets import DataSpec, DataSpecError, is_non_commercial
-    from maskgate.training.face_check import (
-        FaceCheckConfig,
-        FaceCheckError,
-        folder_licence,
-        summary,
-        train_face_check,
-    )
+    from maskgate.training.datasets import DataSpecError
+    from maskgate.training.face_check import FaceCheckConfig, FaceCheckError, summary, train_face_check
 
     if not args.manifest.is_file():
         raise UsageError(f"--manifest {args.manifest} does not exist")
@@ -579,11 +574,7 @@ def _train_face_check(args: argparse.Namespace, config: Config) -> int:
     for folder in args.photos:
         if not (root / folder).is_dir():
             raise UsageError(f"--photos {folder}: no such folder under {root}")
-        # The net goes into the shipped detector folder by default: refused like `train`'s sources.
-        if not args.allow_non_commercial and is_non_commercial(
-            DataSpec.parse(folder, root), folder_licence(folder, root)
-        ):
-            raise UsageError(f"--photos {_non_commercial_refusal(folder)}")
+    _check_face_check_licences(args, root)
     if not (args.detector_model / "card.json").is_file():
         raise UsageError(f"--detector-model {args.detector_model} is not a detector folder (no card.json)")
     check_config = FaceCheckConfig(
@@ -608,6 +599,33 @@ def _train_face_check(args: argparse.Namespace, config: Config) -> int:
     print(summary(result.entry))
     print(f"wrote {result.folder} in {result.seconds:.0f} s")
     return EXIT_OK
+
+
+def _check_face_check_licences(args: argparse.Namespace, root: Path) -> None:
+    """Scenes or photos licensed for non-commercial use only are refused, as `train` refuses them,
+    unless --allow-non-commercial; even then not into the detector folder itself (the default, and
+    the shipped folder's case): such a net goes to an --out of its own."""
+    from maskgate.cli import UsageError
+    from maskgate.training.datasets import DataSpec, DataSpecError, is_non_commercial
+    from maskgate.training.face_check import folder_licence
+
+    named = [("--data", args.data), *(("--photos", folder) for folder in args.photos)]
+    try:
+        non_commercial = [
+            f"{option} {name}"
+            for option, name in named
+            if is_non_commercial(DataSpec.parse(name, root), folder_licence(name, root))
+        ]
+    except DataSpecError as exc:
+        raise UsageError(str(exc)) from None
+    if non_commercial and not args.allow_non_commercial:
+        raise UsageError(_non_commercial_refusal(non_commercial[0]))
+    if non_commercial and (args.out is None or args.out.resolve() == args.detector_model.resolve()):
+        raise UsageError(
+            f"{non_commercial[0]} is licensed for non-commercial use only: give --out a folder of its "
+            f"own, not the detector folder {args.detector_model} (a shipped detector must not carry "
+            "such a net)"
+        )
 
 
 def _register_calibrate_detector(commands: argparse._SubParsersAction) -> None:

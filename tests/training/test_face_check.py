@@ -113,16 +113,20 @@ def test_train_face_check_refuses_bad_options_before_training(args, says, capsys
     assert says in capsys.readouterr().err
 
 
-def test_train_face_check_refuses_non_commercial_photos_unless_asked(capsys, monkeypatch):
+def test_train_face_check_refuses_non_commercial_photos_unless_asked(tmp_path, capsys, monkeypatch):
     folder = "noncommercial/maskedfacenet/with_mask"
     if not (DATASETS / folder).is_dir():
         pytest.skip(f"shared dataset {DATASETS / folder} is not present")
     monkeypatch.setenv("MASKGATE_PATHS__DATASETS", str(DATASETS))
-    assert main(["train-face-check", "--photos", folder]) == EXIT_USAGE
+    # "models" is no detector folder: were the photos let through, that is what would be refused.
+    command = ["train-face-check", "--photos", folder, "--detector-model", "models"]
+    assert main(command) == EXIT_USAGE
     assert f"--photos {folder} is licensed for non-commercial use only" in capsys.readouterr().err
-    # Allowed, the photos pass and the next option is checked (a folder that is no detector's).
-    allowed = ["train-face-check", "--photos", folder, "--allow-non-commercial", "--detector-model", "models"]
-    assert main(allowed) == EXIT_USAGE
+    # Allowed, still not into the detector folder itself (the default; the shipped folder's case).
+    assert main([*command, "--allow-non-commercial"]) == EXIT_USAGE
+    assert "give --out a folder of its own, not the detector folder models" in capsys.readouterr().err
+    # Allowed into a folder of its own: the photos pass and the next option is checked.
+    assert main([*command, "--allow-non-commercial", "--out", str(tmp_path / "nc")]) == EXIT_USAGE
     assert "--detector-model models is not a detector folder" in capsys.readouterr().err
 
 
