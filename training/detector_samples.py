@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from maskgate.core import Label
+from maskgate.core import Box, Label
 from maskgate.gate.detector import resize_to_width
 from maskgate.gate.synthetic import MASK_COLOURS, SURGICAL_BLUE, MaskStyle, draw_mask
 from maskgate.training.metrics import GroundTruth
@@ -103,6 +103,11 @@ class Samples:
 
 
 # -- geometry ---------------------------------------------------------------------------------------
+
+
+def box_rows(boxes: Iterable[Box]) -> np.ndarray:
+    """`boxes` as corner rows (N, 4) ``x1, y1, x2, y2``, the form :func:`iou_matrix` takes."""
+    return np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float64).reshape(-1, 4)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -198,10 +203,9 @@ def load_scenes(
     scenes = []
     for path, rgb, truth in split_scenes(data, root, manifest, splits, progress):
         small, factor = resize_to_width(rgb, working_width)
-        boxes = np.asarray([[t.box.x1, t.box.y1, t.box.x2, t.box.y2] for t in truth], np.float64)
         labels = [t.label.value for t in truth]
         sides = np.asarray([t.box.side for t in truth], np.float64)
-        scenes.append(Scene(path, small, boxes.reshape(-1, 4) * factor, labels, sides))
+        scenes.append(Scene(path, small, box_rows(t.box for t in truth) * factor, labels, sides))
     return scenes
 
 
@@ -258,7 +262,7 @@ def synthetic_scenes(
         faces = [f for f in detector.detect(scene.image) if f.landmarks]
         if not faces:
             continue
-        found = np.asarray([[f.box.x1, f.box.y1, f.box.x2, f.box.y2] for f in faces])
+        found = box_rows(f.box for f in faces)
         ious = iou_matrix(scene.boxes[bare], found)
         for row, index in enumerate(bare):
             if ious[row].max() < 0.5:

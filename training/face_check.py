@@ -37,7 +37,7 @@ from maskgate.config import DetectorConfig
 from maskgate.core import Box
 from maskgate.crop import CropSpec, crop_faces
 from maskgate.training.augment import AugmentConfig
-from maskgate.training.detector_samples import iou_matrix, jitter_crops, random_crops, split_scenes
+from maskgate.training.detector_samples import box_rows, iou_matrix, jitter_crops, random_crops, split_scenes
 
 _GATE = DetectorConfig()
 CHECK_KERAS = "check.keras"
@@ -148,7 +148,7 @@ def added_faces(pair, image: np.ndarray, truth: np.ndarray, crop: CropSpec) -> l
         box = pair.tuned_calibration.apply(face.box)
         cut = _cut(image, [box], crop)
         if cut:
-            fit = iou_matrix([[box.x1, box.y1, box.x2, box.y2]], truth).max() if len(truth) else 0.0
+            fit = iou_matrix(box_rows([box]), truth).max() if len(truth) else 0.0
             result.append(AddedFace(float(score), float(fit), cut[0]))
     return result
 
@@ -192,7 +192,7 @@ def _scenes(config: FaceCheckConfig, root: Path, split: str) -> Iterator[tuple[n
     """(RGB pixels, drawn face boxes (M, 4)) of the scenes of `split` in the manifest, at full size."""
     scenes = split_scenes(config.data, root, Path(config.manifest), {split}, config.progress)
     for count, (_, rgb, truth) in enumerate(scenes, start=1):
-        yield rgb, np.array([[t.box.x1, t.box.y1, t.box.x2, t.box.y2] for t in truth]).reshape(-1, 4)
+        yield rgb, box_rows(t.box for t in truth)
         if config.max_scenes and count >= config.max_scenes:
             return
 
@@ -208,8 +208,7 @@ def build_samples(config: FaceCheckConfig, root: Path, split: str) -> tuple[Chec
     for rgb, truth in _scenes(config, root, split):
         added = added_faces(pair, rgb, truth, config.crop)
         # In the drawn boxes' convention, like the added faces and the drawn faces they are kept from.
-        low_boxes = [pair.tuned_calibration.apply(face.box) for face in low.detect(rgb)]
-        low_rows = np.array([[b.x1, b.y1, b.x2, b.y2] for b in low_boxes]).reshape(-1, 4)
+        low_rows = box_rows(pair.tuned_calibration.apply(face.box) for face in low.detect(rgb))
         parts.append(scene_samples(rgb, truth, added, low_rows, config, rng))
         all_added += added
     if split == "train" and config.photos:
