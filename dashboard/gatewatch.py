@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from maskgate.config import Config
 from maskgate.core import utcnow
 from maskgate.gate.comms.client import BrokerSettings, IncomingMessage, MqttClient
 from maskgate.gate.comms.payloads import PayloadError, parse_availability, parse_gate_state
 from maskgate.gate.comms.topics import TopicError, all_gates, check_gate_id
 from maskgate.store import EventStore, StoreError
+from maskgate.store.db import error_reason
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,10 @@ class GateWatcher:
         while not self._stopping.is_set():
             self._wake.wait(RETRY_S)
             self._wake.clear()
-            self._write_pending()
+            try:
+                self._write_pending()
+            except Exception:  # a bug must not stop the gates page from ever updating again
+                log.exception("gate reports: writing them failed; the next ones are tried in %s s", RETRY_S)
         self._write_pending()  # what arrived just before stop
 
     def _write_pending(self) -> None:
@@ -149,8 +155,10 @@ class GateWatcher:
                     seen_at=report.seen_at,
                 )
                 self.recorded += 1
-            except StoreError as exc:
-                log.warning("gate %s: its report waits for the database: %s", report.gate_id, exc)
+            except (StoreError, SQLAlchemyError) as exc:  # the driver's errors are not StoreErrors
+                log.warning(
+                    "gate %s: its report waits for the database: %s", report.gate_id, error_reason(exc)
+                )
                 failed[key] = report
         if failed:
             with self._lock:  # a newer report that arrived meanwhile wins

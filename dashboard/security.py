@@ -45,7 +45,8 @@ def check_csrf() -> None:
     """Abort with 400 unless the request carries this session's CSRF token."""
     expected = session.get(CSRF_SESSION_KEY)
     sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FORM_FIELD)
-    if not expected or not sent or not hmac.compare_digest(str(expected), str(sent)):
+    # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+    if not expected or not sent or not hmac.compare_digest(str(expected).encode(), str(sent).encode()):
         abort(400, description="missing or invalid CSRF token: reload the page and try again")
 
 

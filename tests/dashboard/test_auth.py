@@ -118,6 +118,8 @@ def test_login_without_csrf_token_is_refused(app, anonymous):
     response = anonymous.post("/login", data={"username": "alice", "password": PASSWORD})
     assert response.status_code == 400
     assert "CSRF" in response.text
+    accented = anonymous.post("/login", data={"csrf_token": "é", "username": "alice", "password": PASSWORD})
+    assert accented.status_code == 400 and "CSRF" in accented.text
 
 
 def test_login_does_not_redirect_off_site(app):

@@ -13,7 +13,7 @@ from maskgate.dashboard.gatewatch import GateWatcher
 from maskgate.gate.comms import DoorLink, MqttClient
 from maskgate.gate.comms.client import BrokerSettings, IncomingMessage
 from maskgate.gate.comms.payloads import GateState
-from maskgate.store import EventStore, StoreError
+from maskgate.store import EventStore, StoreError, make_engine
 from tests.gate.comms.brokers import make_config, wait_until
 
 
@@ -99,3 +99,16 @@ def test_a_report_the_database_refused_is_written_when_it_returns(monkeypatch):
     assert store.written == []  # two refusals, the report still waits
     watcher._write_pending()
     assert [(gate, values["availability"]) for gate, values in store.written] == [("g1", "offline")]
+
+
+@pytest.mark.integration
+def test_a_report_waits_through_a_real_database_outage(store: EventStore):
+    """The driver's own errors (OperationalError), not only StoreError, keep a report waiting."""
+    down = EventStore(make_engine("postgresql://gate@127.0.0.1:1/maskgate"))  # nothing listens there
+    watcher = GateWatcher(Config(), down)  # never started on the broker: messages are fed directly
+    watcher._on_availability(IncomingMessage("maskgate/g-outage/availability", b"online"))
+    watcher._write_pending()
+    assert gate_row(store, "g-outage") is None
+    watcher.store = store  # the database is back
+    watcher._write_pending()
+    assert gate_row(store, "g-outage").availability == "online"
