@@ -109,8 +109,9 @@ class Agent:
         """Run `classifier` from the start of the next frame; safe from any thread.
 
         The frame in progress finishes with the model it started with (its crops are cut to that
-        model's crop spec), so no frame is dropped or classified half by each. The policy's
-        evidence is kept: a person being decided on is decided on, with the new model's votes added.
+        model's crop spec), so no frame is dropped or classified half by each. The old model's
+        votes are dropped (:meth:`DecisionPolicy.new_model`): a person being decided on is decided
+        on by the new model alone, a few frames later, and decisions already issued stand.
         """
         with self._swap_lock:
             self._next_classifier = classifier
@@ -124,6 +125,7 @@ class Agent:
             log.info("classifier %s replaces %s", classifier.version, self.classifier.version)
             self._warn_on_crop_mismatch(classifier)
             self.classifier = classifier
+            self.policy.new_model()
 
     def _warn_on_crop_mismatch(self, classifier: MaskClassifier) -> None:
         # A warning, not a refusal: the door still fails closed on low confidence, and an operator
@@ -184,7 +186,7 @@ class Agent:
         self.stats.faces += len(faces)
         with self.timings.measure("track"):
             update = self.tracker.update(faces, frame.timestamp)
-        for track_id in update.ended:
+        for track_id in update.gone:  # unconfirmed ones too: their evidence would pile up for ever
             self.policy.forget(track_id)
             self._decided.pop(track_id, None)
         with self.timings.measure("classify"):

@@ -6,8 +6,9 @@ still for a label that opens the door), weighted by face
 size, since a larger face is a better look. Once there are `min_classifications` of them and one
 label holds a `majority` of the weight, that label is the track's verdict and one Decision is
 issued. The verdict may change later (the person pulls the mask up) but a new Decision is issued
-only after the new verdict held for `change_frames` observations in a row, so flapping
-probabilities never toggle the door and a person who lingers never opens it twice.
+only after the new verdict held, without a break, while `change_frames` classifications that are
+evidence for it came in, so flapping probabilities never toggle the door, frames too unsure to count
+never carry a change on their own, and a person who lingers never opens it twice.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ class DecisionPolicy:
     ) -> Decision | None:
         """Add one frame's classification of `track`; return a Decision when one is due."""
         history = self._tracks.setdefault(track.track_id, _TrackHistory(deque(maxlen=self.config.window)))
-        if self.is_evidence(track.face, classification):
+        evidence = self.is_evidence(track.face, classification)
+        if evidence:
             history.evidence.append(_Evidence(classification.label, track.face.box.side, classification))
         if track.hits < self.config.min_track_hits:
             return None  # evidence gathers while the tracker confirms the person; no decision yet
         verdict = self._verdict(history)
         if verdict is None:
+            history.candidate, history.candidate_streak = None, 0  # the new verdict did not hold
             return None
         if history.issued is None:
             return self._issue(track, history, verdict, timestamp, model_version)
@@ -64,6 +67,10 @@ class DecisionPolicy:
             return None
         if verdict != history.candidate:
             history.candidate, history.candidate_streak = verdict, 0
+        if not (evidence and classification.label == verdict):
+            # Only a new look that says so counts: frames too unsure to be evidence leave the window,
+            # and so the verdict, as it was, and must not carry a change through on their own.
+            return None
         history.candidate_streak += 1
         if history.candidate_streak >= self.config.change_frames:
             return self._issue(track, history, verdict, timestamp, model_version)
@@ -72,6 +79,20 @@ class DecisionPolicy:
     def forget(self, track_id: int) -> None:
         """The track ended: drop its evidence."""
         self._tracks.pop(track_id, None)
+
+    def new_model(self) -> None:
+        """The classifier was replaced: its votes no longer count. Each track's evidence (and any
+        change waiting to prove itself) starts again, so a faulty model rolled back cannot open the
+        door with the votes it already cast, and a decision is the work of the model it names. What
+        was issued stays issued: a person already decided on is not decided on again for it."""
+        for history in self._tracks.values():
+            history.evidence.clear()
+            history.candidate, history.candidate_streak = None, 0
+
+    @property
+    def tracks_held(self) -> int:
+        """How many tracks the policy keeps evidence for (each until it is forgotten)."""
+        return len(self._tracks)
 
     def opens(self, label: Label) -> bool:
         """Whether a decision for `label` opens the door."""

@@ -67,7 +67,15 @@ class TrackerUpdate:
 
     tracks: list[Track] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    # Unconfirmed tracks that went stale (a false detection, a passer-by): never a person, but
+    # whoever kept something about them (the policy's evidence) must let it go too.
+    dropped: list[int] = field(default_factory=list)
     min_hits: int = 1
+
+    @property
+    def gone(self) -> list[int]:
+        """Every track that ended in this frame, confirmed or not."""
+        return [*self.ended, *self.dropped]
 
     @property
     def confirmed(self) -> list[Track]:
@@ -88,8 +96,8 @@ class Tracker:
         alive = []
         for track in self._tracks:
             if timestamp - track.last_seen > self.config.max_age_s:
-                if track.hits >= self.config.min_hits:
-                    update.ended.append(track.track_id)
+                gone = update.ended if track.hits >= self.config.min_hits else update.dropped
+                gone.append(track.track_id)
             else:
                 alive.append(track)
         self._tracks = alive

@@ -482,3 +482,25 @@ def test_the_agent_runs_without_tensorflow(tmp_path):
         )
         assert result.returncode == 0, result.stderr
     assert re.findall(r"track \d+: (\w+) ", result.stdout) == ["ALLOW", "DENY", "WARN"]
+
+
+class GlimpseDetector:
+    """The real detector's face, but only on every `every`-th frame: one-frame false detections."""
+
+    def __init__(self, detector, every: int):
+        self.detector, self.every, self.calls = detector, every, 0
+
+    def detect(self, image):
+        self.calls += 1
+        return self.detector.detect(image) if self.calls % self.every == 1 else []
+
+
+def test_glimpses_that_never_become_a_person_are_forgotten(config, sqlite_store, detector):
+    """Unconfirmed tracks are classified too (evidence gathers early); when they go stale their
+    evidence must go with them, or a gate running for months keeps every false detection."""
+    agent = make_agent(config, StoreSink(sqlite_store), GlimpseDetector(detector, every=20))
+    image = astronaut_at_the_door()
+    for seq in range(1, 201):  # 20 s at 10 frames/s: ten glimpses, each stale 1.5 s later
+        assert agent.process(frame(image, seq)) == []
+    assert agent.stats.faces == 10
+    assert agent.policy.tracks_held <= 1  # at most the last glimpse, not yet stale

@@ -65,6 +65,16 @@ def test_a_brief_change_is_not_a_change(policy):
     assert [d.label for d in decisions] == [WO]
 
 
+def test_frames_too_unsure_to_count_never_carry_a_change_through(policy):
+    # Denied; then the mask goes up for a while (the window's verdict turns), then only unsure looks:
+    # they are not evidence, so they must not count toward re-deciding, however many come.
+    unsure_bare = probs(WO, 0.55)
+    decisions = feed(policy, [WO] * 15 + [W] * 11 + [unsure_bare] * 40)
+    assert [d.label for d in decisions] == [WO]
+    # ... while confident looks that agree with the new verdict do carry it through.
+    assert [d.label for d in feed(DecisionPolicy(PolicyConfig(), "g"), [WO] * 15 + [W] * 15)] == [WO, W]
+
+
 def test_lingering_never_repeats(policy):
     assert len(feed(policy, [W] * 1000)) == 1
 

@@ -97,11 +97,20 @@ def test_a_swap_applies_at_the_next_frame_and_the_pending_decision_is_not_lost(t
     for frame in frames(10, start=3):
         decided += agent.process(frame)
     assert agent.classifier is new and old.calls == 3
-    # the same frames without a swap decide at the same frame: the evidence so far was kept
-    baseline, _ = make_fake_agent(tmp_path / "b", FakeClassifier("old", 32))
-    expected = [d for frame in frames(13) for d in baseline.process(frame)]
-    assert [d.track_id for d in decided] == [d.track_id for d in expected] and len(decided) == 1
-    assert decided[0].model_version == "new"  # the model that decided is the one recorded
+    # the person is still decided on, by the new model's own votes alone (5 of them: frames 3-7)
+    assert len(decided) == 1 and decided[0].model_version == "new"
+    assert decided[0].latency_ms == pytest.approx(7 / 30 * 1000, abs=40)
+
+
+def test_a_rolled_back_model_cannot_open_the_door_with_the_votes_it_cast(tmp_path):
+    faulty = FakeClassifier("faulty", 32, Label.WITH_MASK)
+    good = FakeClassifier("good", 32, Label.WITHOUT_MASK)
+    agent, _ = make_fake_agent(tmp_path, faulty)
+    decided = [d for frame in frames(4) for d in agent.process(frame)]  # four "masked" votes: too few
+    assert decided == []
+    agent.swap_classifier(good)
+    decided = [d for frame in frames(20, start=4) for d in agent.process(frame)]
+    assert [(d.label, d.model_version) for d in decided] == [(Label.WITHOUT_MASK, "good")]
 
 
 def test_swaps_from_another_thread_never_split_a_frame_or_drop_one(tmp_path):

@@ -41,6 +41,8 @@ def test_a_single_false_detection_never_counts_or_ends_as_a_person():
     updates = run(tracker, [[face(400)]] + [[]] * 10)
     assert all(u.confirmed == [] and u.ended == [] for u in updates)
     assert tracker.active == 0
+    assert [u.dropped for u in updates if u.dropped] == [[1]]  # gone all the same, and said so once
+    assert [u.gone for u in updates if u.gone] == [[1]]
 
 
 def test_two_people_crossing_keep_their_ids():
