@@ -44,6 +44,13 @@ class MaskClassifier:
         actual = tuple(int(n) for n in self._input["shape"][1:])
         if actual != expected:
             raise ModelFileError(f"{self.folder}: {RUNTIME_FILE} takes {actual}, the card says {expected}")
+        # The card's labels are known (Label.parse in load_card); each must name one output, in order.
+        labels, width = self.card.labels, int(self._output["shape"][-1])
+        if width != len(labels) or len(set(labels)) != len(labels):
+            raise ModelFileError(
+                f"{self.folder}: {RUNTIME_FILE} gives {width} probabilities per face, the card lists "
+                f"{len(labels)} labels ({', '.join(labels)}): not one distinct label per output"
+            )
 
     def _verified_runtime_bytes(self) -> bytes:
         """``model.tflite`` read once and checked against the card (it may have changed since load_card)."""

@@ -280,6 +280,14 @@ class Capture:
             return (self.status.finished or self._stop.is_set()) and self._frame is None
 
     def _run(self) -> None:
+        try:
+            self._read_until_done()
+        finally:  # whatever ended the thread, the agent must not wait for frames that never come
+            with self._condition:
+                self.status.finished = True
+                self._condition.notify_all()
+
+    def _read_until_done(self) -> None:
         backoff = self.camera.reconnect_initial_s
         opened = False
         while not self._stop.is_set():
@@ -289,8 +297,12 @@ class Capture:
                     opened, self.status.connected, self.status.alive_at = True, True, self._clock()
                     backoff = self.camera.reconnect_initial_s
                 image = self.reader.read()
-            except SourceError as exc:
-                opened = self._failed(str(exc))
+            except Exception as exc:  # not only SourceError: a cv2.error on an odd frame, a MemoryError
+                if isinstance(exc, SourceError):
+                    opened = self._failed(str(exc))
+                else:
+                    where = "reading" if opened else "opening"
+                    opened = self._failed(f"unexpected {type(exc).__name__} while {where}: {exc}", exc)
                 if not self.reader.live:
                     break  # a recording that cannot be read will not get better
                 self._stop.wait(backoff)
@@ -301,13 +313,11 @@ class Capture:
                 break
             self._publish(image)
         self.reader.close()
-        with self._condition:
-            self.status.finished = True
-            self._condition.notify_all()
 
-    def _failed(self, error: str) -> bool:
+    def _failed(self, error: str, unexpected: Exception | None = None) -> bool:
+        """Report a failed open or read (an `unexpected` one with its traceback) and close the reader."""
         if self.status.connected or error != self.status.last_error:
-            log.error("camera source %s: %s", self.reader.name, error)
+            log.error("camera source %s: %s", self.reader.name, error, exc_info=unexpected)
         self.status.connected, self.status.last_error = False, error
         self.reader.close()
         return False

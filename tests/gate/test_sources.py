@@ -115,6 +115,71 @@ def test_a_live_source_keeps_only_the_newest_frame():
     assert second.seq > first.seq
 
 
+class OddFrameReader:
+    """Converts BGR frames to RGB as OpenCvReader does: an odd frame makes cvtColor raise cv2.error."""
+
+    fps = 30.0
+
+    def __init__(self, live: bool, frames: list[np.ndarray]):
+        self.live = live
+        self.name = "odd camera" if live else "odd clip"
+        self.frames = frames
+        self.opens = 0
+        self.reads = 0
+
+    def open(self) -> None:
+        self.opens += 1
+
+    def read(self) -> np.ndarray | None:
+        if self.reads == len(self.frames):
+            if self.live:
+                time.sleep(0.002)
+                return image(self.reads % 250)
+            return None
+        self.reads += 1
+        return cv2.cvtColor(self.frames[self.reads - 1], cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        pass
+
+
+ODD_FRAME = np.zeros((32, 32, 2), np.uint8)  # not BGR: cvtColor raises cv2.error
+
+
+def frames_until(capture: Capture, count: int, timeout: float = 5.0) -> list:
+    frames = []
+    deadline = time.monotonic() + timeout
+    while not capture.finished and len(frames) < count and time.monotonic() < deadline:
+        frame = capture.next_frame(timeout=0.2)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_a_recording_whose_reader_raises_anything_ends_and_is_reported(caplog):
+    reader = OddFrameReader(live=False, frames=[image(10), image(20), ODD_FRAME, image(30)])
+    capture = Capture(reader, FAST_RETRY).start()
+    frames = frames_until(capture, 10)
+    finished = capture.finished
+    capture.stop()
+    assert [int(f.image[0, 0, 0]) for f in frames] == [10, 20]
+    assert finished and not capture.status.ok  # the run ends; the state never says "camera ok" meanwhile
+    assert capture.status.last_error.startswith("unexpected error while reading: OpenCV")
+    assert "camera source odd clip: unexpected error while reading" in caplog.text
+    assert "cv2.cvtColor(self.frames" in caplog.text  # where: the traceback
+
+
+def test_a_live_source_whose_reader_raises_anything_is_reopened(caplog):
+    camera = OddFrameReader(live=True, frames=[image(10), ODD_FRAME])
+    capture = Capture(camera, FAST_RETRY).start()
+    frames = frames_until(capture, 5)
+    ok = capture.status.ok
+    capture.stop()
+    assert len(frames) == 5 and ok  # frames came again after the odd one
+    assert camera.opens == 2 and capture.status.reconnects == 1
+    assert "camera source odd camera: unexpected error while reading: OpenCV" in caplog.text
+
+
 def test_a_camera_that_does_not_exist_is_reported():
     capture = Capture(open_reader("57"), FAST_RETRY).start()  # no /dev/video57 here
     assert capture.next_frame(timeout=0.3) is None
