@@ -159,6 +159,23 @@ class PolicyConfig:
     without_mask: Literal["allow", "deny", "warn"] = "deny"
     improper_mask: Literal["allow", "deny", "warn"] = "warn"
 
+    def conflicts(self, prefix: str = "policy.") -> list[str]:
+        """Settings each within its own range that together would defeat the policy silently."""
+        problems = []
+        if self.allow_confidence_floor < self.confidence_floor:
+            problems.append(
+                f"{prefix}allow_confidence_floor ({self.allow_confidence_floor}) must be at least "
+                f"{prefix}confidence_floor ({self.confidence_floor}): a look that opens the door must "
+                "need more certainty than one that keeps it shut"
+            )
+        if self.window < self.min_classifications:
+            problems.append(
+                f"{prefix}window ({self.window}) must be at least {prefix}min_classifications "
+                f"({self.min_classifications}): fewer looks are remembered than a decision needs, so "
+                "no one would ever be decided on"
+            )
+        return problems
+
 
 @dataclass(frozen=True)
 class PathsConfig:
@@ -273,12 +290,23 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"{source}: cannot read config file: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return _apply_environment(config_from_mapping(raw, source), environ)
+    config = _apply_environment(_build(Config, raw, source, prefix=""), environ)
+    # Across keys only once everything is set: a file and the environment may each set one of two.
+    where = f"{source} with MASKGATE_* overrides" if path else "MASKGATE_* environment variables"
+    return _consistent(config, where)
 
 
 def config_from_mapping(raw: Mapping[str, Any], source: str = "config") -> Config:
     """A Config from parsed TOML (nested dicts); `source` names it in errors."""
-    return _build(Config, raw, source, prefix="")
+    return _consistent(_build(Config, raw, source, prefix=""), source)
+
+
+def _consistent(config: Config, source: str) -> Config:
+    """`config` when its keys agree with each other, else ConfigError naming each conflict."""
+    problems = config.policy.conflicts()
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
+    return config
 
 
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:

@@ -110,6 +110,13 @@ def test_config_file_from_environment(tmp_path):
         ("[retrain]\nval_share = 1\n", r"retrain.val_share must be between 0 and 1 \(exclusive\)"),
         ("[retrain]\nnetworks = 0\n", r"retrain.networks must be between 1 and 8, got 0"),
         ("[camera\n", r"maskgate.toml: not valid TOML"),
+        # each key within its range, but together they defeat the policy
+        (
+            "[policy]\nconfidence_floor = 0.9\n",
+            r"maskgate.toml with MASKGATE_\* overrides: policy.allow_confidence_floor \(0.85\) must be "
+            r"at least policy.confidence_floor \(0.9\)",
+        ),
+        ("[policy]\nwindow = 4\n", r"policy.window \(4\) must be at least policy.min_classifications \(5\)"),
     ],
 )
 def test_bad_files_name_the_key_and_file(tmp_path, text, message):
@@ -139,6 +146,16 @@ def test_bad_files_name_the_key_and_file(tmp_path, text, message):
 def test_bad_environment_names_the_variable(environ, message):
     with pytest.raises(ConfigError, match=message):
         load_config(environ=environ)
+
+
+def test_keys_that_must_agree_may_be_set_one_in_the_file_one_in_the_environment(tmp_path):
+    path = write(tmp_path, "[policy]\nconfidence_floor = 0.9\n")
+    config = load_config(path, environ={"MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR": "0.95"})
+    assert (config.policy.confidence_floor, config.policy.allow_confidence_floor) == (0.9, 0.95)
+    with pytest.raises(ConfigError, match=r"MASKGATE_\* environment variables: policy.window \(3\)"):
+        load_config(environ={"MASKGATE_POLICY__WINDOW": "3"})
+    with pytest.raises(ConfigError, match=r"policy.window \(3\) must be at least"):
+        config_from_mapping({"policy": {"window": 3}})
 
 
 def test_missing_file(tmp_path):
