@@ -13,11 +13,12 @@ a door); `clips` are frames of the shared videos. Each pipeline runs in a proces
 after the other, so its peak memory (RSS) is its own. Printed per frame kind: frames/s, the
 ratio, per-frame latency p50/p95, milliseconds per stage.
 
-Then the decision latency at 30 fps: `maskgate agent --source synthetic --realtime` talks to the
-real broker (--url); a subscriber receives the door commands and the events. Latency = from the
-first frame in which the person's face was seen (the event's latency_ms counts from there) to the
-door command arriving at the subscriber. The stock pipeline has no door path (and manages a few
-frames/s, so 30 fps input would only queue up), so this figure is maskgate's.
+Then the decision latency at 30 fps: `maskgate agent --source synthetic --realtime
+--door-from-recording` talks to the real broker (--url); a subscriber receives the door commands
+and the events. Latency = from the first frame in which the person's face was seen (the event's
+latency_ms counts from there) to the door command arriving at the subscriber. The stock pipeline
+has no door path (and manages a few frames/s, so 30 fps input would only queue up), so this figure
+is maskgate's.
 
 The seed network's weights are freshly initialised: its cost per call does not depend on them.
 
@@ -320,7 +321,7 @@ def door_latencies(url: str, runs: int) -> tuple[list[tuple[str, float]], int]:
             watcher = DoorWatcher(url, env["MASKGATE_MQTT__TOPIC_PREFIX"], gate_id)
             try:
                 done = subprocess.run(
-                    [MASKGATE, "agent", "--source", "synthetic", "--realtime"],
+                    [MASKGATE, "agent", "--source", "synthetic", "--realtime", "--door-from-recording"],
                     env={**env, "MASKGATE_GATE_ID": gate_id},
                     capture_output=True,
                     text=True,

@@ -76,6 +76,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-mqtt", action="store_true", help="run without a broker: record and print decisions"
     )
+    parser.add_argument(
+        "--door-from-recording",
+        action="store_true",
+        help="let a file, a folder or the synthetic walk-up drive the door over MQTT (demos and tests "
+        "against door-sim; refused otherwise: a recording must never open a real door)",
+    )
 
 
 def run_agent(args: argparse.Namespace, config: Config) -> int:
@@ -95,6 +101,14 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     try:
         detector = make_detector(config)
         reader = open_reader(args.source or config.camera.source, config.camera, detector)
+        if link is not None and not reader.live and not args.door_from_recording:
+            # A gate left on the default source, or pointed at a clip, would open a real door for
+            # people who are not there (and again on every restart): fail closed unless asked.
+            raise UsageError(
+                f"{reader.name} is a recording, not a camera, and would drive the door of gate "
+                f"{config.gate_id} over {config.mqtt.url}: give a camera (--source or camera.source), "
+                "--no-mqtt, or --door-from-recording to demo it against a door simulator"
+            )
         if args.realtime and not reader.live:
             reader = RealtimeReader(reader)
         sink = link or StoreSink(stores.store)

@@ -54,7 +54,13 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
         stack.callback(door.stop)
         dashboard = None if args.no_dashboard else stack.enter_context(_dashboard(config))
         agent_args = argparse.Namespace(
-            source="synthetic", model=None, annotate=None, max_frames=None, no_mqtt=False, realtime=True
+            source="synthetic",
+            model=None,
+            annotate=None,
+            max_frames=None,
+            no_mqtt=False,
+            realtime=True,
+            door_from_recording=True,  # the demo's own door simulator
         )
         status = run_agent(agent_args, config)
         opened = door.outcomes.get("opened", 0)

@@ -429,6 +429,37 @@ def test_agent_command_on_the_synthetic_walk_up(tmp_path):
     assert "frames at" in result.stdout and "detect" in result.stdout
 
 
+@pytest.mark.integration
+def test_a_recording_drives_the_door_only_when_asked(tmp_path, prefix):
+    """camera.source defaults to the walk-up: a gate installed without setting it must not open its
+    real door for people who are not there."""
+    from tests.gate.comms.brokers import Spy
+
+    env = {
+        **os.environ,
+        "MASKGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "MASKGATE_PATHS__SNAPSHOTS": str(tmp_path / "snaps"),
+        "MASKGATE_PATHS__ACTIVE_MODEL": str(MODEL),
+        "MASKGATE_MQTT__TOPIC_PREFIX": prefix,
+    }
+    maskgate = str(Path(sys.executable).parent / "maskgate")
+    subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+    door = Spy(topics=[f"{prefix}/gate-1/door/command"])
+    try:
+        refused = subprocess.run([maskgate, "agent"], env=env, capture_output=True, text=True)
+        assert refused.returncode == 2, refused.stderr
+        assert "is a recording, not a camera, and would drive the door of gate gate-1" in refused.stderr
+        assert "--door-from-recording" in refused.stderr and door.messages == []
+        asked = subprocess.run(
+            [maskgate, "agent", "--door-from-recording"], env=env, capture_output=True, text=True
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert re.findall(r"track \d+: (\w+) ", asked.stdout) == ["ALLOW", "DENY", "WARN"]
+        assert len(door.wait_for(f"{prefix}/gate-1/door/command", count=3)) == 3
+    finally:
+        door.close()
+
+
 def altered_model(tmp_path: Path) -> Path:
     """The shipped model with its model.tflite damaged on disk after its card was written."""
     folder = tmp_path / "model"
