@@ -469,9 +469,17 @@ def parse_active_model(raw: Any) -> ActiveModel:
 # -- events and plain-text topics ------------------------------------------------------------------
 
 
+def event_payload(event: Event) -> dict[str, Any]:
+    """``<prefix>/<gate>/events``: the stored event's fields (``Event.to_json``) under the rules of
+    every payload here: ``"v"`` first, times in UTC with milliseconds and ``Z``."""
+    payload = {"v": SCHEMA_VERSION, **event.to_json(), "occurred_at": format_time(event.occurred_at)}
+    payload["door_at"] = None if event.door_at is None else format_time(event.door_at)
+    return payload
+
+
 def encode_event(event: Event) -> bytes:
-    """``<prefix>/<gate>/events``: the stored event's fields (``Event.to_json``); dedupe on event_id."""
-    payload = event.to_json()
+    """The event message (:func:`event_payload`); subscribers dedupe on event_id."""
+    payload = event_payload(event)
     _require_finite(payload)
     return to_json_bytes(payload)
 

@@ -25,7 +25,7 @@ from maskgate.gate.comms import (
     subscribe_active_model,
 )
 from maskgate.gate.comms.client import BrokerSettings
-from maskgate.gate.comms.payloads import parse_door_command
+from maskgate.gate.comms.payloads import event_payload, parse_door_command
 from maskgate.gate.doorsim import DoorSimulator
 from maskgate.store import EventStore
 from tests.gate.comms.brokers import ROOT, SYSTEM_PORT, Spy, make_config, make_decision, wait_until
@@ -112,7 +112,7 @@ def test_submit_to_door_to_ack_recorded_on_the_event(start, store, spy, prefix, 
         assert message.properties.CorrelationData == str(command.decision_id).encode()
     events = spy.wait_for(f"{prefix}/{gate_id}/events", 3)
     published = {json.loads(m.payload)["event_id"]: json.loads(m.payload) for m in events}
-    assert published == {str(event_id): event.to_json() for event_id, event in submitted.items()}
+    assert published == {str(event_id): event_payload(event) for event_id, event in submitted.items()}
     acks = spy.wait_for(f"{prefix}/{gate_id}/door/ack", 3)
     assert {json.loads(m.payload)["reason"] for m in acks} == {"opened", "denied", "warned"}
     assert link.wait_idle(2) and link.outbox.counts().pending == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from maskgate.gate.comms.payloads import (
     parse_door_command,
     parse_gate_state,
     parse_ha_status,
+    truncate_ms,
 )
 from maskgate.gate.comms.topics import TopicError, Topics, all_gates, models_active_topic
 from tests.gate.comms.brokers import make_decision
@@ -200,10 +202,19 @@ def test_active_model_round_trip_and_refusals():
         parse_active_model(json.dumps(bad).encode())
 
 
-def test_event_message_is_the_stored_event(make_event):
+def test_event_message_is_the_stored_event_under_the_payload_rules(make_event):
     event = make_event(Label.WITHOUT_MASK)
     payload = json.loads(encode_event(event))
-    assert payload == event.to_json()
+    stored = event.to_json()
+    assert payload["v"] == 1 and set(payload) == {"v", *stored}  # every payload has "v": 1
+    assert {key: payload[key] for key in stored if key not in ("occurred_at",)} == {
+        key: value for key, value in stored.items() if key != "occurred_at"
+    }
+    # times in UTC with milliseconds and Z, as every time on the wire
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", payload["occurred_at"])
+    assert datetime.fromisoformat(payload["occurred_at"]) == truncate_ms(event.occurred_at)
+    answered = replace(event, door_at=event.occurred_at)
+    assert json.loads(encode_event(answered))["door_at"] == payload["occurred_at"]
     with pytest.raises(ValueError, match="NaN"):
         encode_event(replace(event, latency_ms=float("nan")))
 
