@@ -9,10 +9,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from maskgate import __version__
 from maskgate.config import Config, ConfigError, load_config, to_toml
 from maskgate.const import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from maskgate.store import StoreError, UserStore, make_engine, migrate
+from maskgate.store.db import error_reason
 
 log = logging.getLogger("maskgate")
 
@@ -62,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StoreError as exc:
         print(f"maskgate: database error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except SQLAlchemyError as exc:  # the database went away mid-run: one line, not a traceback
+        print(f"maskgate: database error: {error_reason(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_RUNTIME

@@ -95,6 +95,33 @@ def test_unreachable_database(monkeypatch, capsys):
     assert "cannot connect to database" in err and ":pw@" not in err
 
 
+def test_a_database_lost_mid_run_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """A command whose database goes away after it started (the agent without a spool fails closed
+    so) ends with the driver's reason on one line and the runtime exit code."""
+    from sqlalchemy import create_engine, text
+
+    lost = create_engine(f"sqlite:///{tmp_path / 'gone' / 'events.sqlite'}")  # a folder that is not there
+
+    def handler(_args, _config):
+        with lost.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    monkeypatch.setattr("maskgate.cli.build_parser", lambda: _parser_running(handler))
+    assert main(["anything"]) == EXIT_RUNTIME
+    err = capsys.readouterr().err
+    assert err.startswith("maskgate: database error: unable to open database file") and "Traceback" not in err
+
+
+def _parser_running(handler):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.add_argument("--config")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def test_user_add(db_env, monkeypatch, capsys):
     import io
 
