@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Flask, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -30,6 +31,7 @@ from maskgate.store import (
     UserStore,
     make_engine,
 )
+from maskgate.store.db import error_reason
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ SIGNED_IN_AT = "signed_in_at"  # session key: when the user signed in (POSIX sec
 PUBLIC_ENDPOINTS = frozenset(
     {"auth.login", "static", monitoring.HEALTH_ENDPOINT, monitoring.METRICS_ENDPOINT}
 )
+# Never look up the session: they must answer (the health check's own 503) while the database is down.
+SESSIONLESS_ENDPOINTS = frozenset({monitoring.HEALTH_ENDPOINT, monitoring.METRICS_ENDPOINT})
+DATABASE_DOWN = "the database is unavailable, try again shortly"
 
 
 class DashboardConfigError(ConfigError):
@@ -161,7 +166,7 @@ def _install_guards(app: Flask) -> None:
     def guard():
         if _has_nul():
             abort(400, description="NUL characters are not allowed in a request")
-        g.user = _session_user()
+        g.user = None if request.endpoint in SESSIONLESS_ENDPOINTS else _session_user()
         if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None and not _gate_authorized():
             if wants_json():
                 return jsonify(error="sign in first"), 401
@@ -250,6 +255,12 @@ def _install_error_pages(app: Flask) -> None:
     @app.errorhandler(ActionError)
     def action_error(exc: ActionError):
         return _error(exc.status, str(exc))
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_error(exc: SQLAlchemyError):
+        # One line, no traceback: an outage would otherwise log one per request.
+        log.error("%s: database error: %s", request.endpoint or monitoring.UNMATCHED, error_reason(exc))
+        return _error(503, DATABASE_DOWN)
 
 
 def _error(status: int, message: str):

@@ -19,7 +19,7 @@ from time import monotonic
 from sqlalchemy import Engine, func, select
 
 from maskgate.core import Action, Event, Label, UnknownLabelError
-from maskgate.store import CountRow, EventFilter, EventStore, Gate
+from maskgate.store import CountRow, EventFilter, EventPage, EventStore, Gate
 from maskgate.store.events import event_conditions
 from maskgate.store.schema import EventRow
 
@@ -29,6 +29,11 @@ OPEN_INCIDENT_COUNT_CAP = 10_000  # counting further would cost more than the nu
 GATE_SILENT_AFTER = timedelta(minutes=5)  # an "online" gate that has said nothing for this long
 DEFAULT_CHART_DAYS = 14
 MAX_CHART_DAYS = 90
+# The largest run id both databases can compare: PostgreSQL's `integer` (SQLite's is 2**63 - 1). A larger
+# one in a URL is a 404 (400 as a parameter) rather than a query the driver refuses: OverflowError on
+# SQLite, "integer out of range" on PostgreSQL.
+MAX_ROW_ID = 2**31 - 1
+ROW_ID = f"int(max={MAX_ROW_ID})"  # the URL converter: <{ROW_ID}:run_id>
 
 
 class BadFilter(ValueError):
@@ -85,7 +90,12 @@ def parse_incident_status(value: str | None) -> bool | None:
 def parse_run_id(value: str | None, name: str = "before") -> int | None:
     if not value:
         return None
-    if not value.isascii() or not value.isdigit() or len(value) > 18:  # int("²") fails
+    if (
+        not value.isascii()  # int("²") fails
+        or not value.isdigit()
+        or len(value) > len(str(MAX_ROW_ID))  # int() refuses 4,300+ digits
+        or int(value) > MAX_ROW_ID
+    ):
         raise BadFilter(f"{name} must be a run id, got {value[:40]!r}")
     return int(value)
 
@@ -329,19 +339,25 @@ CSV_COLUMNS = [
     "review_label",
     "false_positive",
 ]
+CSV_PAGE_SIZE = 1000
 
 
-def csv_lines(store: EventStore, filters: EventFilter, page_size: int = 1000) -> Iterator[str]:
-    """Every matching event as CSV, newest first, read page by page (keyset) so memory stays flat."""
+def csv_lines(
+    store: EventStore, filters: EventFilter, page_size: int = CSV_PAGE_SIZE, first: EventPage | None = None
+) -> Iterator[str]:
+    """Every matching event as CSV, newest first, read page by page (keyset) so memory stays flat.
+
+    `first` is the first page (of `page_size`) when the caller has read it already: a streamed
+    response should, so that a database that is down fails the request before its 200 is sent.
+    """
+    page = first if first is not None else store.list_events(filters, limit=page_size)
     yield _csv_line(CSV_COLUMNS)
-    cursor = None
     while True:
-        page = store.list_events(filters, limit=page_size, cursor=cursor)
         for event in page.events:
             yield _csv_line(_csv_row(event))
         if page.next_cursor is None:
             return
-        cursor = page.next_cursor
+        page = store.list_events(filters, limit=page_size, cursor=page.next_cursor)
 
 
 def _csv_row(event: Event) -> list[object]:

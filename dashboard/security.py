@@ -78,6 +78,7 @@ def admin_required(view: Callable) -> Callable:
 class _Failures:
     times: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+    locked_by: list[float] = field(default_factory=list)  # the failures that set the lock
 
 
 class LoginThrottle:
@@ -88,6 +89,10 @@ class LoginThrottle:
     attempts are refused before the password is checked, so guessing gains nothing, and no
     thread sleeps (a sleeping waitress thread would be a cheap way to starve the server).
     State is per process, which is what `maskgate dashboard` runs: one waitress process.
+
+    A sign-in calls :meth:`begin` before checking the password and :meth:`succeeded` when it
+    was right. `begin` checks for a lock and counts the attempt as a failure under one lock, so
+    guesses sent at the same time cannot all pass the check while the slow password checks run.
     """
 
     def __init__(
@@ -109,22 +114,50 @@ class LoginThrottle:
         """Seconds until this user name and address may try again (0: now)."""
         now = self.clock()
         with self._lock:
-            waits = [
-                entry.locked_until - now
-                for key in (_user_key(username), _ip_key(address))
-                if (entry := self._failures.get(key)) is not None
-            ]
-        return max([0.0, *waits])
+            return self._wait(username, address, now)
 
-    def failed(self, username: str, address: str) -> None:
+    def begin(self, username: str, address: str) -> float:
+        """Start a sign-in: the seconds to wait if the name or address is locked (nothing is
+        recorded then), else 0, with the attempt counted as a failure until :meth:`succeeded`."""
         now = self.clock()
         with self._lock:
-            self._record(_user_key(username), self.max_per_user, now)
-            self._record(_ip_key(address), self.max_per_ip, now)
+            wait = self._wait(username, address, now)
+            if wait == 0:
+                self._fail(username, address, now)
+            return wait
 
-    def succeeded(self, username: str) -> None:
+    def failed(self, username: str, address: str) -> None:
+        """A failure that no :meth:`begin` counted."""
+        now = self.clock()
+        with self._lock:
+            self._fail(username, address, now)
+
+    def succeeded(self, username: str, address: str) -> None:
+        """The attempt begun for this name and address was right: the name's failures are
+        forgotten, and the address gets its attempt back (and any lock that attempt completed)."""
         with self._lock:
             self._failures.pop(_user_key(username), None)
+            entry = self._failures.get(_ip_key(address))
+            if entry is None:
+                return
+            if entry.times:
+                entry.times.pop()
+            elif entry.locked_until > self.clock() and entry.locked_by:
+                # the attempt was one of those that set the lock: without it they were too few
+                entry.times.extend(entry.locked_by[:-1])
+                entry.locked_by, entry.locked_until = [], 0.0
+
+    def _wait(self, username: str, address: str, now: float) -> float:
+        waits = [
+            entry.locked_until - now
+            for key in (_user_key(username), _ip_key(address))
+            if (entry := self._failures.get(key)) is not None
+        ]
+        return max([0.0, *waits])
+
+    def _fail(self, username: str, address: str, now: float) -> None:
+        self._record(_user_key(username), self.max_per_user, now)
+        self._record(_ip_key(address), self.max_per_ip, now)
 
     def _record(self, key: str, limit: int, now: float) -> None:
         entry = self._failures.pop(key, None) or _Failures()
@@ -134,6 +167,7 @@ class LoginThrottle:
             entry.times.popleft()
         if len(entry.times) >= limit:
             entry.locked_until = now + self.lockout_s
+            entry.locked_by = list(entry.times)
             entry.times.clear()
         if len(self._failures) > self.max_keys:
             self._evict(now)

@@ -15,6 +15,8 @@ from maskgate.core import Action
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
 from maskgate.dashboard.queries import (
+    CSV_PAGE_SIZE,
+    ROW_ID,
     build_overview,
     csv_lines,
     event_json,
@@ -74,7 +76,9 @@ def events():
 @blueprint.get("/events.csv")
 def events_csv():
     filters = parse_event_filter(request.args)
-    lines = stream_with_context(csv_lines(services().events, filters))
+    store = services().events
+    first = store.list_events(filters, limit=CSV_PAGE_SIZE)  # here, not in the stream: a failure is a 503
+    lines = stream_with_context(csv_lines(store, filters, first=first))
     stamp = services().clock().strftime("%Y%m%d-%H%M%S")
     return Response(
         lines,
@@ -166,7 +170,7 @@ def runs():
     return {"runs": [_run_json(run, with_log=False) for run in found]}
 
 
-@blueprint.get("/runs/<int:run_id>")
+@blueprint.get(f"/runs/<{ROW_ID}:run_id>")
 def run(run_id: int):
     found = services().runs.get(run_id)
     if found is None:

@@ -27,18 +27,17 @@ def login():
     next_url = _safe_next(request.form.get("next"))
     address = request.remote_addr or "unknown"
     throttle = services().throttle
-    wait = throttle.retry_after(username, address)
+    wait = throttle.begin(username, address)  # counted as a failure until it succeeds
     if wait > 0:
         message = f"Too many failed sign-ins. Try again in {math.ceil(wait / 60)} min."
         return render_template("login.html", error=message, next=next_url, username=username), 429
     user = services().users.authenticate(username, password) if username and password else None
     if user is None:
-        throttle.failed(username, address)
         log.warning("failed sign-in for %r from %s", username, address)
         return render_template(
             "login.html", error="Wrong user name or password.", next=next_url, username=username
         ), 401
-    throttle.succeeded(username)
+    throttle.succeeded(username, address)
     session.clear()  # a fresh session (and CSRF token) on every sign-in: no session fixation
     session.permanent = True
     session["user"] = user.username

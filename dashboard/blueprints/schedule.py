@@ -7,7 +7,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import services
 from maskgate.dashboard.files import flat_metrics
-from maskgate.dashboard.queries import parse_run_id
+from maskgate.dashboard.queries import ROW_ID, parse_run_id
 from maskgate.dashboard.security import admin_required
 
 blueprint = Blueprint("schedule", __name__)
@@ -31,7 +31,7 @@ def index():
     )
 
 
-@blueprint.get("/schedule/runs/<int:run_id>")
+@blueprint.get(f"/schedule/runs/<{ROW_ID}:run_id>")
 def run(run_id: int):
     found = services().runs.get(run_id)
     if found is None:

@@ -309,8 +309,12 @@ class TrainingRuns:
         return _run(row) if row else None
 
     def list_runs(self, limit: int = 50, before: int | None = None) -> list[TrainingRun]:
-        """The newest runs first; pass the last run id as `before` for the next page."""
-        query = select(TrainingRunRow).order_by(TrainingRunRow.id.desc()).limit(limit)
+        """The newest runs first; pass the last run id as `before` for the next page.
+
+        Without their logs (`log` is ""): a log may be 200,000 characters, and only the run's
+        own page (:meth:`get`) shows it.
+        """
+        query = select(*_LISTED_RUN_COLUMNS).order_by(TrainingRunRow.id.desc()).limit(limit)
         if before is not None:
             query = query.where(TrainingRunRow.id < before)
         with self.engine.connect() as connection:
@@ -341,6 +345,9 @@ class TrainingRuns:
         return run
 
 
+_LISTED_RUN_COLUMNS = [column for column in TrainingRunRow.__table__.columns if column.key != "log"]
+
+
 def _run(row: Any) -> TrainingRun:
     return TrainingRun(
         run_id=row.id,
@@ -351,5 +358,5 @@ def _run(row: Any) -> TrainingRun:
         candidate_version=row.candidate_version,
         metrics=dict(row.metrics) if row.metrics is not None else None,
         reason=row.reason,
-        log=row.log or "",
+        log=row._mapping.get("log") or "",  # listings leave it out
     )

@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 
 from maskgate.config import Config, DashboardConfig, PathsConfig
 from maskgate.core import utcnow
 from maskgate.dashboard.app import SIGNED_IN_AT, create_app, services
 from maskgate.dashboard.security import CSRF_HEADER, LoginThrottle
-from maskgate.store import UserStore
+from maskgate.store import UserStore, make_engine
 
 SECRET = "test-secret-key-0123456789abcdef"
 PASSWORD = "correct horse battery"
+DEAD_DATABASE_URL = "postgresql://gate@127.0.0.1:1/maskgate"  # nothing listens there: a database that is down
 
 
 def dashboard_config(database_url: str, tmp_path: Path, **dashboard) -> Config:
@@ -63,6 +65,22 @@ def users(migrated_engine) -> UserStore:
 @pytest.fixture
 def app(config: Config, migrated_engine, users, clock) -> Iterator[Flask]:
     app = create_app(config, engine=migrated_engine, clock=clock, throttle=LoginThrottle())
+    app.config["TESTING"] = True
+    yield app
+    services(app).scheduler.shutdown()
+
+
+@pytest.fixture
+def dead_engine() -> Iterator[Engine]:
+    engine = make_engine(DEAD_DATABASE_URL)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def dead_app(tmp_path: Path, dead_engine: Engine, clock) -> Iterator[Flask]:
+    """The dashboard over a database that is down."""
+    app = create_app(dashboard_config(DEAD_DATABASE_URL, tmp_path), engine=dead_engine, clock=clock)
     app.config["TESTING"] = True
     yield app
     services(app).scheduler.shutdown()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,9 +15,9 @@ from openapi_spec_validator import validate
 
 from maskgate.core import AckReason, DoorStatus, Label
 from maskgate.dashboard import actions
-from maskgate.dashboard.app import services
+from maskgate.dashboard.app import DATABASE_DOWN, services
 from maskgate.dashboard.queries import csv_lines
-from maskgate.store import EventFilter
+from maskgate.store import EventFilter, EventStore
 
 SPEC = Path(__file__).parents[2] / "dashboard" / "openapi.yaml"
 
@@ -32,7 +34,7 @@ def test_openapi_file_is_valid_and_matches_the_routes(app):
     served = set()
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/v1/"):
-            path = rule.rule.replace("<uuid:", "{").replace("<int:", "{").replace("<", "{").replace(">", "}")
+            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)  # <int(max=...):run_id> -> {run_id}
             served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
 
@@ -117,6 +119,13 @@ def test_csv_export_pages_through_everything(viewer, store, make_event):
         store.record_event(make_event())
     lines = list(csv_lines(store, EventFilter(), page_size=10))
     assert len(lines) == 26  # header + every event, over three pages
+
+
+def test_csv_export_with_the_database_down_is_a_503_not_an_empty_file(app, viewer, dead_engine):
+    services_now = services(app)
+    app.extensions["maskgate"] = replace(services_now, events=EventStore(dead_engine))  # users still answer
+    response = viewer.get("/api/v1/events.csv")
+    assert response.status_code == 503 and response.json == {"error": DATABASE_DOWN}
 
 
 def test_review_through_the_api(admin, store, make_event):

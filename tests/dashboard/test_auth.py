@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from dataclasses import replace
 from datetime import timedelta
@@ -11,6 +13,7 @@ import pytest
 
 from maskgate.config import ConfigError
 from maskgate.dashboard.app import SESSION_LIFETIME, SIGNED_IN_AT, create_app, services
+from maskgate.dashboard.queries import ROW_ID
 from maskgate.dashboard.security import LoginThrottle
 
 from .conftest import PASSWORD, dashboard_config, signed_in
@@ -36,7 +39,7 @@ def sample_url(rule) -> str:
     """`rule` with a made-up value for each of its variables."""
     samples = {
         "<uuid:event_id>": str(uuid.uuid4()),
-        "<int:run_id>": "1",
+        f"<{ROW_ID}:run_id>": "1",
         "<version>": "v1",
         "<name>": "p.png",
     }
@@ -199,7 +202,8 @@ def test_throttle_lock_expires_and_success_resets():
     throttle = LoginThrottle(max_per_user=3, max_per_ip=100, window_s=60, lockout_s=300, clock=lambda: now[0])
     for _ in range(2):
         throttle.failed("alice", "1.2.3.4")
-    throttle.succeeded("alice")
+    assert throttle.begin("alice", "1.2.3.4") == 0
+    throttle.succeeded("alice", "1.2.3.4")
     throttle.failed("alice", "1.2.3.4")
     assert throttle.retry_after("alice", "1.2.3.4") == 0  # the success cleared earlier failures
     throttle.failed("Alice", "1.2.3.4")
@@ -207,6 +211,39 @@ def test_throttle_lock_expires_and_success_resets():
     assert throttle.retry_after("ALICE", "5.6.7.8") == 300  # names compare case-insensitively
     now[0] = 301
     assert throttle.retry_after("alice", "1.2.3.4") == 0
+
+
+def test_concurrent_guesses_cannot_all_pass_the_throttle():
+    """Fifty guesses at once, from fifty addresses: only five reach the (slow) password check."""
+    throttle = LoginThrottle(max_per_user=5, max_per_ip=100)
+    start = threading.Barrier(50)
+    checked = []
+
+    def guess(number: int) -> None:
+        start.wait()
+        if throttle.begin("alice", f"10.0.0.{number}") == 0:
+            time.sleep(0.05)  # scrypt; the password is wrong, and begin() counted it so already
+            checked.append(number)
+
+    threads = [threading.Thread(target=guess, args=(number,)) for number in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(checked) == 5
+    assert throttle.retry_after("alice", "10.9.9.9") > 0
+
+
+def test_a_right_password_takes_its_attempt_back():
+    throttle = LoginThrottle(max_per_user=5, max_per_ip=3)
+    throttle.failed("a1", "10.0.0.9")
+    throttle.failed("a2", "10.0.0.9")
+    assert throttle.begin("alice", "10.0.0.9") == 0  # the third attempt locks the address while it runs
+    assert throttle.begin("bob", "10.0.0.9") > 0
+    throttle.succeeded("alice", "10.0.0.9")  # it was right: two failures, no lock
+    assert throttle.retry_after("bob", "10.0.0.9") == 0
+    throttle.failed("a3", "10.0.0.9")  # the two still count
+    assert throttle.retry_after("bob", "10.0.0.9") > 0
 
 
 def test_throttle_failures_outside_the_window_do_not_count():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from werkzeug.exceptions import InternalServerError
+
+from maskgate.dashboard.app import DATABASE_DOWN
 
 from .conftest import signed_in
 from .test_auth import PUBLIC, sample_url
@@ -108,6 +112,23 @@ def test_errors_show_no_traceback(app):
         assert response.status_code == 500
         assert "secret detail" not in response.text and "Traceback" not in response.text
     assert admin.get("/api/v1/boom").json == {"error": InternalServerError.description}
+
+
+def test_a_database_outage_is_a_503_logged_in_one_line(dead_app, caplog):
+    dead_app.config["TESTING"] = False  # as in production: an unhandled error would be a 500
+    admin = signed_in(dead_app, "alice")  # the guard's session lookup is the first query to fail
+    with caplog.at_level(logging.INFO):
+        page = admin.get("/events")
+        api = admin.get("/api/v1/events")
+    assert (page.status_code, page.mimetype) == (503, "text/html") and DATABASE_DOWN in page.text
+    assert api.status_code == 503 and api.json == {"error": DATABASE_DOWN}
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage().split(": ")[:2] for record in errors] == [
+        ["events.index", "database error"],
+        ["api.events", "database error"],
+    ]
+    assert all("port 1 failed" in record.getMessage() for record in errors)  # the driver's reason
+    assert not any(record.exc_info or "\n" in record.getMessage() for record in errors)  # no traceback
 
 
 def test_static_files_are_served_locally(admin):

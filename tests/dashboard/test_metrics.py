@@ -89,6 +89,16 @@ def test_health_is_503_naming_the_database_when_it_is_unreachable(unreachable_ap
     assert "maskgate_events_last_hour" not in samples
 
 
+def test_health_and_metrics_answer_a_signed_in_browser_while_the_database_is_down(unreachable_app):
+    """They never look up the session: a browser's cookie must not turn them into an error page."""
+    browser = signed_in(unreachable_app, "alice")
+    response = browser.get("/healthz")
+    assert response.status_code == 503
+    assert response.json == {"status": "failing", "checks": {"database": False}}
+    metrics = browser.get("/metrics", headers=BEARER)
+    assert metrics.status_code == 200 and "maskgate_dashboard_database_ok 0.0" in metrics.text
+
+
 @pytest.mark.security
 def test_health_and_metrics_need_no_session_and_no_csrf_token(metrics_app):
     client = metrics_app.test_client()

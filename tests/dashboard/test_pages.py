@@ -451,6 +451,44 @@ def test_schedule_page_shows_next_run_and_history(admin, app):
     assert admin.get("/schedule?before=x").status_code == 400
 
 
+def test_a_run_id_beyond_what_the_database_holds_is_404(admin):
+    from maskgate.dashboard.queries import MAX_ROW_ID
+
+    for url in ("/schedule/runs/", "/api/v1/runs/"):
+        assert admin.get(f"{url}{MAX_ROW_ID}").status_code == 404  # looked up, not there
+        # never asked: "integer out of range" on PostgreSQL, OverflowError from SQLite over 2**63 - 1
+        for too_big in (MAX_ROW_ID + 1, 2**63):
+            assert admin.get(f"{url}{too_big}").status_code == 404, (url, too_big)
+    for url in ("/schedule", "/api/v1/runs"):
+        assert admin.get(f"{url}?before={MAX_ROW_ID}").status_code == 200
+        assert admin.get(f"{url}?before={MAX_ROW_ID + 1}").status_code == 400
+
+
+def test_run_listings_leave_the_log_out_and_the_run_page_shows_it(admin, app):
+    from sqlalchemy import event
+
+    from maskgate.store import RunStatus, RunTrigger
+
+    runs = services(app).runs
+    run = runs.try_start(RunTrigger.SCHEDULE)
+    runs.finish(run.run_id, RunStatus.FAILED, reason="boom", log="epoch 7: loss 0.25\n")
+    statements: list[str] = []
+
+    def remember(_connection, _cursor, statement, *_):
+        statements.append(statement)
+
+    event.listen(runs.engine, "before_cursor_execute", remember)
+    try:
+        assert admin.get("/schedule").status_code == 200
+        assert admin.get("/api/v1/runs").status_code == 200
+    finally:
+        event.remove(runs.engine, "before_cursor_execute", remember)
+    listings = [sql for sql in statements if "FROM training_runs ORDER BY" in sql]
+    assert len(listings) == 2 and not any("training_runs.log" in sql for sql in listings)
+    assert "epoch 7: loss 0.25" in admin.get(f"/schedule/runs/{run.run_id}").text
+    assert admin.get(f"/api/v1/runs/{run.run_id}").json["log"] == "epoch 7: loss 0.25\n"
+
+
 def test_run_now_without_a_scheduler_in_this_process_is_503(admin, app):
     assert admin.post("/schedule/run").status_code == 503
     assert services(app).runs.running() is None  # the lock was not taken

@@ -193,6 +193,13 @@ def test_only_one_run_at_a_time(runs):
     assert [r.run_id for r in runs.list_runs(before=second.run_id)] == [first.run_id]
 
 
+def test_listed_runs_come_without_their_logs(runs):
+    run = runs.try_start(RunTrigger.SCHEDULE)
+    runs.finish(run.run_id, RunStatus.FAILED, reason="boom", log="x" * 200_000)
+    assert [(r.run_id, r.reason, r.log) for r in runs.list_runs()] == [(run.run_id, "boom", "")]
+    assert runs.get(run.run_id).log == "x" * 200_000
+
+
 def test_a_stale_run_is_abandoned(runs):
     old = runs.try_start(RunTrigger.SCHEDULE, now=utcnow() - timedelta(hours=13))
     fresh = runs.try_start(RunTrigger.MANUAL)
