@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import ssl
@@ -177,7 +178,7 @@ class Fetcher:
             for name in names:
                 if not (source / name).is_file():
                     raise ArtifactError(f"{source}: {name} is missing")
-                shutil.copyfile(source / name, staging / name)
+                _copy_limited(source / name, staging / name, MAX_FILE_BYTES)
         except FileNotFoundError:
             raise ArtifactError(f"{source}: not a model folder (no {CARD_FILE})") from None
         except OSError as exc:
@@ -236,6 +237,21 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 30x becomes an HTTPError: the dashboard never redirects a download
 
 
+def _copy_limited(source: Path, target: Path, limit: int) -> None:
+    """Copy at most `limit` bytes, as a download: a larger file is refused before copying, one
+    that grows past the limit during the copy as soon as it does."""
+    with source.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size > limit:
+            raise ArtifactError(f"{source} is larger than {limit} bytes, the limit for a model file")
+        with target.open("wb") as out:
+            size = 0
+            while block := stream.read(CHUNK):
+                size += len(block)
+                if size > limit:
+                    raise ArtifactError(f"{source} grew past {limit} bytes, the limit for a model file")
+                out.write(block)
+
+
 def _read_limited(path: Path) -> bytes:
     with path.open("rb") as stream:
         data = stream.read(MAX_CARD_BYTES + 1)
@@ -274,6 +290,10 @@ class ModelWatcher:
         self.loaded: list[str] = []  # versions handed to the agent, in order
         self.refused: list[Refusal] = []
         self._target: SwapTarget | None = None
+        # (version, sha256) of the model last handed to the target, which may not run it yet (the
+        # swap takes effect at its next frame): announcements are compared with this, not with
+        # target.classifier, so a rollback to the running model still replaces a pending swap.
+        self._handed: tuple[str, str] | None = None
         self._pending: ActiveModel | None = None
         self._busy = False
         self._condition = threading.Condition()
@@ -282,6 +302,7 @@ class ModelWatcher:
 
     def attach(self, target: SwapTarget) -> None:
         self._target = target
+        self._handed = (target.classifier.version, target.classifier.card.sha256)
 
     def offer(self, message: ActiveModel) -> None:
         """An announcement (MQTT thread): remembered, newest wins; returns at once."""
@@ -335,9 +356,8 @@ class ModelWatcher:
     def handle(self, message: ActiveModel) -> None:
         """Fetch, verify, load and hand over `message`'s model, or refuse it."""
         assert self._target is not None
-        running = self._target.classifier
-        if running.card.sha256 == message.sha256 and running.version == message.version:
-            log.info("model %s announced: already running it", message.version)
+        if self._handed == (message.version, message.sha256):
+            log.info("model %s announced: already running it (or handed over)", message.version)
             return
         log.info("model %s announced (%s): fetching", message.version, message.location)
         try:
@@ -346,6 +366,7 @@ class ModelWatcher:
             self._refuse(message, str(exc))
             return
         self._target.swap_classifier(classifier)
+        self._handed = (message.version, message.sha256)
         self.loaded.append(message.version)
         log.info("model %s loaded; it runs from the next frame", message.version)
 

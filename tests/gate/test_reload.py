@@ -24,7 +24,15 @@ from maskgate.gate.agent import Agent, StoreSink
 from maskgate.gate.classifier import MaskClassifier
 from maskgate.gate.comms.payloads import ActiveModel
 from maskgate.gate.policy import DecisionPolicy
-from maskgate.gate.reload import ArtifactError, Fetcher, FetchError, ModelWatcher, folder_name
+from maskgate.gate.reload import (
+    MAX_FILE_BYTES,
+    ArtifactError,
+    Fetcher,
+    FetchError,
+    ModelWatcher,
+    _copy_limited,
+    folder_name,
+)
 from maskgate.gate.tracker import Tracker, TrackerConfig
 from maskgate.modelcard import RUNTIME_FILE, ModelCard, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
@@ -179,6 +187,26 @@ def test_a_wrong_announcement_does_not_cost_the_gate_its_good_copy(tmp_path, mod
     (local / RUNTIME_FILE).write_bytes(bytes(data))  # damaged on the gate's disk: fetched afresh
     assert fetcher.fetch(announcement(folder)) == local
     assert load_card(local).sha256 == load_card(folder).sha256
+
+
+@pytest.mark.security
+def test_a_file_over_the_size_limit_on_a_shared_path_is_refused(tmp_path, models):
+    folder = copy_model(models / "v2", "v2")
+    with (folder / "model.keras").open("r+b") as stream:
+        stream.truncate(MAX_FILE_BYTES + 1)  # sparse: the test writes nothing like 512 MiB
+    with pytest.raises(ArtifactError, match=rf"model\.keras is larger than {MAX_FILE_BYTES} bytes"):
+        Fetcher(RolloutConfig(cache=tmp_path / "cache")).fetch(announcement(folder))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.security
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_a_file_growing_past_the_limit_during_the_copy_is_stopped(tmp_path):
+    # /proc/self/status says it holds 0 bytes, then reads as ~1 KiB: a file that grew after its size
+    # was checked
+    with pytest.raises(ArtifactError, match="grew past 100 bytes"):
+        _copy_limited(Path("/proc/self/status"), tmp_path / "copy", 100)
+    assert (tmp_path / "copy").stat().st_size <= 100
 
 
 @pytest.mark.security
@@ -415,6 +443,27 @@ def test_the_newest_announcement_wins(tmp_path, models):
     try:
         assert watcher.wait_idle(30)
         assert watcher.loaded == ["v4"] and target.classifier.version == "v4"
+    finally:
+        watcher.stop()
+
+
+def test_a_rollback_replaces_a_swap_the_agent_has_not_applied_yet(tmp_path, models):
+    running = copy_model(models / "w", "w")
+    agent, _ = make_fake_agent(tmp_path, MaskClassifier(running))  # the real Agent: swaps wait for a frame
+    watcher = ModelWatcher(RolloutConfig(cache=tmp_path / "cache"))
+    watcher.attach(agent)
+    watcher.start()
+    try:
+        watcher.offer(announcement(running))  # the retained announcement of the model it starts with
+        assert watcher.wait_idle(30) and watcher.loaded == []
+        watcher.offer(announcement(copy_model(models / "x", "x")))  # promoted by mistake ...
+        assert watcher.wait_idle(30) and watcher.loaded == ["x"]
+        assert agent.classifier.version == "w"  # handed over, not applied: no frame since
+        watcher.offer(announcement(running))  # ... and rolled back before the gate's next frame
+        assert watcher.wait_idle(30)
+        for frame in frames(1):
+            agent.process(frame)
+        assert watcher.loaded == ["x", "w"] and agent.classifier.version == "w"
     finally:
         watcher.stop()
 
