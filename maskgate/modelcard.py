@@ -10,7 +10,8 @@ A model is a folder (DESIGN.md, "Models"):
   hash, creation time, and the sha256 of every file above;
 - plots (PNG), listed in the card too.
 
-:func:`load_card` refuses a folder whose files are missing or differ from the card.
+:func:`load_card` refuses a folder whose files are missing or differ from the card, and one
+whose version breaks the MQTT contract's rule for model versions (door controllers enforce it).
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def load_card(folder: str | Path, verify: bool = True) -> ModelCard:
         raise ModelFileError(f"{path}: invalid model card: {exc}") from None
     if RUNTIME_FILE not in card.files:
         raise ModelFileError(f"{path}: the card lists no {RUNTIME_FILE}")
+    if problem := version_problem(card.version):
+        raise ModelFileError(f"{folder}: {problem}")
     if verify:
         for name, expected in card.files.items():
             file = folder / name
@@ -129,3 +132,17 @@ def load_card(folder: str | Path, verify: bool = True) -> ModelCard:
             if sha256_file(file) != expected:
                 raise ModelFileError(f"{folder}: {name} does not match the sha256 in {CARD_FILE} (altered?)")
     return card
+
+
+def version_problem(version: str) -> str | None:
+    """Why `version` cannot name a model (None if it can): the MQTT contract's rule, checked on the
+    door command, the gate's state and the active-model announcement that carry it (docs/mqtt.md)."""
+    # Imported here: maskgate.gate.comms brings paho and the store, which a card reader may not need.
+    from maskgate.gate.comms.payloads import _VERSION_PATTERN
+
+    if _VERSION_PATTERN.fullmatch(version):
+        return None
+    return (
+        f"model version {version!r} ({len(version)} characters) does not match {_VERSION_PATTERN.pattern}, "
+        "the MQTT contract's rule for model versions (door controllers enforce it)"
+    )

@@ -294,6 +294,7 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     from maskgate.training.datasets import DataSpecError
     from maskgate.training.ensemble import EnsembleError, ensemble, summary
     from maskgate.training.evaluate import EvaluationError
+    from maskgate.training.train import TrainError
 
     try:
         specs = _specs(args, config) if args.data else None
@@ -308,7 +309,7 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
             _label_review(args, specs),
             config.policy,
         )
-    except (EnsembleError, DataSpecError, EvaluationError) as exc:
+    except (EnsembleError, DataSpecError, EvaluationError, TrainError) as exc:  # TrainError: --out refused
         raise UsageError(str(exc)) from None
     except ModelFileError as exc:  # the configured detector (it crops `photos`) is unusable
         print(f"maskgate ensemble: {exc}", file=sys.stderr)

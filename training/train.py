@@ -21,7 +21,15 @@ import numpy as np
 from maskgate.config import DetectorConfig
 from maskgate.core import LABELS
 from maskgate.crop import CropSpec
-from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, ModelFileError, load_card, write_card
+from maskgate.modelcard import (
+    CARD_FILE,
+    RUNTIME_FILE,
+    ModelCard,
+    ModelFileError,
+    load_card,
+    version_problem,
+    write_card,
+)
 from maskgate.training import cropset, plots
 from maskgate.training.archs import ARCHS, trainable_parameters, with_flip_average
 from maskgate.training.augment import AugmentConfig, augment_batch
@@ -324,7 +332,7 @@ def train(
 
     created = datetime.now(UTC)
     card = ModelCard(
-        version=f"{out.name}-{created:%Y%m%d-%H%M%S}",
+        version=model_version(out, created),
         labels=LABELS,
         crop=config.crop_spec,
         arch=config.arch,
@@ -368,10 +376,22 @@ def train(
     return TrainResult(out, card, time.monotonic() - started)
 
 
+def model_version(out: Path, created: datetime) -> str:
+    """The version of the model written to `out`: the folder's name and the time."""
+    return f"{out.name}-{created:%Y%m%d-%H%M%S}"
+
+
 def check_out_folder(out: Path) -> None:
-    """Refuse to replace a folder that holds something other than a model (e.g. `--out .`)."""
+    """Refuse to replace a folder that holds something other than a model (e.g. `--out .`), and a
+    folder name that would give a model version the gates refuse to load (checked before any work)."""
     if out.exists() and any(out.iterdir()) and not (out / CARD_FILE).is_file():
         raise TrainError(f"{out} exists and is not a model folder (no {CARD_FILE}): choose another --out")
+    version = model_version(out, datetime.now(UTC))
+    if problem := version_problem(version):
+        raise TrainError(
+            f"--out {out}: the folder's name would give a {problem}: choose another name "
+            f"(the version is the name and {len(version) - len(out.name)} more characters)"
+        )
 
 
 def _start_card(config: TrainConfig) -> ModelCard:

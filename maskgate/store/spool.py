@@ -17,6 +17,11 @@ What was forwarded is kept in ``spool_forwarded``, a table of the spool only: it
 logged once when it starts and once when it ends; retries back off from 0.5 s to 5 s.
 Forwarded and settled events are deleted from the spool after :data:`SPOOL_KEEP` (the
 central database applies ``[retention]``; the spool only has to bridge outages).
+
+An event the central database refuses (a value too long for its column, a constraint: not an
+outage) must not hold back the events after it: its batch is sent again one event at a time and
+the refused one is quarantined, i.e. noted in ``spool_quarantine`` (another spool-only table),
+logged once at ERROR, kept in the spool and neither sent again nor purged.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, Uuid, delete, exists, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from maskgate.core import AckReason, DoorStatus, Event, utcnow
@@ -58,8 +63,17 @@ spool_forwarded = Table(
     Column("door_status", String(16)),
     Column("forwarded_at", UTCDateTime, nullable=False),
 )
+# Events the central database refused: kept, not sent again; deleting a row here sends it again.
+spool_quarantine = Table(
+    "spool_quarantine",
+    SPOOL_METADATA,
+    Column("event_id", Uuid, primary_key=True),
+    Column("reason", String, nullable=False),
+    Column("quarantined_at", UTCDateTime, nullable=False),
+)
 
-_NOT_FORWARDED = spool_forwarded.c.event_id.is_(None)
+_QUARANTINED = exists().where(spool_quarantine.c.event_id == EventRow.id)
+_NOT_FORWARDED = spool_forwarded.c.event_id.is_(None) & ~_QUARANTINED
 _STATUS_BEHIND = EventRow.door_status.is_not(None) & spool_forwarded.c.door_status.is_distinct_from(
     EventRow.door_status
 )
@@ -67,6 +81,10 @@ _STATUS_BEHIND = EventRow.door_status.is_not(None) & spool_forwarded.c.door_stat
 
 class CentralUnavailable(StoreError):
     """The central database did not answer or has the wrong schema; the spool keeps everything."""
+
+
+class CentralRefused(StoreError):
+    """The central database refused the data (a value too long, a constraint): not an outage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +107,8 @@ def prepare_spool(engine: Engine) -> None:
 class SpoolForwarder:
     """Copies a gate's spooled events and door outcomes to the central database, in order, once each.
 
-    Thread-safe for its readers (``pending``, ``connected``, ``last_outage``); one forwarder per
-    spool. ``forward_once`` is the unit of work and may be driven directly (tests).
+    Thread-safe for its readers (``pending``, ``quarantined``, ``connected``, ``last_outage``); one
+    forwarder per spool. ``forward_once`` is the unit of work and may be driven directly (tests).
     """
 
     def __init__(
@@ -115,9 +133,9 @@ class SpoolForwarder:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.keep = keep
-        self._insert_forwarded = insert_for_dialect(local.dialect.name)(
-            spool_forwarded
-        ).on_conflict_do_nothing()
+        insert = insert_for_dialect(local.dialect.name)
+        self._insert_forwarded = insert(spool_forwarded).on_conflict_do_nothing()
+        self._insert_quarantined = insert(spool_quarantine).on_conflict_do_nothing()
         self._connected = False
         self._outage: Outage | None = None  # the current one while disconnected
         self._down_since = 0.0  # time.monotonic() of the current outage's start
@@ -165,8 +183,12 @@ class SpoolForwarder:
         return self._outage
 
     def pending(self) -> int:
-        """Events in the spool that the central database does not have yet."""
+        """Events in the spool that the central database does not have yet (quarantined ones aside)."""
         return self._count(_NOT_FORWARDED)
+
+    def quarantined(self) -> int:
+        """Events the central database refused: kept in the spool, not sent again (``spool_quarantine``)."""
+        return self._count(_QUARANTINED)
 
     def pending_door_statuses(self) -> int:
         """Door outcomes of forwarded events that the central database does not have yet."""
@@ -273,10 +295,38 @@ class SpoolForwarder:
             events = [event_from_row(row) for row in session.scalars(query)]
         if not events:
             return False
-        with self._central():
-            inserted = self.central.record_events(events)
-        self._mark_forwarded(events, inserted)
+        try:
+            with self._central():
+                inserted = self.central.record_events(events)
+        except CentralRefused:  # one event's data: find it, so that it does not hold back the rest
+            for event in events:
+                self._forward_alone(event)
+        else:
+            self._mark_forwarded(events, inserted)
         return len(events) == self.batch_size
+
+    def _forward_alone(self, event: Event) -> None:
+        """Send one event in its own transaction; quarantine it if the central database refuses it."""
+        try:
+            with self._central():
+                inserted = self.central.record_events([event])
+        except CentralRefused as exc:
+            self._quarantine(event, str(exc))
+        else:
+            self._mark_forwarded([event], inserted)
+
+    def _quarantine(self, event: Event, reason: str) -> None:
+        row = {"event_id": event.event_id, "reason": reason, "quarantined_at": utcnow()}
+        with self.local.begin() as connection:
+            connection.execute(self._insert_quarantined, row)
+        log.error(
+            "gate %s: central database refused event %s (%s); it stays in the spool, quarantined and not "
+            "sent again (%d quarantined; table spool_quarantine, docs/operations.md)",
+            self.gate_id,
+            event.event_id,
+            reason,
+            self.quarantined(),
+        )
 
     def _mark_forwarded(self, events: list[Event], inserted: set[uuid.UUID]) -> None:
         """Remember what the central database now has.
@@ -349,9 +399,12 @@ class SpoolForwarder:
 
     @contextmanager
     def _central(self) -> Iterator[None]:
-        """Turn the central database's failures into :class:`CentralUnavailable`."""
+        """Turn the central database's failures into :class:`CentralUnavailable`, refused data into
+        :class:`CentralRefused` (the database answered: no outage)."""
         try:
             yield
+        except (DataError, IntegrityError) as exc:
+            raise CentralRefused(error_reason(exc)) from exc
         except SQLAlchemyError as exc:
             raise CentralUnavailable(error_reason(exc)) from exc
         except (DatabaseUnavailable, migrate.SchemaError) as exc:

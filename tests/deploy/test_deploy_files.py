@@ -29,7 +29,8 @@ def compose() -> dict:
 
 
 def test_compose_has_the_whole_system(compose):
-    assert set(compose["services"]) == {"postgres", "mosquitto", "migrate", "dashboard", "agent", "door-sim"}
+    services = {"postgres", "mosquitto", "migrate", "purge", "dashboard", "agent", "door-sim"}
+    assert set(compose["services"]) == services
     for name in ("postgres", "mosquitto", "dashboard"):
         assert "healthcheck" in compose["services"][name], name
 
@@ -50,6 +51,17 @@ def test_compose_secrets_come_from_the_environment(compose):
                 assert "${" in text, f"{name}: {key} holds a literal secret"
             if SECRET_NAME.search(key):
                 assert text.startswith("${") and ":?" in text, f"{name}: {key} must come from .env, required"
+
+
+def test_compose_purges_daily_with_the_same_database_as_the_others(compose):
+    purge = compose["services"]["purge"]
+    assert purge["image"] == "maskgate:latest" and purge["restart"] == "unless-stopped"
+    assert purge["environment"] == compose["services"]["migrate"]["environment"]  # the same database
+    assert purge["entrypoint"] == ["/bin/sh", "-c"] and purge["init"] is True
+    (script,) = purge["command"]
+    assert script == "while true; do maskgate db purge; sleep 86400; done"
+    parses(["db", "purge"])
+    assert purge["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_services_start_in_order(compose):
@@ -74,13 +86,23 @@ def test_dockerfile_runs_maskgate_as_a_user():
         assert (DEPLOY.parent / folder).exists(), folder
 
 
-@pytest.mark.parametrize("unit", sorted(p.name for p in (DEPLOY / "systemd").glob("*.service")))
-def test_systemd_units(unit):
+def read_unit(name: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.optionxform = str  # systemd keys are case-sensitive
-    parser.read(DEPLOY / "systemd" / unit)
+    assert parser.read(DEPLOY / "systemd" / name), name
+    return parser
+
+
+@pytest.mark.parametrize("unit", sorted(p.name for p in (DEPLOY / "systemd").glob("*.service")))
+def test_systemd_units(unit):
+    parser = read_unit(unit)
     service = parser["Service"]
-    assert service["User"] == "maskgate" and service["Restart"] == "always"
+    assert service["User"] == "maskgate"
+    if service.get("Type") == "oneshot":  # a job its timer starts: it neither restarts nor is enabled
+        assert "Restart" not in service and not parser.has_section("Install")
+        assert (DEPLOY / "systemd" / unit.replace(".service", ".timer")).is_file()
+    else:
+        assert service["Restart"] == "always" and "WantedBy" in parser["Install"]
     assert service["NoNewPrivileges"] == "true" and service["ProtectSystem"] == "strict"
     assert service["EnvironmentFile"].startswith("/etc/maskgate/")  # secrets live outside the unit
     for key in ("ExecStart", "ExecStartPre"):
@@ -88,7 +110,18 @@ def test_systemd_units(unit):
             argv = shlex.split(service[key].replace("%i", "gate-1"))
             assert argv[0] == "/opt/maskgate/venv/bin/maskgate"
             parses(argv[1:])
-    assert "WantedBy" in parser["Install"]
+
+
+def test_a_daily_timer_purges_with_the_config_and_secrets_of_the_dashboard():
+    purge = read_unit("maskgate-purge.service")["Service"]
+    dashboard = read_unit("maskgate-dashboard.service")["Service"]
+    argv = shlex.split(purge["ExecStart"])
+    assert argv == [*shlex.split(dashboard["ExecStart"])[:3], "db", "purge"]  # the same maskgate, --config
+    shared = ("Group", "EnvironmentFile", "WorkingDirectory", "ReadWritePaths", "ProtectHome", "PrivateTmp")
+    assert {key: purge[key] for key in shared} == {key: dashboard[key] for key in shared}
+    timer = read_unit("maskgate-purge.timer")
+    assert timer["Timer"]["OnCalendar"] == "daily" and timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
 
 
 def test_broker_configs_refuse_anonymous_clients():

@@ -36,6 +36,13 @@ def test_sqlite_uses_wal_and_creates_its_folder(tmp_path):
     assert (tmp_path / "deep" / "er" / "db.sqlite").exists()
 
 
+def test_sqlite_syncs_every_commit(tmp_path):
+    """FULL: a committed event (its door command goes out right after) survives a power loss."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # 0 OFF, 1 NORMAL, 2 FULL
+
+
 @pytest.mark.integration
 def test_postgres_urls_use_psycopg3(postgresql_url):
     engine = make_engine(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))

@@ -18,13 +18,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, delete, event, func, select
+from sqlalchemy import Engine, delete, event, func, select, update
 
 from maskgate.config import Config, PathsConfig
 from maskgate.core import AckReason, DoorStatus, Event, utcnow
 from maskgate.store import EventStore, Outbox, OutboxKind, OutgoingMessage, SchemaError, make_engine, migrate
 from maskgate.store.schema import EventRow
-from maskgate.store.spool import CentralUnavailable, SpoolForwarder, prepare_spool, spool_forwarded
+from maskgate.store.spool import (
+    CentralUnavailable,
+    SpoolForwarder,
+    prepare_spool,
+    spool_forwarded,
+    spool_quarantine,
+)
 from tests.conftest import EventFactory
 from tests.gate.comms.brokers import free_port, wait_until
 
@@ -238,6 +244,45 @@ def test_an_event_the_central_database_lost_is_sent_again(local, central, spool,
     assert "no event" in caplog.text
     assert central.get_event(spooled_event.event_id).door_status is DoorStatus.OPENED
     assert forwarder.pending() == 0 and forwarder.pending_door_statuses() == 0
+
+
+@pytest.mark.integration
+def test_an_event_the_central_database_refuses_is_quarantined_and_the_events_after_it_flow(
+    local, spool, postgresql_url, make_event, caplog
+):
+    central = ArrivalLog(make_engine(postgresql_url))  # PostgreSQL enforces VARCHAR(64); SQLite does not
+    migrate.upgrade(central.engine)
+    first, refused, *after = (
+        make_event(occurred_at=utcnow() + timedelta(seconds=i), model_version=version)
+        for i, version in enumerate(["m-1", "m" * 65, "m-1", "m-1", "m-1"])
+    )
+    for e in (first, refused, *after):
+        local.record_event(e)
+    forwarder = SpoolForwarder(spool, central, "gate-1", batch_size=3)  # refused sits mid-batch
+
+    drain(forwarder)
+
+    assert central.arrivals == [e.event_id for e in (first, *after)]  # in order, none held back
+    assert forwarder.connected and forwarder.outage is None  # refused data is not an outage
+    assert forwarder.pending() == 0 and forwarder.quarantined() == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(refused.event_id) in errors[0].getMessage()
+    assert "value too long" in errors[0].getMessage()
+    assert not any("unavailable" in r.getMessage() for r in caplog.records)
+
+    restarted = SpoolForwarder(spool, central, "gate-1")
+    assert restarted.forward_once() is False and restarted.quarantined() == 1  # not sent again
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # logged once
+    assert restarted.purge(now=utcnow() + timedelta(days=2)) == 4  # the forwarded ones go, it stays
+    assert local.get_event(refused.event_id) == refused
+
+    with spool.begin() as connection:  # what docs/operations.md says: correct it, then release it
+        connection.execute(
+            update(EventRow).where(EventRow.id == refused.event_id).values(model_version="m-2")
+        )
+        connection.execute(delete(spool_quarantine).where(spool_quarantine.c.event_id == refused.event_id))
+    drain(restarted)
+    assert central.get_event(refused.event_id).model_version == "m-2" and restarted.quarantined() == 0
 
 
 def test_purge_keeps_what_is_not_forwarded_settled_or_sent(tmp_path, local, spool, make_event):

@@ -196,3 +196,12 @@ def test_an_ensemble_is_never_written_over_one_of_its_members(tiny_model, faces,
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(TrainError, match="not a model folder"):
         ensemble([tiny_model, member], tmp_path / "notes", None, [faces], progress=False)
+
+
+def test_an_out_name_gates_would_refuse_is_a_usage_error(tiny_model, tmp_path, capsys):
+    from maskgate.cli import main
+    from maskgate.const import EXIT_USAGE
+
+    out = tmp_path / ("x" * 60)  # the version (the name and 16 more characters) would exceed 64
+    assert main(["ensemble", "--models", str(tiny_model), str(tiny_model), "--out", str(out)]) == EXIT_USAGE
+    assert "would give a model version" in capsys.readouterr().err and not out.exists()

@@ -84,6 +84,29 @@ def test_a_negative_count_of_synthetic_masks_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "model").exists()
 
 
+def test_an_out_name_that_would_give_a_version_gates_refuse_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    from maskgate.cli import main
+    from maskgate.gate.comms.payloads import _VERSION_PATTERN
+    from maskgate.training import train as train_module
+    from maskgate.training.train import TrainError, check_out_folder
+
+    def trained(*_args, **_kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_module, "load_pool", trained)
+    (tmp_path / "faces").mkdir()
+    out = tmp_path / ("m" * 49)  # and 16 characters of time: 65
+    assert main(["train", "--data", str(tmp_path / "faces"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out}: the folder's name would give a model version 'mmm" in error
+    assert "(65 characters)" in error and _VERSION_PATTERN.pattern in error and not out.exists()
+    with pytest.raises(TrainError, match="'two words-"):
+        check_out_folder(tmp_path / "two words")
+    check_out_folder(tmp_path / ("m" * 48))  # 64: fine
+
+
 def test_starting_from_another_architecture_or_an_altered_folder_is_refused(tiny_model: Path, tmp_path):
     import shutil
 
