@@ -38,6 +38,9 @@ log = logging.getLogger("maskgate.mqtt")
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 CONNACK_TIMEOUT_S = 10.0
+# QoS 1 publishes paho keeps on the wire at once (its default, set explicitly: the door link keeps
+# its event messages under it); more wait in paho's own queue, behind the ones handed over before.
+MAX_INFLIGHT = 20
 
 
 class MqttConfigError(ValueError):
@@ -79,6 +82,8 @@ class BrokerSettings:
             path = getattr(mqtt, key)
             if path and not Path(path).is_file():
                 raise MqttConfigError(f"mqtt.{key}: no file at {path!r}")
+        if parts.scheme == "mqtts":
+            _check_tls_files(mqtt)
         return cls(
             host=parts.hostname,
             port=port,
@@ -94,6 +99,31 @@ class BrokerSettings:
     def describe(self) -> str:
         who = f" as {self.username}" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}{who}"
+
+    def tls_files(self) -> str:
+        """The TLS files in use, for error messages."""
+        files = {"ca_file": self.ca_file, "client_cert": self.client_cert, "client_key": self.client_key}
+        return ", ".join(f"mqtt.{key} {path!r}" for key, path in files.items() if path) or "system CAs"
+
+
+def _check_tls_files(mqtt: MqttConfig) -> None:
+    """Load the TLS files as paho will on every connect, so that a bad one stops the start, named."""
+    context = ssl.create_default_context()
+    if mqtt.ca_file:
+        try:
+            context.load_verify_locations(mqtt.ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise MqttConfigError(
+                f"mqtt.ca_file {mqtt.ca_file!r}: not a usable CA certificate file: {exc}"
+            ) from None
+    if mqtt.client_cert:
+        try:
+            context.load_cert_chain(mqtt.client_cert, mqtt.client_key)
+        except (OSError, ValueError) as exc:
+            raise MqttConfigError(
+                f"mqtt.client_cert {mqtt.client_cert!r} / mqtt.client_key {mqtt.client_key!r}: "
+                f"not a usable certificate and key: {exc}"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +341,10 @@ class MqttClient:
             )
 
     def _connect_once(self) -> tuple[_Connection | None, str]:
-        client = self._new_paho_client()
+        try:
+            client = self._new_paho_client()
+        except (OSError, ValueError) as exc:  # tls_set reads the TLS files again: one went bad since start
+            return None, f"cannot load the TLS files ({self.settings.tls_files()}): {exc}"
         connection = _Connection(client)
         self._bind_callbacks(connection)
         self._connection = connection
@@ -340,6 +373,7 @@ class MqttClient:
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,
         )
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         settings = self.settings
         if settings.username:
             client.username_pw_set(settings.username, settings.password or None)

@@ -27,11 +27,13 @@ from datetime import datetime, timedelta
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlalchemy.exc import SQLAlchemyError
 
 from maskgate.config import Config
 from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, utcnow
 from maskgate.gate.comms.acks import AckTracker
 from maskgate.gate.comms.client import (
+    MAX_INFLIGHT,
     BrokerSettings,
     IncomingMessage,
     MqttClient,
@@ -55,10 +57,14 @@ from maskgate.gate.comms.payloads import (
 )
 from maskgate.gate.comms.topics import HOMEASSISTANT_STATUS, Topics
 from maskgate.store import EventStore, Outbox, OutboxKind, OutboxMessage, OutgoingMessage, StoreError
+from maskgate.store.db import error_reason
 
 log = logging.getLogger("maskgate.gate.link")
 
-MAX_EVENTS_IN_FLIGHT = 100  # event messages handed to the broker and not yet acknowledged
+# Event messages handed to the broker and not yet acknowledged: well under paho's window, so that a
+# door command always finds room in it and goes on the wire at once, not queued inside paho
+# behind events (after an outage the backlog of events would otherwise delay it).
+MAX_EVENTS_IN_FLIGHT = MAX_INFLIGHT // 2
 EXPIRY_SWEEP_S = 0.05  # how often unsent door commands are checked for expiry while they can be stuck
 POLL_S = 1.0  # the outbox is read at least this often even when nothing announced new rows
 OUTBOX_KEEP = timedelta(days=1)  # sent and expired rows are deleted after this
@@ -150,6 +156,8 @@ class DoorLink:
         self._expiry_due = False  # a pending door command was seen past its expires_at
         # Door outcomes the database did not take (it was down); retried every cycle.
         self._unrecorded: list[tuple[uuid.UUID, DoorStatus, datetime, float | None, AckReason | None]] = []
+        self._database_down_since: float | None = None  # time.monotonic(), while the database fails
+        self._database_failed = False  # in the current cycle
 
     # -- the agent's interface -------------------------------------------------------------------
 
@@ -303,11 +311,41 @@ class DoorLink:
         self._recover_unacknowledged()
         while not self._stopping.is_set():
             received = self._wait_for_work()
+            self._database_failed = False
             try:
                 self._cycle(received)
-            except Exception:  # the database may be down; the outbox keeps everything
+            except SQLAlchemyError as exc:  # the database is down; the outbox keeps everything
+                self._database_down(exc)
+            except Exception:
                 log.exception("gate %s: door link cycle failed; retrying in 1 s", self.gate_id)
-                self._stopping.wait(1.0)
+            else:
+                if not self._database_failed:
+                    self._database_back()
+                continue
+            # The next cycle reads the outbox again (and so finds out whether the database is back).
+            self._dirty = True
+            self._stopping.wait(1.0)
+
+    def _database_down(self, exc: SQLAlchemyError) -> None:
+        """One log line per outage, with the driver's reason; the cycle is retried every second."""
+        self._database_failed = True
+        if self._database_down_since is None:
+            self._database_down_since = time.monotonic()
+            log.warning(
+                "gate %s: database unavailable (%s); door link retrying every 1 s "
+                "(the outbox and door outcomes wait)",
+                self.gate_id,
+                error_reason(exc),
+            )
+
+    def _database_back(self) -> None:
+        if self._database_down_since is not None:
+            log.warning(
+                "gate %s: database back after %.1f s",
+                self.gate_id,
+                time.monotonic() - self._database_down_since,
+            )
+            self._database_down_since = None
 
     def _wait_for_work(self) -> list[_AckReceived]:
         timeout = 0.1 if self._in_flight else 0.25  # PUBACKs and acks wake it sooner
@@ -345,7 +383,7 @@ class DoorLink:
         if connected and (self._dirty or tick - self._last_poll >= POLL_S):
             self._last_poll = tick
             self._dirty = False  # before reading: a submit from now on sets it again
-            self._publish_pending(now)
+            self._publish_pending()
         for decision_id in self._acks.overdue(time.monotonic()):
             log.warning(
                 "gate %s: no ack for door command %s within %g s (incident)",
@@ -359,7 +397,7 @@ class DoorLink:
             self.outbox.purge(now - OUTBOX_KEEP)
             self._retry_after = {k: t for k, t in self._retry_after.items() if t > self._last_purge}
 
-    def _publish_pending(self, now: datetime) -> None:
+    def _publish_pending(self) -> None:
         # Door commands come first (pending() orders them so) and are never held back by the
         # cap: only events wait when many are already in flight.
         events_in_flight = sum(1 for f in self._in_flight.values() if f.message.kind is OutboxKind.EVENT)
@@ -376,6 +414,8 @@ class DoorLink:
             if message.id in self._in_flight or self._retry_after.get(message.id, 0.0) > time.monotonic():
                 continue
             self._retry_after.pop(message.id, None)
+            # The time now, not the cycle's: reading the outbox may have waited (SQLite's write lock).
+            now = utcnow()
             if message.is_expired(now):
                 self._expiry_due = True  # the next cycle's sweep records it; never publish it
                 continue
@@ -473,7 +513,11 @@ class DoorLink:
         except StoreError as exc:  # no such event (e.g. purged): nothing to retry
             log.warning("gate %s: cannot record door status %s: %s", self.gate_id, status.value, exc)
             return
-        except Exception:  # the database is unavailable: keep the outcome and retry
+        except SQLAlchemyError as exc:  # the database is unavailable: keep the outcome and retry
+            self._database_down(exc)
+            self._unrecorded.append((decision_id, status, at, rtt, reason))
+            return
+        except Exception:
             log.exception(
                 "gate %s: door status %s for %s not recorded yet", self.gate_id, status.value, decision_id
             )
@@ -494,12 +538,20 @@ class DoorLink:
                 log.exception("gate %s: on_door_status callback failed", self.gate_id)
 
     def _recover_unacknowledged(self) -> None:
-        """Commands a previous run sent and never heard back about become no_ack."""
-        cutoff = utcnow() - timedelta(seconds=self._acks.timeout_s)
+        """Commands a previous run sent and never heard back about wait for their ack again.
+
+        Each is timed from when it was sent: those sent longer than the ack timeout ago become
+        no_ack on the first cycle, the others get what is left of it (a restart can follow a
+        command within a second or two); a late ack still replaces no_ack, as in one run.
+        """
         try:
-            stale = self.outbox.unacknowledged_commands(sent_before=cutoff)
+            sent = self.outbox.unacknowledged_commands()
+        except SQLAlchemyError as exc:
+            self._database_down(exc)
+            return
         except Exception:
             log.exception("gate %s: cannot check for unacknowledged door commands", self.gate_id)
             return
-        for decision_id in stale:
-            self._record_status(decision_id, DoorStatus.NO_ACK, utcnow(), None)
+        now, tick = utcnow(), time.monotonic()
+        for decision_id, sent_at in sent:
+            self._acks.expect(decision_id, tick - max(0.0, (now - sent_at).total_seconds()))

@@ -172,25 +172,25 @@ class Outbox:
                         expired_events.append(event)
         return expired_events
 
-    def unacknowledged_commands(self, sent_before: datetime) -> list[uuid.UUID]:
-        """Events whose door command was sent before `sent_before` and never got a door status.
+    def unacknowledged_commands(self) -> list[tuple[uuid.UUID, datetime]]:
+        """(event id, sent_at) of every door command sent whose event never got a door status.
 
-        After a restart the acks a previous process waited for are gone: these become NO_ACK.
+        After a restart the acks a previous process waited for are gone: the new process waits
+        for them again from ``sent_at`` (a restart can come within the ack timeout of a command).
         """
         query = (
-            select(OutboxRow.event_id)
+            select(OutboxRow.event_id, OutboxRow.sent_at)
             .join(EventRow, EventRow.id == OutboxRow.event_id)
             .where(
                 self._mine,
                 OutboxRow.kind == OutboxKind.DOOR_COMMAND.value,
                 OutboxRow.sent_at.is_not(None),
-                OutboxRow.sent_at < sent_before,
                 EventRow.door_status.is_(None),
             )
             .order_by(OutboxRow.id)
         )
         with self._session() as session:
-            return list(session.scalars(query))
+            return [(row.event_id, row.sent_at) for row in session.execute(query)]
 
     def counts(self) -> OutboxCounts:
         query = select(

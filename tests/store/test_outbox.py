@@ -120,13 +120,15 @@ def test_sent_commands_never_expire(outbox, make_event):
 
 
 def test_unacknowledged_commands_of_an_earlier_run(store, outbox, make_event):
-    silent, answered = make_event(), make_event()
-    for event in (silent, answered):
+    """Every sent, unanswered command with its sent_at, however recent: a restart can come 1 s after it."""
+    silent, recent, answered, unsent = make_event(), make_event(), make_event(), make_event()
+    an_hour_ago, now = utcnow() - timedelta(hours=1), utcnow()
+    for event, sent_at in ((silent, an_hour_ago), (recent, now), (answered, now), (unsent, None)):
         outbox.record_event(event, messages(event), now=utcnow())
-        outbox.mark_sent([outbox.for_event(event.event_id)[0].id], utcnow())
+        if sent_at is not None:
+            outbox.mark_sent([outbox.for_event(event.event_id)[0].id], sent_at)
     store.set_door_status(answered.event_id, DoorStatus.OPENED, utcnow(), 0.5)
-    assert outbox.unacknowledged_commands(utcnow() + timedelta(seconds=1)) == [silent.event_id]
-    assert outbox.unacknowledged_commands(utcnow() - timedelta(seconds=60)) == []
+    assert outbox.unacknowledged_commands() == [(silent.event_id, an_hour_ago), (recent.event_id, now)]
 
 
 def test_purge_deletes_done_rows_only(outbox, make_event):

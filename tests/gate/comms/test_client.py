@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from maskgate.config import MqttConfig
 from maskgate.gate.comms.client import BrokerSettings, MqttClient, MqttConfigError, PublishState
-from tests.gate.comms.brokers import Broker, Spy, free_port, plain_config, wait_until
+from tests.gate.comms.brokers import DEPLOY, Broker, Spy, free_port, plain_config, wait_until
+
+TRUNCATED = "-----BEGIN CERTIFICATE-----\ntruncated during rotation\n"
 
 
-def test_settings_from_config(tmp_path):
-    ca = tmp_path / "ca.crt"
-    ca.write_text("x")
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    """A CA, a broker certificate for 127.0.0.1 and a client certificate (deploy/mosquitto/make-certs.sh)."""
+    folder = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        [str(DEPLOY / "make-certs.sh"), str(folder), "127.0.0.1", "gate-1"], check=True, capture_output=True
+    )
+    return folder
+
+
+def test_settings_from_config(certs):
+    ca = certs / "ca.crt"
     plain = BrokerSettings.from_config(
         MqttConfig(url="mqtt://broker.local", username="gate-1", password="pw")
     )
@@ -40,6 +55,50 @@ def test_settings_from_config(tmp_path):
 def test_bad_settings(settings, message):
     with pytest.raises(MqttConfigError, match=message):
         BrokerSettings.from_config(MqttConfig(**settings))
+
+
+def test_a_tls_file_that_cannot_be_loaded_stops_the_start_naming_it(certs, tmp_path):
+    broken = tmp_path / "broken.crt"
+    broken.write_text(TRUNCATED)
+    good = {"ca_file": str(certs / "ca.crt"), "client_cert": str(certs / "gate-1.crt")}
+    assert BrokerSettings.from_config(
+        MqttConfig(url="mqtts://b", **good, client_key=str(certs / "gate-1.key"))
+    )
+    with pytest.raises(MqttConfigError, match=re.escape(f"mqtt.ca_file {str(broken)!r}")):
+        BrokerSettings.from_config(MqttConfig(url="mqtts://b", ca_file=str(broken)))
+    with pytest.raises(MqttConfigError, match=re.escape(f"mqtt.client_key {str(broken)!r}")):
+        BrokerSettings.from_config(MqttConfig(url="mqtts://b", **good, client_key=str(broken)))
+
+
+@pytest.mark.integration
+def test_a_ca_file_broken_while_running_is_a_failed_connect_retried(certs, tmp_path, caplog):
+    """paho reads the TLS files on every connect: a CA file caught mid-rotation at a reconnect is logged,
+    naming it, and retried like a broker that does not answer (it once ended the MQTT thread for good)."""
+    port, tls_port = free_port(), free_port()
+    tls_listener = (
+        f"listener {tls_port} 127.0.0.1\n"
+        f"certfile {certs / 'broker.crt'}\nkeyfile {certs / 'broker.key'}\ncafile {certs / 'ca.crt'}\n"
+    )
+    broker = Broker(tmp_path, plain_config(port, tmp_path) + tls_listener, port).start()
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes((certs / "ca.crt").read_bytes())
+    settings = BrokerSettings.from_config(MqttConfig(url=f"mqtts://127.0.0.1:{tls_port}", ca_file=str(ca)))
+    client = MqttClient(settings, "tls-rotation", reconnect_max_s=0.3)
+    client.start()
+    try:
+        assert client.wait_connected(5)
+        caplog.set_level(logging.WARNING, logger="maskgate.mqtt")
+        ca.write_text(TRUNCATED)  # the rotation writes the new CA file...
+        broker.kill()
+        broker.start()
+        assert wait_until(lambda: any(str(ca) in r.getMessage() for r in caplog.records), timeout=10)
+        assert not client.connected
+        ca.write_bytes((certs / "ca.crt").read_bytes())  # ... and finishes it
+        assert wait_until(lambda: client.connected, timeout=10)
+        assert client.connections == 2
+    finally:
+        client.stop()
+        broker.stop()
 
 
 @pytest.mark.integration

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
 from maskgate.config import Config
-from maskgate.core import AckReason, Action, DoorStatus, Event, Label
+from maskgate.core import AckReason, Action, DoorStatus, Event, Label, utcnow
 from maskgate.gate.comms import (
     ActiveModel,
     DoorLink,
@@ -25,10 +29,11 @@ from maskgate.gate.comms import (
     subscribe_active_model,
 )
 from maskgate.gate.comms.client import BrokerSettings
-from maskgate.gate.comms.payloads import event_payload, parse_door_command
+from maskgate.gate.comms.payloads import DoorAck, event_payload, parse_door_command
 from maskgate.gate.doorsim import DoorSimulator
-from maskgate.store import EventStore
+from maskgate.store import EventStore, OutboxKind, OutgoingMessage, make_engine, migrate
 from tests.gate.comms.brokers import ROOT, SYSTEM_PORT, Spy, make_config, make_decision, wait_until
+from tests.store.test_spool import Outage
 
 pytestmark = pytest.mark.integration
 
@@ -288,3 +293,116 @@ def test_config_errors_are_clear(store):
     ]:
         with pytest.raises(MqttConfigError, match=message):
             DoorLink(Config(mqtt=mqtt), store)
+
+
+def test_a_restart_right_after_a_command_still_records_what_became_of_it(store, prefix, gate_id):
+    """systemd restarts the agent (RestartSec=2) within the ack timeout of two commands it sent: the
+    new run waits for their acks from when they were sent, records the controller's ack for one and
+    no_ack for the other, and a late ack for that one still replaces no_ack."""
+    config = make_config(prefix, gate_id, ack_timeout_s=2.0)
+    first = DoorLink(config, store)
+    first.start()
+    assert first.client.wait_connected(5)
+    answered, silent = first.submit(make_decision(gate_id)), first.submit(make_decision(gate_id))
+    assert wait_until(lambda: first.outbox.counts().sent == 4)
+    first.stop(drain_s=0)  # the acks it waited for die with it
+    second = DoorLink(config, store)
+    second.start()
+    controller = Spy(SYSTEM_PORT)  # the door controller's acks, by hand
+
+    def opened(event: Event) -> None:
+        ack = DoorAck(event.event_id, gate_id, DoorStatus.OPENED, utcnow(), AckReason.OPENED)
+        controller.publish(f"{prefix}/{gate_id}/door/ack", ack.encode())
+
+    try:
+        assert second.client.wait_connected(5)
+        wait_until(lambda: False, timeout=0.1)  # its subscription settles
+        opened(answered)
+        assert door_status(store, answered).door_status is DoorStatus.OPENED
+        timed_out = door_status(store, silent)
+        assert timed_out.door_status is DoorStatus.NO_ACK and timed_out.is_incident
+        opened(silent)
+        assert wait_until(lambda: store.get_event(silent.event_id).door_status is DoorStatus.OPENED)
+    finally:
+        controller.close()
+        second.stop()
+
+
+def test_a_command_that_expires_while_the_outbox_waits_is_never_published(sqlite_url, prefix, gate_id, spy):
+    """Reading the outbox can wait up to 30 s for SQLite's write lock (a purge, the dashboard on a
+    shared file): a door command that expired meanwhile is not published, it expires unsent."""
+    engine = make_engine(sqlite_url)
+    migrate.upgrade(engine)
+    store = EventStore(engine)
+    link = DoorLink(make_config(prefix, gate_id, door_command_ttl_s=1.0), store)
+    link.client.start()  # no worker: this test runs the cycles
+    try:
+        assert link.client.wait_connected(5)
+        # An old command that expired unsent (the broker was down): expiring it writes, so waits.
+        link.submit(make_decision(gate_id, decided_at=utcnow() - timedelta(seconds=10)))
+        fresh = link.submit(make_decision(gate_id))
+        locked = threading.Event()
+
+        def hold_the_write_lock() -> None:
+            other = sqlite3.connect(engine.url.database, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            locked.set()
+            time.sleep(1.5)  # longer than the fresh command lives
+            other.execute("COMMIT")
+            other.close()
+
+        holder = threading.Thread(target=hold_the_write_lock)
+        holder.start()
+        assert locked.wait(5)
+        link._cycle([])
+        holder.join()
+        link._cycle([])  # records the expiry the first cycle saw
+        assert store.get_event(fresh.event_id).door_status is DoorStatus.EXPIRED
+        wait_until(lambda: False, timeout=0.3)
+        assert spy.on(f"{prefix}/{gate_id}/door/command") == []
+    finally:
+        link.client.stop()
+        engine.dispose()
+
+
+def test_a_door_command_goes_ahead_of_an_event_backlog(store, prefix, gate_id, spy):
+    """After an outage hundreds of event messages wait in the outbox; a door command submitted while
+    they drain must not queue behind them (in the outbox, in paho or on the wire)."""
+    link = DoorLink(make_config(prefix, gate_id), store)
+    backlog = 200
+    padded = OutgoingMessage(OutboxKind.EVENT, link.topics.events, json.dumps({"pad": "x" * 3000}))
+    link.outbox.enqueue([padded] * backlog, utcnow())
+    link.client.start()  # no worker: this test runs the cycles
+    try:
+        assert link.client.wait_connected(5)
+        link._cycle([])  # the first of the backlog is handed over
+        link.submit(make_decision(gate_id))
+        link._cycle([])
+        command_topic, events_topic = f"{prefix}/{gate_id}/door/command", f"{prefix}/{gate_id}/events"
+        assert spy.wait_for(command_topic)
+        topics = [m.topic for m in spy.messages]
+        ahead = topics[: topics.index(command_topic)].count(events_topic)
+        assert ahead < backlog // 4, f"{ahead} of the {backlog} waiting event messages went first"
+    finally:
+        link.client.stop()
+
+
+def test_a_database_outage_is_logged_once_with_its_reason_and_its_end(start, store, gate_id, caplog):
+    """Without a spool the link's database is the central one: while it is down the worker retries
+    every second and keeps the door outcomes it could not record, logging the outage once (the
+    driver's reason, no traceback per retry) and its end."""
+    link, _ = start(door=False, ack_timeout_s=0.5)
+    event = link.submit(make_decision(gate_id))
+    assert wait_until(lambda: link.outbox.counts().sent == 2)
+    outage = Outage(store.engine)
+    caplog.set_level(logging.INFO, logger="maskgate.gate.link")
+    outage.begin()  # the no_ack falls due during the outage
+    assert wait_until(lambda: outage.attempts >= 8, timeout=10), "the link did not retry"
+    outage.end()
+    assert door_status(store, event).door_status is DoorStatus.NO_ACK  # kept, recorded once back
+    assert wait_until(lambda: any("database back" in r.getMessage() for r in caplog.records))
+    records = [r for r in caplog.records if r.name == "maskgate.gate.link"]
+    assert [r.getMessage() for r in records if r.exc_info] == []
+    down = [r.getMessage() for r in records if "unavailable" in r.getMessage()]
+    assert len(down) == 1 and "test outage" in down[0], down
+    assert sum("database back" in r.getMessage() for r in records) == 1
