@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from maskgate.core import Event, Label, Review, UnknownLabelError, utcnow
 from maskgate.dashboard.scheduler import DashboardScheduler, RunInProgress, SchedulerNotRunning
+from maskgate.modelcard import ModelFileError
 from maskgate.store import EventStore, ModelRegistry, ModelVersion, RegistryError, TrainingRun, User
+from maskgate.training.retrain import verify_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,12 @@ class Conflict(ActionError):
 
 class Unavailable(ActionError):
     status = 503
+
+
+class NotAnnounced(ActionError):
+    """The change was made, but the gates were not told (the broker did not take the announcement)."""
+
+    status = 502
 
 
 class ReviewKind(enum.StrEnum):
@@ -85,27 +93,47 @@ def _label(value: str | None) -> Label:
         raise ActionError(f"unknown label {value[:40]!r}") from None
 
 
+# Called with the new active version after the change (announces it); raises if the gates were not told.
 ModelHook = Callable[[ModelVersion], None]
 
 
 def promote(registry: ModelRegistry, version: str, on_change: ModelHook, user: User) -> ModelVersion:
+    """Make `version` active, only if its folder verifies (the gates would refuse it), then announce it."""
     try:
-        model = registry.promote(version)
+        model = registry.promote(version, check=_verified)
     except RegistryError as exc:
         raise NotFound(str(exc)) from None
     log.info("model %s promoted by %s", model.version, user.username)
-    on_change(model)
+    _announce(on_change, model)
     return model
 
 
 def rollback(registry: ModelRegistry, on_change: ModelHook, user: User) -> ModelVersion:
+    """Reactivate the previous version, only if its folder verifies, then announce it."""
     try:
-        model = registry.rollback()
+        model = registry.rollback(check=_verified)
     except RegistryError as exc:
         raise Conflict(str(exc)) from None
     log.info("rolled back to model %s by %s", model.version, user.username)
-    on_change(model)
+    _announce(on_change, model)
     return model
+
+
+def _verified(model: ModelVersion) -> None:
+    """Checked inside the registry's transaction, before `model` becomes active: raising cancels it."""
+    try:
+        verify_model_folder(model)  # what the announcement checks, and the gates after it
+    except ModelFileError as exc:
+        reason = f"model {model.version} cannot be made active, the gates would refuse it: {exc}"
+        raise Conflict(reason) from None
+
+
+def _announce(on_change: ModelHook, model: ModelVersion) -> None:
+    try:
+        on_change(model)
+    except Exception as exc:  # the change stands: say that the gates still run the previous model
+        reason = f"model {model.version} is active, but the gates were not told ({exc})"
+        raise NotAnnounced(f"{reason}; promote it again to re-send") from None
 
 
 def run_now(scheduler: DashboardScheduler, user: User) -> TrainingRun:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -18,6 +19,7 @@ from maskgate.const import EXIT_OK, EXIT_RUNTIME
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 8
+INTERRUPTED = "interrupted: the dashboard stopped"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -71,18 +73,29 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     signal.signal(signal.SIGTERM, _stop)  # systemd stops with SIGTERM: shut down the scheduler cleanly
     next_run = scheduler.next_run_at()
     print(f"maskgate dashboard on http://{host}:{port}/ (next retraining {next_run})", flush=True)
+    code = EXIT_OK
     try:
         waitress.serve(app, host=host, port=port, **server_options(args.threads))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the address is not this machine's
         print(f"maskgate dashboard: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+        code = EXIT_RUNTIME
     finally:
         gates.stop()
         scheduler.shutdown()
+        # A run in progress here would keep the process alive for up to an hour (Python waits for the
+        # scheduler's worker thread at exit) until systemd kills it, leaving the run `running` and the
+        # lock taken for 12 hours: record it as failed and leave without waiting for its thread.
+        interrupted = scheduler.job.interrupt(INTERRUPTED)
         engine.dispose()
-    return EXIT_OK
+    if interrupted:
+        log.warning("training run %s %s", ", ".join(map(str, interrupted)), INTERRUPTED)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def server_options(threads: int) -> dict[str, object]:

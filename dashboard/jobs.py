@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from maskgate.core import utcnow
-from maskgate.store import RunStatus, RunTrigger, TrainingRun, TrainingRuns
+from maskgate.store import RegistryError, RunStatus, RunTrigger, TrainingRun, TrainingRuns
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class RetrainingJob:
     def __init__(self, runs: TrainingRuns, trainer: Trainer = no_trainer):
         self.runs = runs
         self.trainer = trainer
+        self._executing: dict[int, RunLog] = {}  # runs this process is executing now, by id
+        self._executing_lock = threading.Lock()
 
     def start(self, trigger: RunTrigger) -> TrainingRun | None:
         """Take the lock and record a running run; None when another run (any process) holds it."""
@@ -106,6 +108,8 @@ class RetrainingJob:
         if run is None or not run.is_running:
             raise ValueError(f"training run {run_id} is not running")
         run_log = RunLog(self.runs, run_id)
+        with self._executing_lock:
+            self._executing[run_id] = run_log
         run_log(f"run {run_id} started ({run.trigger.value})")
         try:
             result = self.trainer(run, run_log)
@@ -113,6 +117,9 @@ class RetrainingJob:
             log.exception("training run %s failed", run_id)
             run_log(traceback.format_exc())
             result = RunResult(RunStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        with self._executing_lock:
+            if self._executing.pop(run_id, None) is None:  # interrupt() recorded it as failed already
+                return self.runs.get(run_id) or run
         if result.status is RunStatus.RUNNING:
             result = RunResult(RunStatus.FAILED, reason="the trainer returned without finishing the run")
         run_log(f"run {run_id} {result.status.value}" + (f": {result.reason}" if result.reason else ""))
@@ -131,6 +138,19 @@ class RetrainingJob:
             run_log(f"the result could not be recorded: {type(exc).__name__}: {exc}")
             reason = f"the trainer's result could not be recorded ({type(exc).__name__})"
             return self.runs.finish(run_id, RunStatus.FAILED, reason=reason, log=run_log.text())
+
+    def interrupt(self, reason: str) -> list[int]:
+        """Record the runs this process is executing as failed with `reason`, and their ids: the process
+        is stopping without waiting for them, and a run left `running` would hold the lock for hours."""
+        with self._executing_lock:
+            executing, self._executing = self._executing, {}
+        for run_id, run_log in executing.items():
+            run_log(f"run {run_id} failed: {reason}")
+            try:
+                self.runs.finish(run_id, RunStatus.FAILED, reason=reason, log=run_log.text())
+            except RegistryError:  # abandoned as stale by another process meanwhile
+                log.warning("training run %s was not running any more", run_id)
+        return list(executing)
 
     def run_scheduled(self) -> TrainingRun | None:
         """The nightly job: start and execute, or skip when a run is already going somewhere."""

@@ -6,7 +6,8 @@ One run (docs/retraining.md):
    its registered sha256 (its own folder may be replaced during the run). When none was ever
    promoted, a copy of the gates' starting model (``paths.active_model``) is registered and made
    active, so that there is something to compare with and to roll back to. A champion that
-   cannot be loaded fails the run at once;
+   cannot be loaded, or no champion at all, fails the run at once: a candidate is never promoted
+   without a comparison;
 2. **pool** (:mod:`maskgate.training.pool`): ``retrain.base_data`` + the incidents staff
    confirmed or relabelled, deduplicated by content, without the frozen evaluation images;
 3. **candidate**: ``retrain.networks`` runs of :func:`maskgate.training.train.train` on one
@@ -19,7 +20,8 @@ One run (docs/retraining.md):
 5. **decision** (:func:`decide`): promoted only if, on every decisive set, macro-F1 and
    ``improper_mask`` recall are no worse than the champion's beyond the configured tolerances;
 6. the candidate is **registered** either way (sha256, metrics, card in its folder); if promoted
-   the retained ``<prefix>/models/active`` message is **published** and every gate reloads.
+   (only if the champion is still the active model: staff may have promoted or rolled back during
+   the run) the retained ``<prefix>/models/active`` message is **published** and every gate reloads.
 
 The run's trigger, times, status, log, metrics and reason are recorded by
 :class:`maskgate.dashboard.jobs.RetrainingJob`, which also holds the database-wide lock, from
@@ -60,6 +62,7 @@ from maskgate.store import (
     TrainingRuns,
     make_engine,
 )
+from maskgate.store.registry import ActiveModelChanged
 from maskgate.training.datasets import DataSpec
 from maskgate.training.label_review import LabelReview, LabelReviewError
 from maskgate.training.metrics import GATE_BAND
@@ -193,7 +196,7 @@ def checks_for(name: str, comparison: Comparison, config: RetrainConfig, decisiv
 def decide(comparisons: Mapping[str, Comparison], config: RetrainConfig, champion: str | None) -> Verdict:
     """Promote only if no decisive check fails, and at least one was made (never promote blind)."""
     if champion is None:
-        return Verdict(True, "promoted: no active model to compare with")
+        return Verdict(False, "not promoted: no active model to compare with")
     checks: list[Check] = []
     notes: list[str] = []
     for name, comparison in comparisons.items():
@@ -237,27 +240,33 @@ def active_model_message(config: Config, model: ModelVersion):
     return ActiveModel(version=model.version, sha256=model.sha256, location=location)
 
 
+def verify_model_folder(model: ModelVersion) -> ModelCard:
+    """`model`'s card, if its folder is what the registry says (else ModelFileError): every file the
+    card lists unchanged, the registered model.tflite and version. What a gate checks once it has it."""
+    card = load_card(model.path)
+    if card.sha256 != model.sha256 or card.version != model.version:
+        raise ModelFileError(
+            f"its folder holds {card.version} ({card.sha256[:12]}), the registry says {model.sha256[:12]}"
+        )
+    return card
+
+
 def announce(config: Config, model: ModelVersion):
     """Check that `model`'s folder is what the registry says, then publish it as the active model.
 
     A folder that gates would refuse is never announced: they would only log the refusal.
     """
-    from maskgate.gate.comms import MqttConfigError
+    from maskgate.gate.comms.client import MqttConfigError, MqttConnectError
     from maskgate.gate.comms.models import PublishError, publish_active_model
 
     try:
-        card = load_card(model.path)
+        verify_model_folder(model)
     except ModelFileError as exc:
         raise AnnounceError(f"model {model.version} not announced: {exc}") from None
-    if card.sha256 != model.sha256 or card.version != model.version:
-        raise AnnounceError(
-            f"model {model.version} not announced: its folder holds {card.version} ({card.sha256[:12]}), "
-            f"the registry says {model.sha256[:12]}"
-        )
     message = active_model_message(config, model)
     try:
         publish_active_model(config, message)
-    except (PublishError, MqttConfigError, OSError) as exc:
+    except (PublishError, MqttConfigError, MqttConnectError, OSError) as exc:  # the broker is down, ...
         raise AnnounceError(f"model {model.version} not announced: {exc}") from None
     return message
 
@@ -265,8 +274,9 @@ def announce(config: Config, model: ModelVersion):
 def model_announcer(config: Config) -> Callable[[ModelVersion], None]:
     """The dashboard's `on_model_change` hook: announce after every promote and roll back.
 
-    Never raises: the registry has changed already; a failure is logged, and promoting the same
-    version again re-sends the announcement.
+    The registry has changed already (the dashboard checked the folder first, with
+    :func:`verify_model_folder`): a failure is logged and raised as AnnounceError, which the
+    dashboard shows; promoting the same version again re-sends the announcement.
     """
 
     def on_model_change(model: ModelVersion) -> None:
@@ -274,7 +284,7 @@ def model_announcer(config: Config) -> Callable[[ModelVersion], None]:
             message = announce(config, model)
         except AnnounceError as exc:
             log.error("%s; promote it again to re-send", exc)
-            return
+            raise
         log.info("announced model %s to the gates (%s)", model.version, message.location)
 
     return on_model_change
@@ -371,10 +381,10 @@ class Retrainer:
             card, folder = self._train(run, pool, work, say)
         with phases("evaluate"):
             comparisons = self._evaluate(champion, folder, pool, say)
-        verdict = decide(comparisons, self.config.retrain, champion.version if champion else None)
+        verdict = decide(comparisons, self.config.retrain, champion.version)
         say(verdict.reason)
         metrics = {
-            "champion": champion.version if champion else None,
+            "champion": champion.version,
             "pool": pool.to_json(),
             **{name: comparison.to_json() for name, comparison in comparisons.items()},
             "decision": "promote" if verdict.promote else "reject",
@@ -386,16 +396,22 @@ class Retrainer:
         say(f"registered {model.version} (sha256 {model.sha256})")
         if not verdict.promote:
             return RunResult(RunStatus.REJECTED, model.version, metrics, verdict.reason)
-        return RunResult(RunStatus.SUCCEEDED, model.version, metrics, self._promote(model, verdict, say))
+        try:
+            reason = self._promote(model, verdict, champion, say)
+        except ActiveModelChanged as exc:  # staff promoted or rolled back meanwhile: theirs stands
+            reason = (
+                f"not promoted: the active model changed during the run ({exc.expected} -> {exc.actual}); "
+                f"the candidate was compared with {exc.expected}"
+            )
+            say(reason)
+            return RunResult(RunStatus.REJECTED, model.version, metrics, reason)
+        return RunResult(RunStatus.SUCCEEDED, model.version, metrics, reason)
 
-    def _champion(self, work: Path, say: Log) -> Champion | None:
+    def _champion(self, work: Path, say: Log) -> Champion:
         """The active model, copied into the run's folder: its own folder may be replaced during the
         hour a run takes (models/default is, when a new default ships), and the comparison must be
         with the model the gates were told to run."""
         active = self.registry.active() or self._bootstrap(say)
-        if active is None:
-            say("no active model and no valid paths.active_model: the candidate has nothing to beat")
-            return None
         try:
             folder = snapshot_model(Path(active.path), work / "champion", active.sha256)
         except ModelFileError as exc:
@@ -405,22 +421,28 @@ class Retrainer:
         say(f"champion: {active.version} ({active.path})")
         return Champion(active.version, folder)
 
-    def _bootstrap(self, say: Log) -> ModelVersion | None:
+    def _bootstrap(self, say: Log) -> ModelVersion:
         """Register the gates' starting model as active: the comparison and the first rollback need it.
 
         What is registered is a copy under paths.models: the starting folder (models/default) is
-        replaced when a new default ships, and a registered version must never change.
+        replaced when a new default ships, and a registered version must never change. Without a
+        starting model that verifies the run fails: a candidate is never promoted without a comparison.
         """
         folder = Path(self.config.paths.active_model)
         try:
             card = load_card(folder)
-        except ModelFileError:
-            return None
-        known = self.registry.get(card.version)
-        if known is None:
-            copy = fresh_model_folder(Path(self.config.paths.models), card.version)
-            snapshot_model(folder, copy, card.sha256)
-            known = self.registry.register(card.version, str(copy.resolve()), card.sha256, card_metrics(card))
+            known = self.registry.get(card.version)
+            if known is None:
+                copy = fresh_model_folder(Path(self.config.paths.models), card.version)
+                snapshot_model(folder, copy, card.sha256)
+                known = self.registry.register(
+                    card.version, str(copy.resolve()), card.sha256, card_metrics(card)
+                )
+        except ModelFileError as exc:
+            raise RetrainError(
+                f"no model is active and the gates' starting model paths.active_model ({folder}) cannot "
+                f"be the champion: {exc}"
+            ) from None
         say(f"no model was active: registered the gates' starting model {known.version} ({folder})")
         return self.registry.promote(known.version)
 
@@ -516,9 +538,7 @@ class Retrainer:
         except EnsembleError as exc:
             raise RetrainError(f"the trained networks cannot be averaged: {exc}") from None
 
-    def _evaluate(
-        self, champion: Champion | None, folder: Path, pool: Pool, say: Log
-    ) -> dict[str, Comparison]:
+    def _evaluate(self, champion: Champion, folder: Path, pool: Pool, say: Log) -> dict[str, Comparison]:
         comparisons = {FROZEN: self._compare(champion, folder, pool.frozen.specs, FROZEN, pool.review, say)}
         if pool.held_out is not None:
             comparisons[INCIDENTS] = self._compare(
@@ -530,7 +550,7 @@ class Retrainer:
 
     def _compare(
         self,
-        champion: Champion | None,
+        champion: Champion,
         folder: Path,
         specs: Sequence[DataSpec],
         name: str,
@@ -544,13 +564,12 @@ class Retrainer:
             return evaluate_scores(model, specs, cache, self.progress, detector, review)
 
         challenger = scores(folder)
-        held = scores(champion.folder) if champion else None
-        comparison = Comparison(held, challenger)
+        comparison = Comparison(scores(champion.folder), challenger)
         say(f"{name}: {comparison.to_json()}")
         return comparison
 
-    def _promote(self, model: ModelVersion, verdict: Verdict, say: Log) -> str:
-        self.registry.promote(model.version)
+    def _promote(self, model: ModelVersion, verdict: Verdict, champion: Champion, say: Log) -> str:
+        self.registry.promote(model.version, expected_active=champion.version)
         say(f"{model.version} is the active model")
         try:
             message = self.announce_fn(model)

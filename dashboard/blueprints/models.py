@@ -50,14 +50,22 @@ def plot(version: str, name: str):
 @blueprint.post("/models/<version>/promote")
 @admin_required
 def promote(version: str):
-    model = actions.promote(services().models, version, services().on_model_change, g.user)
-    flash(f"Model {model.version} is now active.")
+    try:
+        model = actions.promote(services().models, version, services().on_model_change, g.user)
+    except actions.NotAnnounced as exc:  # active, but the gates were not told: the page says so
+        flash(str(exc))
+    else:
+        flash(f"Model {model.version} is now active.")
     return redirect(url_for("models.index"))
 
 
 @blueprint.post("/models/rollback")
 @admin_required
 def rollback():
-    model = actions.rollback(services().models, services().on_model_change, g.user)
-    flash(f"Rolled back: model {model.version} is active again.")
+    try:
+        model = actions.rollback(services().models, services().on_model_change, g.user)
+    except actions.NotAnnounced as exc:
+        flash(str(exc))
+    else:
+        flash(f"Rolled back: model {model.version} is active again.")
     return redirect(url_for("models.index"))

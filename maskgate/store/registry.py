@@ -18,7 +18,7 @@ Check-then-write inside such a transaction is therefore safe across processes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,10 +42,18 @@ class RegistryError(StoreError):
     """A model or run cannot be changed as asked (unknown version, nothing to roll back to...)."""
 
 
+class ActiveModelChanged(RegistryError):
+    """A promotion expected another version to be active (someone promoted or rolled back meanwhile)."""
+
+    def __init__(self, expected: str, actual: str | None):
+        super().__init__(f"the active model is {actual or 'none'}, not {expected}")
+        self.expected, self.actual = expected, actual
+
+
 class ModelStatus(enum.StrEnum):
-    CANDIDATE = "candidate"  # registered, never promoted
+    CANDIDATE = "candidate"  # registered, never promoted; or rolled back (promoted_at, retired_at say when)
     ACTIVE = "active"  # the one the gates run
-    RETIRED = "retired"  # was active once
+    RETIRED = "retired"  # was active until another was promoted: a roll back may return to it
 
 
 class RunStatus(enum.StrEnum):
@@ -104,6 +112,10 @@ def _take_turn(connection: Connection, key: int) -> None:
         connection.execute(update(ModelVersionRow).where(ModelVersionRow.id == -1).values(id=-1))
 
 
+# Called with the version about to become active, inside the registry's transaction; raises to refuse it.
+ModelCheck = Callable[[ModelVersion], object]
+
+
 class ModelRegistry:
     """Model versions: register candidates, promote one, roll back to the previous one."""
 
@@ -148,8 +160,21 @@ class ModelRegistry:
         with self.engine.connect() as connection:
             return [_model(row) for row in connection.execute(query)]
 
-    def promote(self, version: str, now: datetime | None = None) -> ModelVersion:
-        """Make `version` the active model; the previous one is retired. Idempotent."""
+    def promote(
+        self,
+        version: str,
+        now: datetime | None = None,
+        *,
+        expected_active: str | None = None,
+        check: ModelCheck | None = None,
+    ) -> ModelVersion:
+        """Make `version` the active model; the previous one is retired. Idempotent.
+
+        `expected_active`: promote only if that version is still the active one, else raise
+        :class:`ActiveModelChanged` (a run judged its candidate against it an hour ago).
+        `check` is called with `version` before anything changes; what it raises cancels the change.
+        Both happen inside the locked transaction, so no other promotion or roll back slips between.
+        """
         now = now or utcnow()
         with self.engine.begin() as connection:
             _take_turn(connection, _MODELS_LOCK)
@@ -158,6 +183,14 @@ class ModelRegistry:
             ).first()
             if target is None:
                 raise RegistryError(f"no model version {version!r}")
+            if expected_active is not None:
+                active = connection.execute(
+                    select(ModelVersionRow.version).where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
+                ).scalar_one_or_none()
+                if active != expected_active:
+                    raise ActiveModelChanged(expected_active, active)
+            if check is not None:
+                check(_model(target))
             if target.status != ModelStatus.ACTIVE.value:
                 _retire_active(connection, now)
                 connection.execute(
@@ -167,11 +200,14 @@ class ModelRegistry:
                 )
         return self._require(version)
 
-    def rollback(self, now: datetime | None = None) -> ModelVersion:
+    def rollback(self, now: datetime | None = None, *, check: ModelCheck | None = None) -> ModelVersion:
         """Reactivate the version that was active before the current one; returns it.
 
         Walks back through promotions: rolling back twice after promoting A, B, C leaves A
-        active. The previous version keeps its original promotion time for that reason.
+        active. The previous version keeps its original promotion time for that reason. The
+        version rolled back from becomes a candidate again (its promotion and retirement times
+        stay): a later roll back never returns to it, only promoting it again does.
+        `check` is called with the version about to be reactivated; what it raises cancels the change.
         """
         now = now or utcnow()
         with self.engine.begin() as connection:
@@ -192,7 +228,13 @@ class ModelRegistry:
             ).first()
             if previous is None:
                 raise RegistryError(f"no earlier model to roll back to from {current.version!r}")
-            _retire_active(connection, now)
+            if check is not None:
+                check(_model(previous))
+            connection.execute(
+                update(ModelVersionRow)
+                .where(ModelVersionRow.id == current.id)
+                .values(status=ModelStatus.CANDIDATE.value, retired_at=now)
+            )
             connection.execute(
                 update(ModelVersionRow)
                 .where(ModelVersionRow.id == previous.id)

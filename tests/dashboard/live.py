@@ -57,13 +57,15 @@ class LiveDashboard:
 
 
 @contextlib.contextmanager
-def live_dashboard(database_url: str, folder: Path, timeout: float = 30.0) -> Iterator[LiveDashboard]:
+def live_dashboard(
+    database_url: str, folder: Path, timeout: float = 30.0, **extra_env: str
+) -> Iterator[LiveDashboard]:
     port = free_port()
     log_path = folder / "dashboard.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [maskgate_command(), "dashboard", "--host", "127.0.0.1", "--port", str(port)],
-            env=dashboard_environment(database_url, folder),
+            env=dashboard_environment(database_url, folder, **extra_env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

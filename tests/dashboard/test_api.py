@@ -17,7 +17,9 @@ from maskgate.core import AckReason, DoorStatus, Label
 from maskgate.dashboard import actions
 from maskgate.dashboard.app import DATABASE_DOWN, services
 from maskgate.dashboard.queries import csv_lines
+from maskgate.modelcard import load_card
 from maskgate.store import EventFilter, EventStore
+from tests.conftest import copy_model
 
 SPEC = Path(__file__).parents[2] / "dashboard" / "openapi.yaml"
 
@@ -174,10 +176,11 @@ def test_incidents(viewer, store, make_event):
     assert viewer.get("/api/v1/incidents?status=x").status_code == 400
 
 
-def test_models_promote_and_rollback(admin, app):
+def test_models_promote_and_rollback(admin, app, tmp_path):
     registry = services(app).models
-    registry.register("a", "models/a", "1" * 64, {"macro_f1": 0.8})
-    registry.register("b", "models/b", "2" * 64, {"macro_f1": 0.85})
+    for version, macro_f1 in (("a", 0.8), ("b", 0.85)):  # folders that verify: the gates would load them
+        folder = copy_model(tmp_path / "models" / version, version)
+        registry.register(version, str(folder), load_card(folder).sha256, {"macro_f1": macro_f1})
     assert [m["version"] for m in admin.get("/api/v1/models").json["models"]] == ["b", "a"]
     assert admin.api_post("/api/v1/models/a/promote").json["status"] == "active"
     promoted = admin.api_post("/api/v1/models/b/promote").json

@@ -19,8 +19,9 @@ import pytest
 
 from maskgate.core import LABELS, AckReason, Action, DoorStatus, Event, Label, utcnow
 from maskgate.crop import CropSpec
-from maskgate.modelcard import ModelCard
+from maskgate.modelcard import ModelCard, load_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
+from tests.conftest import copy_model
 
 from .conftest import PASSWORD
 from .live import LiveDashboard, live_dashboard
@@ -109,23 +110,33 @@ def world(postgresql_url: str, tmp_path: Path) -> dict:
         "south", availability="offline", fps=0.0, model_version="m1", seen_at=now - timedelta(hours=1)
     )
     registry = ModelRegistry(engine)
-    for version, f1 in (("m1", 0.88), ("m2", 0.92)):
-        folder = tmp_path / "models" / version
-        folder.mkdir(parents=True)
-        card = ModelCard(version, LABELS, CropSpec(size=96), "compact", "2026-11-29T12:00:00+00:00")
-        (folder / "card.json").write_text(json.dumps(card.to_json()))
-        cv2.imwrite(str(folder / "confusion_matrix.png"), plot_image())
-        registry.register(
-            version, str(folder), version[-1] * 64, {"macro_f1": f1, "recall": {"improper_mask": f1}}
-        )
+    m1 = tmp_path / "models" / "m1"  # a stand-in, made active here
+    m1.mkdir(parents=True)
+    card = ModelCard("m1", LABELS, CropSpec(size=96), "compact", "2026-11-29T12:00:00+00:00")
+    (m1 / "card.json").write_text(json.dumps(card.to_json()))
+    cv2.imwrite(str(m1 / "confusion_matrix.png"), plot_image())
+    registry.register("m1", str(m1), "1" * 64, {"macro_f1": 0.88, "recall": {"improper_mask": 0.88}})
     registry.promote("m1")
-    yield {"engine": engine, "store": store, "registry": registry, "denied": denied, "warned": warned}
+    # promoted from the page: a folder that verifies (the dashboard refuses one the gates would refuse)
+    m2 = copy_model(tmp_path / "models" / "m2", "m2")
+    registry.register(
+        "m2", str(m2), load_card(m2).sha256, {"macro_f1": 0.92, "recall": {"improper_mask": 0.92}}
+    )
+    yield {
+        "engine": engine,
+        "store": store,
+        "registry": registry,
+        "denied": denied,
+        "warned": warned,
+        "models": tmp_path / "models",
+    }
     engine.dispose()
 
 
 @pytest.fixture
-def server(world, postgresql_url: str, tmp_path: Path) -> Iterator[LiveDashboard]:
-    with live_dashboard(postgresql_url, tmp_path) as running:
+def server(world, postgresql_url: str, tmp_path: Path, prefix: str) -> Iterator[LiveDashboard]:
+    # its announcements (promoting m2) go to a topic prefix of this test's own on the shared broker
+    with live_dashboard(postgresql_url, tmp_path, MASKGATE_MQTT__TOPIC_PREFIX=prefix) as running:
         yield running
 
 
@@ -246,7 +257,9 @@ def test_admin_workflow_in_chromium(page, world, server):
     assert world["registry"].active().version == "m2"
     screenshot(page, "09-models-promoted")
 
-    # Run the retraining job now: the scheduler in the server process runs it.
+    # Run the retraining job now: the scheduler in the server process runs it. Its champion m2 is
+    # damaged meanwhile, so that it stops at once rather than train on the shared datasets for an hour.
+    (world["models"] / "m2" / "model.tflite").write_bytes(b"damaged")
     page.goto("/schedule")
     expect(page.locator("#next-run")).not_to_have_text("never")
     page.click("text=Run now")
@@ -257,8 +270,7 @@ def test_admin_workflow_in_chromium(page, world, server):
             break
         page.wait_for_timeout(250)
         page.reload()
-    # The real job ran in the server process; this test's models are stand-ins without a card,
-    # so it stops with that reason in its log.
+    # The real job ran in the server process and stopped at its damaged champion, with that reason.
     expect(page.locator("#run-status")).to_have_text("failed")
     expect(page.locator("pre.log")).to_contain_text("cannot be loaded to compare with")
     screenshot(page, "10-run")

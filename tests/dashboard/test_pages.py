@@ -13,8 +13,9 @@ import pytest
 from maskgate.core import LABELS, AckReason, DoorStatus, Label, Review
 from maskgate.crop import CropSpec
 from maskgate.dashboard.app import services
-from maskgate.modelcard import ModelCard
+from maskgate.modelcard import ModelCard, load_card
 from maskgate.store import EventFilter, ModelStatus
+from tests.conftest import copy_model
 
 EVIL = '<script>alert("x")</script>'
 
@@ -417,16 +418,20 @@ def test_model_files_are_plots_of_that_model_only(admin, model_folders, name):
     assert admin.get("/models/nope/files/confusion.png").status_code == 404
 
 
-def test_promote_and_roll_back_from_the_page(admin, app, model_folders):
+def test_promote_and_roll_back_from_the_page(admin, app, tmp_path):
+    registry = services(app).models
+    for version in ("m1", "m2"):  # folders that verify: the gates would load them
+        folder = copy_model(tmp_path / "models" / version, version)
+        registry.register(version, str(folder), load_card(folder).sha256)
     changed = []
     object.__setattr__(services(app), "on_model_change", changed.append)
     assert admin.post("/models/m1/promote").status_code == 302
     assert admin.post("/models/m2/promote").status_code == 302
-    assert model_folders.active().version == "m2"
+    assert registry.active().version == "m2"
     assert "Model m2 is now active" in admin.get("/models").text
     assert admin.post("/models/rollback").status_code == 302
-    assert model_folders.active().version == "m1"
-    assert model_folders.get("m2").status is ModelStatus.RETIRED
+    assert registry.active().version == "m1"
+    assert registry.get("m2").status is ModelStatus.CANDIDATE  # rolled back: never a rollback target again
     assert [model.version for model in changed] == ["m1", "m2", "m1"]
     assert admin.post("/models/rollback").status_code == 409  # nothing older than m1
     assert admin.post("/models/nope/promote").status_code == 404

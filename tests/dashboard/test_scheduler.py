@@ -99,6 +99,43 @@ def test_a_trainer_that_forgets_to_finish_is_failed(migrated_engine):
     assert run.status is RunStatus.FAILED
 
 
+def test_a_run_interrupted_by_a_stopping_process_is_failed_and_its_lock_released(migrated_engine):
+    """`maskgate dashboard` stops without waiting for the run it trains: it records the run as failed."""
+    runs = TrainingRuns(migrated_engine)
+    training, release = threading.Event(), threading.Event()
+
+    def trainer(run, log):
+        log("training...")
+        training.set()
+        release.wait(10)
+        return RunResult(RunStatus.SUCCEEDED, "m2", reason="promoted")
+
+    job = RetrainingJob(runs, trainer)
+    run = job.start(RunTrigger.SCHEDULE)
+    finished: list = []
+    thread = threading.Thread(target=lambda: finished.append(job.execute(run.run_id)))
+    thread.start()
+    try:
+        assert training.wait(10)
+        assert job.interrupt("interrupted: the dashboard stopped") == [run.run_id]
+        interrupted = runs.get(run.run_id)
+        assert (
+            interrupted.status is RunStatus.FAILED
+            and interrupted.reason == "interrupted: the dashboard stopped"
+        )
+        assert (
+            "training..." in interrupted.log
+            and "failed: interrupted: the dashboard stopped" in interrupted.log
+        )
+        assert runs.running() is None  # the next run need not wait 12 hours
+        assert job.interrupt("again") == []
+    finally:
+        release.set()
+        thread.join(10)
+    # had the process lived on, the trainer's late result would not overwrite what was recorded
+    assert finished[0].status is RunStatus.FAILED and runs.get(run.run_id).reason == interrupted.reason
+
+
 def test_the_nightly_job_skips_while_another_run_holds_the_lock(migrated_engine):
     runs = TrainingRuns(migrated_engine)
     holder = runs.try_start(RunTrigger.MANUAL)

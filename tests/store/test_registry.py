@@ -20,6 +20,7 @@ from maskgate.store import (
     TrainingRuns,
     make_engine,
 )
+from maskgate.store.registry import ActiveModelChanged
 from maskgate.store.schema import ModelVersionRow
 
 
@@ -87,11 +88,67 @@ def test_rollback_walks_back_through_promotions(registry):
     for i, version in enumerate(["a", "b", "c"]):
         registry.promote(version, now=start + timedelta(seconds=i))
     assert registry.rollback().version == "b"
-    assert registry.get("c").status is ModelStatus.RETIRED
+    assert registry.get("c").status is ModelStatus.CANDIDATE  # rolled back: out of the rollback history
     assert registry.rollback().version == "a"
     with pytest.raises(RegistryError, match="no earlier model"):
         registry.rollback()
     assert registry.active().version == "a"
+
+
+def test_a_version_rolled_back_is_never_a_rollback_target_again(registry):
+    """Promote A, then B; B is rolled back (faulty); next night D is promoted and rolled back: A, not B."""
+    _register(registry, "a", "b", "d")
+    start = utcnow()
+    registry.promote("a", now=start)
+    registry.promote("b", now=start + timedelta(minutes=1))
+    assert registry.rollback(now=start + timedelta(minutes=2)).version == "a"
+    registry.promote("d", now=start + timedelta(minutes=3))
+    assert registry.rollback(now=start + timedelta(minutes=4)).version == "a"
+    rolled_back = registry.get("b")
+    assert rolled_back.status is ModelStatus.CANDIDATE
+    # its history stays: when it was promoted, and when it was rolled back
+    assert (rolled_back.promoted_at, rolled_back.retired_at) == (
+        start + timedelta(minutes=1),
+        start + timedelta(minutes=2),
+    )
+    with pytest.raises(RegistryError, match="no earlier model"):
+        registry.rollback(now=start + timedelta(minutes=5))
+    assert registry.promote("b", now=start + timedelta(minutes=6)).is_active  # staff may promote it again
+    assert registry.rollback(now=start + timedelta(minutes=7)).version == "a"
+
+
+def test_a_promotion_expecting_another_active_model_changes_nothing(registry):
+    """Compare-and-set: a run promotes its candidate only if its champion is still the active model."""
+    _register(registry, "a", "b", "c")
+    start = utcnow()
+    registry.promote("a", now=start)
+    registry.promote("b", now=start + timedelta(seconds=1))
+    registry.rollback(now=start + timedelta(seconds=2))  # meanwhile staff roll b back
+    with pytest.raises(ActiveModelChanged, match="the active model is a, not b") as changed:
+        registry.promote("c", expected_active="b")
+    assert (changed.value.expected, changed.value.actual) == ("b", "a")
+    assert registry.active().version == "a" and registry.get("c").status is ModelStatus.CANDIDATE
+    assert registry.promote("c", expected_active="a").is_active
+
+
+def test_a_check_that_refuses_the_version_changes_nothing(registry):
+    """The dashboard's folder check runs before the change, inside its transaction."""
+    _register(registry, "a", "b")
+    start = utcnow()
+    registry.promote("a", now=start)
+    registry.promote("b", now=start + timedelta(seconds=1))
+
+    def refuse(model):
+        raise ValueError(f"{model.version}: its folder does not verify")
+
+    with pytest.raises(ValueError, match="a: its folder does not verify"):
+        registry.rollback(check=refuse)
+    with pytest.raises(ValueError, match="a: its folder does not verify"):
+        registry.promote("a", check=refuse)
+    assert registry.active().version == "b" and registry.get("a").status is ModelStatus.RETIRED
+    checked = []
+    assert registry.rollback(check=checked.append).version == "a"
+    assert [model.version for model in checked] == ["a"]
 
 
 def test_rollback_without_an_active_model(registry):

@@ -53,7 +53,6 @@ from maskgate.training.pool import (
 from maskgate.training.retrain import (
     FROZEN,
     INCIDENTS,
-    AnnounceError,
     Comparison,
     Retrainer,
     Scores,
@@ -62,6 +61,7 @@ from maskgate.training.retrain import (
 )
 from maskgate.training.split import MANIFEST_FILE, ManifestRow, Split, write_manifest
 from tests.conftest import copy_model
+from tests.gate.comms.brokers import free_port
 
 from .conftest import DATASETS, make_faces_folder, needs_datasets
 
@@ -124,8 +124,9 @@ def test_enough_worse_incidents_reject():
     assert not verdict.promote and "incidents macro_f1 0.6000 < 0.9000" in verdict.reason
 
 
-def test_no_champion_promotes_and_nothing_to_compare_on_does_not():
-    assert decide({FROZEN: Comparison(None, scores(0.1))}, TOLERANT, None).promote
+def test_no_champion_or_nothing_to_compare_on_does_not_promote():
+    verdict = decide({FROZEN: Comparison(None, scores(0.9))}, TOLERANT, None)
+    assert not verdict.promote and verdict.reason == "not promoted: no active model to compare with"
     verdict = decide({FROZEN: Comparison(scores(0.8, faces=0), scores(0.0, faces=0))}, TOLERANT, "v1")
     assert not verdict.promote and "nothing to compare" in verdict.reason
 
@@ -434,17 +435,51 @@ def test_the_champion_is_the_registered_model_even_if_its_folder_is_replaced_dur
 
 
 @needs_datasets
-def test_a_promotion_the_broker_did_not_take_says_so(world):
-    copy_model(world.tmp / "starting", "start-bad", ROTATED)
+def test_a_roll_back_during_the_run_is_not_undone_by_its_promotion(world):
+    """Staff roll the faulty active model back while the run trains: the candidate was judged against the
+    model they rolled back, so the run does not promote it over their choice."""
+    registry = ModelRegistry(world.engine)
+    for version, labels in (("good-a", None), ("bad-b", ROTATED)):
+        folder = copy_model(world.tmp / "models" / version, version, labels)
+        registry.register(version, str(folder), load_card(folder).sha256)
+        registry.promote(version)
 
-    def broker_down(model):
-        raise AnnounceError(f"model {model.version} not announced: connection refused")
+    class RollBackMeanwhile(FakeTrain):
+        def __call__(self, specs, out, train_config, cache, datasets):
+            assert registry.rollback().version == "good-a"
+            return super().__call__(specs, out, train_config, cache, datasets)
 
+    announced = []
     finished = run_job(
-        world, Retrainer(world.config, world.engine, train_fn=FakeTrain(), announce_fn=broker_down)
+        world,
+        Retrainer(world.config, world.engine, train_fn=RollBackMeanwhile(), announce_fn=announced.append),
     )
-    assert finished.status is RunStatus.SUCCEEDED
-    assert "NOT announced to the gates" in finished.reason and "promote it again" in finished.reason
+
+    assert finished.status is RunStatus.REJECTED, finished.reason
+    assert finished.reason == (
+        "not promoted: the active model changed during the run (bad-b -> good-a); "
+        "the candidate was compared with bad-b"
+    )
+    assert finished.metrics["champion"] == "bad-b" and announced == []
+    assert registry.active().version == "good-a"
+    assert registry.get(finished.candidate_version).status is ModelStatus.CANDIDATE
+
+
+@needs_datasets
+@pytest.mark.faults
+def test_a_promotion_the_broker_did_not_take_says_so(world):
+    """The real announcer, with the broker down (it waits 10 s for it): promoted, and the reason says so."""
+    copy_model(world.tmp / "starting", "start-bad", ROTATED)
+    down = f"mqtt://127.0.0.1:{free_port()}"
+    config = replace(world.config, mqtt=replace(world.config.mqtt, url=down, topic_prefix="mgtest-down"))
+
+    finished = run_job(world, Retrainer(config, world.engine, train_fn=FakeTrain()))
+
+    assert finished.status is RunStatus.SUCCEEDED, finished.reason
+    promoted = finished.candidate_version
+    assert ModelRegistry(world.engine).active().version == promoted
+    assert f"NOT announced to the gates: model {promoted} not announced: " in finished.reason
+    assert f"cannot connect to {down}" in finished.reason and "promote it again" in finished.reason
 
 
 def test_an_active_model_that_cannot_be_loaded_fails_the_run_before_training(world):
@@ -455,6 +490,30 @@ def test_an_active_model_that_cannot_be_loaded_fails_the_run_before_training(wor
     finished = run_job(world, Retrainer(world.config, world.engine, train_fn=train))
     assert finished.status is RunStatus.FAILED and train.specs == []
     assert finished.reason.startswith("the active model broken cannot be loaded")
+
+
+@pytest.mark.parametrize(
+    "starting, card_error",
+    [("missing", "not a model folder (no card.json)"), ("altered", "model.keras does not match the sha256")],
+)
+def test_without_a_champion_the_run_fails_before_training(world, starting, card_error):
+    """Nothing active and no starting model that verifies: never a promotion without a comparison."""
+    folder = world.tmp / "starting"
+    if starting == "altered":
+        copy_model(folder, "start-good")
+        (folder / "model.keras").write_bytes(b"truncated")
+    announced = []
+    train = FakeTrain()
+    finished = run_job(
+        world, Retrainer(world.config, world.engine, train_fn=train, announce_fn=announced.append)
+    )
+    assert finished.status is RunStatus.FAILED and train.specs == [] and announced == []
+    assert finished.reason.startswith(
+        f"no model is active and the gates' starting model paths.active_model ({folder}) cannot be the "
+        f"champion: {folder}: "
+    )
+    assert card_error in finished.reason
+    assert ModelRegistry(world.engine).list_versions() == []
 
 
 def test_bad_settings_fail_the_run_before_anything_else(world):
@@ -473,6 +532,7 @@ def test_bad_settings_fail_the_run_before_anything_else(world):
 
 def test_the_candidate_is_trained_with_the_gates_detector_settings(world):
     """Photos are cropped as the gate crops: its detector weights and box calibration."""
+    copy_model(world.tmp / "starting", "start-good")
     detector = replace(world.config.detector, box_calibration=True)
     train = FakeTrain()
     config = replace(world.config, detector=detector)
@@ -535,6 +595,7 @@ def test_the_default_review_is_the_projects_own_file():
 
 
 def test_missing_data_fails_the_run_with_the_key_named(world):
+    copy_model(world.tmp / "starting", "start-good")
     config = replace(world.config, retrain=replace(world.config.retrain, base_data=("no-such-set",)))
     finished = run_job(world, Retrainer(config, world.engine, train_fn=FakeTrain()))
     assert finished.status is RunStatus.FAILED and "retrain." in finished.reason
@@ -640,7 +701,7 @@ def test_maskgate_retrain_waits_its_turn_and_records_failures(tmp_path, sqlite_u
     assert failed.returncode == 1, failed.stderr
     last = runs.list_runs(limit=1)[0]
     assert last.trigger is RunTrigger.CLI and last.status is RunStatus.FAILED
-    assert "retrain.eval_data" in last.reason or "retrain.base_data" in last.reason
+    assert f"paths.active_model ({tmp_path / 'none'})" in last.reason  # no champion: before the data
     assert f"run {last.run_id} failed" in failed.stdout
     engine.dispose()
 
