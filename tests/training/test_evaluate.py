@@ -84,6 +84,7 @@ def test_with_no_allow_floor_the_door_counts_are_the_confusion_matrix(
     argv = ["evaluate", "--model", str(tiny_model), "--data", str(faces), "--json", str(out), "--quiet",
             "--cache", str(tmp_path / "cache")]  # fmt: skip
     monkeypatch.setenv("MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR", "0")
+    monkeypatch.setenv("MASKGATE_POLICY__CONFIDENCE_FLOOR", "0")  # never above the floor that opens
     assert main(argv) == 0
     report = json.loads(out.read_text())
     band = report["bands"]["all"]
