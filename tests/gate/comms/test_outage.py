@@ -77,10 +77,10 @@ def test_broker_killed_and_restarted_mid_run(store: EventStore, tmp_path):
         back = time.monotonic()
         assert wait_until(lambda: link.connected, timeout=10, interval=0.002)
         reconnected_s = time.monotonic() - back
-        during = submitted[before_kill : len(submitted) + 1]  # submitted while the link was down
         assert wait_until(lambda: door.client.connected, timeout=10)
         resumed = len(submitted)
         time.sleep(1.5)
+        caught_up = len(submitted)  # more than a command's life after both are back
         assert wait_until(lambda: len(submitted) >= resumed + 21, timeout=30)
         stop.set()
         submitter.join()
@@ -113,8 +113,13 @@ def test_broker_killed_and_restarted_mid_run(store: EventStore, tmp_path):
     outbox = Outbox(store.engine)
     never_sent = {e for e in submitted if any(m.expired_at is not None for m in outbox.for_event(e))}
     assert never_sent, "no command expired during a 2 s outage"
-    # ... and only those submitted while the link was down (or in flight when the broker died).
-    assert never_sent <= set(during) | set(submitted[before_kill - 3 : before_kill])
+    # ... and only those submitted while the link was down (or in flight when the broker died), or,
+    # on a loaded machine, in the one command life after it while the link works off the outage's
+    # backlog: each is checked for expiry just before it is published, so it expires unsent rather
+    # than reaching the door late. Once caught up, no command expires.
+    in_flight = set(submitted[before_kill - 3 : before_kill])
+    assert never_sent <= in_flight | set(submitted[before_kill:caught_up])
+    assert not never_sent & set(submitted[caught_up:])
     wire_commands = {
         uuid.UUID(json.loads(m.payload)["decision_id"]) for m in consumer.messages if "/door/" in m.topic
     }
