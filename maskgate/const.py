@@ -1,5 +1,7 @@
 """Constants shared across maskgate (names, not tunables: tunables live in the config)."""
 
+import re
+
 ENV_PREFIX = "MASKGATE_"
 CONFIG_ENV_VAR = "MASKGATE_CONFIG"  # path of the TOML config when no --config is given
 TEST_ENV_PREFIX = "MASKGATE_TEST_"  # variables for the test suite, ignored by the config loader
@@ -12,6 +14,10 @@ EXIT_USAGE = 2
 # A door command claiming a longer life than this is refused by the controller, and the gate
 # refuses to be configured to send one (mqtt.door_command_ttl_s).
 MAX_DOOR_COMMAND_TTL_S = 60
+
+# What may name a model version: the MQTT contract's rule (docs/mqtt.md), which door controllers
+# enforce on every message that carries one, so a model card is held to it too.
+MODEL_VERSION_PATTERN = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
 
 # Face size bands (longer box side, pixels) for metrics and reports.
 SIZE_BANDS = ((0, 32, "<32"), (32, 96, "32-96"), (96, 1_000_000, ">=96"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskgate.const import MODEL_VERSION_PATTERN
 from maskgate.core import Label
 from maskgate.crop import CropSpec
 
@@ -137,12 +138,10 @@ def load_card(folder: str | Path, verify: bool = True) -> ModelCard:
 def version_problem(version: str) -> str | None:
     """Why `version` cannot name a model (None if it can): the MQTT contract's rule, checked on the
     door command, the gate's state and the active-model announcement that carry it (docs/mqtt.md)."""
-    # Imported here: maskgate.gate.comms brings paho and the store, which a card reader may not need.
-    from maskgate.gate.comms.payloads import _VERSION_PATTERN
-
-    if _VERSION_PATTERN.fullmatch(version):
+    if MODEL_VERSION_PATTERN.fullmatch(version):
         return None
     return (
-        f"model version {version!r} ({len(version)} characters) does not match {_VERSION_PATTERN.pattern}, "
-        "the MQTT contract's rule for model versions (door controllers enforce it)"
+        f"model version {version!r} ({len(version)} characters) does not match "
+        f"{MODEL_VERSION_PATTERN.pattern}, the MQTT contract's rule for model versions "
+        "(door controllers enforce it)"
     )

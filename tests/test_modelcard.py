@@ -68,7 +68,7 @@ def test_verification_can_be_skipped_and_formats_are_checked(tmp_path: Path):
 
 @pytest.mark.parametrize("version", ["m" * 65, "two words", ""], ids=["65 characters", "a space", "empty"])
 def test_a_version_that_breaks_the_mqtt_rule_is_refused_at_load(tmp_path: Path, version: str):
-    from maskgate.gate.comms.payloads import _VERSION_PATTERN
+    from maskgate.const import MODEL_VERSION_PATTERN
 
     written = make_folder(tmp_path / "model")
     write_card(tmp_path / "model", ModelCard(**{**written.__dict__, "version": version}))
@@ -76,7 +76,7 @@ def test_a_version_that_breaks_the_mqtt_rule_is_refused_at_load(tmp_path: Path, 
         load_card(tmp_path / "model", verify=False)
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'model'}: model version {version!r}")
-    assert _VERSION_PATTERN.pattern in message  # the rule, as door controllers apply it
+    assert MODEL_VERSION_PATTERN.pattern in message  # the rule, as door controllers apply it
     write_card(tmp_path / "model", ModelCard(**{**written.__dict__, "version": "m" * 64}))
     assert load_card(tmp_path / "model").version == "m" * 64
 

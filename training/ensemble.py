@@ -41,6 +41,7 @@ from maskgate.training.train import (
     KERAS_FILE,
     TrainResult,
     check_out_folder,
+    model_version,
     save_keras,
 )
 
@@ -198,7 +199,7 @@ def ensemble(
     shutil.copyfile(folders[0] / MANIFEST_FILE, work / MANIFEST_FILE)
     created = datetime.now(UTC)
     card = ModelCard(
-        version=f"{out.name}-{created:%Y%m%d-%H%M%S}",
+        version=model_version(out, created),
         labels=first.labels,
         crop=crop,
         arch=ARCH,

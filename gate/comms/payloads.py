@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from maskgate.const import MAX_DOOR_COMMAND_TTL_S
+from maskgate.const import MAX_DOOR_COMMAND_TTL_S, MODEL_VERSION_PATTERN
 from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, Label, utcnow
 from maskgate.gate.comms import signing
 from maskgate.gate.comms.topics import GATE_ID_PATTERN
@@ -41,7 +41,6 @@ MAX_STATUS_BYTES = 16  # plain-text availability and Home Assistant status
 MAX_TTL = timedelta(seconds=MAX_DOOR_COMMAND_TTL_S)  # a command claiming a longer life is refused
 CONFIDENCE_DECIMALS = 4  # so its canonical text is the same in every language (docs/mqtt.md)
 
-_VERSION_PATTERN = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _REASON_PATTERN = re.compile(r"[a-z_]{1,32}")
 _SIGNATURE_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -291,7 +290,7 @@ def parse_door_command(raw: Any, secret: str = "") -> DoorCommand:
         track_id=read.integer("track_id", 0, 2**31 - 1),
         issued_at=read.time("issued_at"),
         expires_at=read.time("expires_at"),
-        model=read.text("model", _VERSION_PATTERN),
+        model=read.text("model", MODEL_VERSION_PATTERN),
         signature=read.optional_text(signing.SIGNATURE_FIELD, _SIGNATURE_PATTERN),
     )
     if command.expires_at <= command.issued_at:
@@ -414,7 +413,7 @@ def parse_gate_state(raw: Any) -> GateState:
         gate_id=read.text("gate_id", GATE_ID_PATTERN),
         camera_ok=read.boolean("camera_ok"),
         fps=read.number("fps", 0.0, 10_000.0),
-        model_version=read.text("model_version", _VERSION_PATTERN),
+        model_version=read.text("model_version", MODEL_VERSION_PATTERN),
         decisions=counters.integer("decisions", 0, big),
         allowed=counters.integer("allow", 0, big),
         denied=counters.integer("deny", 0, big),
@@ -459,7 +458,7 @@ def parse_active_model(raw: Any) -> ActiveModel:
     if any(ord(ch) < 32 for ch in location):
         raise read.fail("location", "a path or URL without control characters")
     return ActiveModel(
-        version=read.text("version", _VERSION_PATTERN),
+        version=read.text("version", MODEL_VERSION_PATTERN),
         sha256=read.text("sha256", _SHA256_PATTERN),
         location=location,
         published_at=read.time("published_at"),

@@ -88,7 +88,7 @@ def test_an_out_name_that_would_give_a_version_gates_refuse_is_refused_before_an
     tmp_path, monkeypatch, capsys
 ):
     from maskgate.cli import main
-    from maskgate.gate.comms.payloads import _VERSION_PATTERN
+    from maskgate.const import MODEL_VERSION_PATTERN
     from maskgate.training import train as train_module
     from maskgate.training.train import TrainError, check_out_folder
 
@@ -101,7 +101,7 @@ def test_an_out_name_that_would_give_a_version_gates_refuse_is_refused_before_an
     assert main(["train", "--data", str(tmp_path / "faces"), "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert f"--out {out}: the folder's name would give a model version 'mmm" in error
-    assert "(65 characters)" in error and _VERSION_PATTERN.pattern in error and not out.exists()
+    assert "(65 characters)" in error and MODEL_VERSION_PATTERN.pattern in error and not out.exists()
     with pytest.raises(TrainError, match="'two words-"):
         check_out_folder(tmp_path / "two words")
     check_out_folder(tmp_path / ("m" * 48))  # 64: fine
