@@ -150,8 +150,7 @@ class ModelRegistry:
 
     def active(self) -> ModelVersion | None:
         with self.engine.connect() as connection:
-            query = select(ModelVersionRow).where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
-            row = connection.execute(query).first()
+            row = _active_row(connection)
         return _model(row) if row else None
 
     def list_versions(self) -> list[ModelVersion]:
@@ -184,11 +183,9 @@ class ModelRegistry:
             if target is None:
                 raise RegistryError(f"no model version {version!r}")
             if expected_active is not None:
-                active = connection.execute(
-                    select(ModelVersionRow.version).where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
-                ).scalar_one_or_none()
-                if active != expected_active:
-                    raise ActiveModelChanged(expected_active, active)
+                active = _active_row(connection)
+                if active is None or active.version != expected_active:
+                    raise ActiveModelChanged(expected_active, active.version if active else None)
             if check is not None:
                 check(_model(target))
             if target.status != ModelStatus.ACTIVE.value:
@@ -212,9 +209,7 @@ class ModelRegistry:
         now = now or utcnow()
         with self.engine.begin() as connection:
             _take_turn(connection, _MODELS_LOCK)
-            current = connection.execute(
-                select(ModelVersionRow).where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
-            ).first()
+            current = _active_row(connection)
             if current is None:
                 raise RegistryError("no active model to roll back from")
             previous = connection.execute(
@@ -247,6 +242,13 @@ class ModelRegistry:
         if model is None:
             raise RegistryError(f"no model version {version!r}")
         return model
+
+
+def _active_row(connection: Connection) -> Any:
+    """The active version's row, or None."""
+    return connection.execute(
+        select(ModelVersionRow).where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
+    ).first()
 
 
 def _retire_active(connection: Connection, now: datetime) -> None:
