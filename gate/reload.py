@@ -208,26 +208,16 @@ class Fetcher:
         request = urllib.request.Request(url, headers=headers)
         context = ssl.create_default_context(cafile=self.rollout.ca_file or None) if is_https(url) else None
         opener = urllib.request.build_opener(_NoRedirects(), urllib.request.HTTPSHandler(context=context))
-        size, kept = 0, bytearray()
         try:
-            with (
-                opener.open(request, timeout=self.rollout.timeout_s) as response,
-                path.open("wb") as out,
-            ):
-                while block := response.read(CHUNK):
-                    size += len(block)
-                    if size > limit:
-                        raise ArtifactError(f"{url} is larger than {limit} bytes")
-                    out.write(block)
-                    if limit <= MAX_CARD_BYTES:
-                        kept += block
+            with opener.open(request, timeout=self.rollout.timeout_s) as response:
+                too_large = f"{url} is larger than {limit} bytes"
+                return _write_limited(response, path, limit, too_large, keep=limit <= MAX_CARD_BYTES)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise ArtifactError(f"{url}: {exc.code} {exc.reason} (check rollout.token)") from None
             raise FetchError(f"{url}: {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-        return bytes(kept)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -243,13 +233,22 @@ def _copy_limited(source: Path, target: Path, limit: int) -> None:
     with source.open("rb") as stream:
         if os.fstat(stream.fileno()).st_size > limit:
             raise ArtifactError(f"{source} is larger than {limit} bytes, the limit for a model file")
-        with target.open("wb") as out:
-            size = 0
-            while block := stream.read(CHUNK):
-                size += len(block)
-                if size > limit:
-                    raise ArtifactError(f"{source} grew past {limit} bytes, the limit for a model file")
-                out.write(block)
+        _write_limited(stream, target, limit, f"{source} grew past {limit} bytes, the limit for a model file")
+
+
+def _write_limited(stream, path: Path, limit: int, too_large: str, keep: bool = False) -> bytes:
+    """Write `stream` into `path` in chunks, refusing it (ArtifactError `too_large`) as soon as it passes
+    `limit` bytes; returns what was written when `keep` (the card), else nothing."""
+    size, kept = 0, bytearray()
+    with path.open("wb") as out:
+        while block := stream.read(CHUNK):
+            size += len(block)
+            if size > limit:
+                raise ArtifactError(too_large)
+            out.write(block)
+            if keep:
+                kept += block
+    return bytes(kept)
 
 
 def _read_limited(path: Path) -> bytes:
