@@ -170,7 +170,8 @@ class _Reader:
         return value
 
     def optional_text(self, key: str, pattern: re.Pattern[str]) -> str | None:
-        return None if self.data.get(key) is None else self.text(key, pattern)
+        # Absent, not null: a null would be a field the sender meant to fill and did not.
+        return self.text(key, pattern) if key in self.data else None
 
     def integer(self, key: str, low: int, high: int) -> int:
         value = self.data.get(key)

@@ -179,6 +179,10 @@ def test_door_ack_round_trip_and_refusals():
     no_ack.update(status="opened", reason="Because")
     with pytest.raises(PayloadError, match="reason"):
         parse_door_ack(json.dumps(no_ack).encode())
+    # An optional field is absent or valid: a null is a field left unfilled, not "no reason".
+    for field in ("reason", "sig"):
+        with pytest.raises(PayloadError, match=field):
+            parse_door_ack(json.dumps(json.loads(ack.encode()) | {field: None}).encode())
 
 
 def test_gate_state_round_trip_with_numpy_fps():
