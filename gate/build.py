@@ -44,7 +44,13 @@ def make_detector(config: Config) -> FaceDetector:
     stock = stock_nets_config(settings)
     stock_nets = _detector_of_kind(stock)
     folder = detector_folder(settings)
-    if settings.face_check > 0 and settings.face_check_floor >= settings.stock_check:
+    if settings.stock_check == 0:
+        log.warning(
+            "detector.stock_check is 0: every face the nets of %s add is kept unchecked, false ones "
+            "too (a wall counted toward opening the door at a check of 0.05; docs/detector.md)",
+            settings.model,
+        )
+    elif settings.face_check > 0 and settings.face_check_floor >= settings.stock_check:
         log.warning(
             "detector.face_check_floor (%s) is not under detector.stock_check (%s): "
             "the face-check net is never asked",

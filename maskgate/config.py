@@ -124,7 +124,7 @@ class DetectorConfig:
     # With a detector folder in `model`, also run the stock nets: faces they find are cropped around
     # the stock box, the folder's nets add the faces they miss (docs/detector.md). Ignored without `model`.
     with_stock: bool = False
-    # ...where the stock ONet scores the added face at least this (0 = no check): it turns away
+    # ...where the stock ONet scores the added face at least this (0 = no check, and a warning): it turns away
     # false faces a tuned net finds, which the classifier may call masked. Lower keeps more masked
     # faces, but false ones score up to 0.16: at 0.05 a wall counts toward opening (docs/detector.md).
     stock_check: float = ruled(0.3, FRACTION)

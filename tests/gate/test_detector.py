@@ -560,7 +560,7 @@ def test_the_default_stock_check_turns_away_false_faces_the_classifier_calls_mas
 
 
 @pytest.mark.slow
-def test_a_check_low_enough_for_more_masked_faces_counts_a_wall_toward_opening_the_door(shipped_pair):
+def test_a_check_low_enough_for_more_masked_faces_counts_a_wall_toward_opening_the_door(shipped_pair, caplog):
     """fmd `maksssksksss751` (validation split): beside the stock nets, the tuned nets box a corner
     of the wall and a sign (73 px, tuned score 0.99, stock ONet 0.15) that the shipped classifier
     calls masked at 0.94. The default check turns it away; at 0.05, the check that would meet more
@@ -600,6 +600,12 @@ def test_a_check_low_enough_for_more_masked_faces_counts_a_wall_toward_opening_t
     low_check = make_detector(replace(Config(), detector=replace(config, stock_check=0.05)))
     (wall,) = faceless_openers(low_check)
     assert wall.box.side >= PolicyConfig().min_face_size
+    # No check at all lets the wall in too, and the gate says so when it starts.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="maskgate.gate.build"):
+        unchecked = make_detector(replace(Config(), detector=replace(config, stock_check=0.0)))
+    assert "stock_check is 0" in caplog.text and "never asked" not in caplog.text
+    assert len(faceless_openers(unchecked)) == 1
 
 
 @pytest.mark.slow
