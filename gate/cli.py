@@ -202,7 +202,12 @@ def _monitor(config: Config, agent, capture, stores, link):
     if forwarder is None:
         return AgentMonitor(metrics, server, pending)
     return AgentMonitor(
-        metrics, server, pending, database_ok=stores.central_ok, spool_pending=forwarder.pending
+        metrics,
+        server,
+        pending,
+        database_ok=stores.central_ok,
+        spool_pending=forwarder.pending,
+        spool_quarantined=forwarder.quarantined,
     )
 
 

@@ -84,6 +84,14 @@ class AgentMetrics:
             "Events in the gate's local spool waiting for the central database",
             registry=self.registry,
         )
+        self.spool_quarantined = Gauge(
+            "maskgate_spool_quarantined",
+            "Events the central database refused, kept in the spool for a person to look at",
+            registry=self.registry,
+        )
+        # Read from the spool when there is one; until then (or without one) no reading, not a 0.
+        self.spool_pending.set(math.nan)
+        self.spool_quarantined.set(math.nan)
         self.outbox_pending = Gauge(
             "maskgate_outbox_pending", "Messages waiting in the outbox", registry=self.registry
         )
@@ -175,8 +183,9 @@ class AgentMonitor:
         *,
         database_ok: Callable[[], bool] | None = None,
         spool_pending: Callable[[], int] | None = None,
+        spool_quarantined: Callable[[], int] | None = None,
     ):
-        """`database_ok` and `spool_pending` are read when Prometheus scrapes, on the server's
+        """`database_ok` and the spool's counts are read when Prometheus scrapes, on the server's
         thread: a database that is slow to answer must never stall the agent loop's heartbeat.
         """
         self.metrics = metrics
@@ -186,6 +195,8 @@ class AgentMonitor:
             metrics.database_ok.set_function(_reading(database_ok))
         if spool_pending is not None:
             metrics.spool_pending.set_function(_reading(spool_pending))
+        if spool_quarantined is not None:
+            metrics.spool_quarantined.set_function(_reading(spool_quarantined))
         self._frames = 0
         self._bad_frames = 0
 

@@ -71,16 +71,23 @@ def test_unknown_paths_are_404(served):
 def test_spool_depth_and_central_database_are_read_at_each_scrape():
     metrics = AgentMetrics("gate-7")
     server = MetricsServer(metrics, Health(), port=0).start()
-    now = {"pending": 3, "central": False}
+    now = {"pending": 3, "central": False, "quarantined": 0}
     monitor = AgentMonitor(
-        metrics, server, None, database_ok=lambda: now["central"], spool_pending=lambda: now["pending"]
+        metrics,
+        server,
+        None,
+        database_ok=lambda: now["central"],
+        spool_pending=lambda: now["pending"],
+        spool_quarantined=lambda: now["quarantined"],
     )
     try:
         text = get(f"http://127.0.0.1:{server.port}/metrics")[1]
         assert "maskgate_spool_pending 3.0" in text and "maskgate_database_ok 0.0" in text
-        now.update(pending=0, central=True)
+        assert "maskgate_spool_quarantined 0.0" in text
+        now.update(pending=0, central=True, quarantined=1)
         text = get(f"http://127.0.0.1:{server.port}/metrics")[1]
         assert "maskgate_spool_pending 0.0" in text and "maskgate_database_ok 1.0" in text
+        assert "maskgate_spool_quarantined 1.0" in text
     finally:
         monitor.stop()
 
@@ -120,6 +127,7 @@ def test_a_running_agent_serves_its_metrics_and_health(tmp_path):
         "MASKGATE_PATHS__SNAPSHOTS": str(tmp_path / "snaps"),
         "MASKGATE_PATHS__ACTIVE_MODEL": str(Path(__file__).parents[2] / "models" / "default"),
         "MASKGATE_METRICS_PORT": str(port),
+        "MASKGATE_PATHS__SPOOL": str(tmp_path / "spool.sqlite"),
     }
     maskgate = str(Path(sys.executable).parent / "maskgate")
     subprocess.run([maskgate, "db", "upgrade"], env=env, check=True, capture_output=True)
@@ -140,8 +148,12 @@ def test_a_running_agent_serves_its_metrics_and_health(tmp_path):
             frames = float(found.group(1)) if found else 0.0
         assert frames > 0
         assert 'maskgate_stage_seconds_count{stage="detect"}' in text
+        # The spool's counts come from the running forwarder (a reading that failed would be NaN).
+        assert re.search(r"^maskgate_spool_pending \d", text, re.MULTILINE)
+        assert "\nmaskgate_spool_quarantined 0.0\n" in text
         status, body = get(f"http://127.0.0.1:{port}/healthz")
-        assert status == 200 and json.loads(body)["checks"] == {"camera": True, "database": True}
+        checks = {"camera": True, "database": True, "spool": True}
+        assert status == 200 and json.loads(body)["checks"] == checks
     finally:
         agent.terminate()
         agent.wait(timeout=30)
