@@ -9,7 +9,7 @@ watcher.offer)``), which must return at once; its own thread does the slow part:
    are taken, by plain names; a copy means a file changed on the share later cannot reach the
    running model;
 2. **verify**: :func:`maskgate.modelcard.load_card` checks every file against the card's sha256,
-   and the card's ``model.tflite`` sha256 and version must be the announced ones;
+   and the card's own sha256, its ``model.tflite`` sha256 and version must be the announced ones;
 3. **load** a :class:`MaskClassifier` and classify one blank crop, off the agent's thread;
 4. **swap**: :meth:`Agent.swap_classifier` takes effect at the start of the next frame.
 
@@ -45,7 +45,7 @@ from maskgate.config import RolloutConfig
 from maskgate.core import utcnow
 from maskgate.gate.classifier import MaskClassifier
 from maskgate.gate.comms.payloads import ActiveModel
-from maskgate.modelcard import CARD_FILE, ModelCard, ModelFileError, load_card
+from maskgate.modelcard import CARD_FILE, ModelCard, ModelFileError, card_sha256, load_card
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ def verify(folder: Path, message: ActiveModel) -> ModelCard:
         raise ArtifactError(str(exc)) from None
     if card.sha256 != message.sha256:
         raise ArtifactError(f"model.tflite has sha256 {card.sha256}, the announcement says {message.sha256}")
+    # The card says what each output means: the same model file under another card is another model.
+    if (digest := card_sha256(folder)) != message.card_sha256:
+        raise ArtifactError(f"{CARD_FILE} has sha256 {digest}, the announcement says {message.card_sha256}")
     if card.version != message.version:
         raise ArtifactError(
             f"the folder holds version {card.version}, the announcement says {message.version}"

@@ -97,6 +97,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_sha256(folder: str | Path) -> str:
+    """The sha256 of the folder's card.json. It lists every other file's sha256, so it pins the
+    whole folder, labels and crop spec included, which the model file's own digest does not."""
+    path = Path(folder) / CARD_FILE
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
 def write_card(folder: Path, card: ModelCard) -> ModelCard:
     """Write `card` into `folder`, recording the sha256 of every other file in the folder."""
     files = {

@@ -38,7 +38,7 @@ from maskgate.core import Label
 from maskgate.dashboard.jobs import RetrainingJob
 from maskgate.gate.comms.models import publish_active_model
 from maskgate.gate.comms.payloads import ActiveModel
-from maskgate.modelcard import RUNTIME_FILE, load_card
+from maskgate.modelcard import RUNTIME_FILE, card_sha256, load_card
 from maskgate.store import (
     EventFilter,
     EventStore,
@@ -51,6 +51,7 @@ from maskgate.store import (
     make_engine,
     migrate,
 )
+from maskgate.training.retrain import register_folder
 from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.dashboard.conftest import signed_in
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, clear_retained, port_open, wait_until
@@ -328,7 +329,7 @@ def test_relabelled_incident_to_retrained_model_running_at_the_gate(world, gate)
 
     # 4. A promotion from the dashboard takes the same path (here: the shipped model).
     default = load_card(DEFAULT_MODEL)
-    registry.register(default.version, str(DEFAULT_MODEL.resolve()), default.sha256)
+    register_folder(registry, DEFAULT_MODEL, default, {})
     assert world.admin.api_post(f"/api/v1/models/{default.version}/promote").status_code == 200
     wait_for_version(gate, default.version)
 
@@ -348,16 +349,20 @@ def test_relabelled_incident_to_retrained_model_running_at_the_gate(world, gate)
     wait_for_version(gate, candidate)
 
     # 7. A wrong sha256, and a corrupted artifact: refused by the gate, which keeps its model.
-    publish_active_model(config, ActiveModel(default.version, "0" * 64, retained_active(world)["location"]))
+    location = retained_active(world)["location"]
+    wrong = ActiveModel(default.version, "0" * 64, card_sha256(DEFAULT_MODEL), location)
+    publish_active_model(config, wrong)
     assert wait_until(lambda: len(gate.watcher.refused) == 1, timeout=30)
     assert "sha256" in gate.watcher.refused[0].reason and gate.agent.classifier.version == candidate
     corrupt = copy_model(world.tmp / "models" / "corrupt", "corrupt-1")
-    registry.register("corrupt-1", str(corrupt), load_card(corrupt).sha256)
+    register_folder(registry, corrupt, load_card(corrupt), {})
     data = bytearray((corrupt / RUNTIME_FILE).read_bytes())
     data[len(data) // 3] ^= 0xFF
     (corrupt / RUNTIME_FILE).write_bytes(bytes(data))  # damaged after it was registered
     location = f"{config.rollout.url}/api/v1/models/corrupt-1/files"
-    publish_active_model(config, ActiveModel("corrupt-1", load_card(corrupt, verify=False).sha256, location))
+    corrupt_sha256 = load_card(corrupt, verify=False).sha256
+    corrupt_model = ActiveModel("corrupt-1", corrupt_sha256, card_sha256(corrupt), location)
+    publish_active_model(config, corrupt_model)
     assert wait_until(lambda: len(gate.watcher.refused) == 2, timeout=30)
     assert "does not match the sha256" in gate.watcher.refused[1].reason
     time.sleep(0.5)

@@ -51,7 +51,7 @@ from maskgate.config import Config, DetectorConfig, RetrainConfig, load_config, 
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 from maskgate.core import Label, utcnow
 from maskgate.dashboard.jobs import RetrainingJob, RunResult
-from maskgate.modelcard import CARD_FILE, ModelCard, ModelFileError, load_card
+from maskgate.modelcard import CARD_FILE, ModelCard, ModelFileError, card_sha256, load_card
 from maskgate.store import (
     EventStore,
     ModelRegistry,
@@ -237,17 +237,39 @@ def active_model_message(config: Config, model: ModelVersion):
         location = config.rollout.url.rstrip("/") + route
     else:
         location = str(Path(model.path).resolve())
-    return ActiveModel(version=model.version, sha256=model.sha256, location=location)
+    if model.card_sha256 is None:  # verify_model_folder refuses such a version before this
+        raise ModelFileError(f"model {model.version} was registered without its card's sha256")
+    return ActiveModel(
+        version=model.version, sha256=model.sha256, card_sha256=model.card_sha256, location=location
+    )
+
+
+def register_folder(
+    registry: ModelRegistry, folder: Path, card: ModelCard, metrics: Mapping[str, Any]
+) -> ModelVersion:
+    """Register the model folder `folder` (whose card is `card`) as a candidate, pinned by the
+    sha256 of its model file and of its card."""
+    return registry.register(
+        card.version, str(folder.resolve()), card.sha256, metrics, card_sha256=card_sha256(folder)
+    )
 
 
 def verify_model_folder(model: ModelVersion) -> ModelCard:
     """`model`'s card, if its folder is what the registry says (else ModelFileError): every file the
-    card lists unchanged, the registered model.tflite and version. What a gate checks once it has it."""
+    card lists unchanged, the registered card, model.tflite and version. What a gate checks once it
+    has it."""
     card = load_card(model.path)
     if card.sha256 != model.sha256 or card.version != model.version:
         raise ModelFileError(
             f"its folder holds {card.version} ({card.sha256[:12]}), the registry says {model.sha256[:12]}"
         )
+    if model.card_sha256 is None:
+        raise ModelFileError(
+            "it was registered before the registry kept the sha256 of card.json, and its card was "
+            "not the registered one when that began: register the folder again under a new version"
+        )
+    if card_sha256(model.path) != model.card_sha256:
+        raise ModelFileError(f"its {CARD_FILE} is not the registered one (altered?)")
     return card
 
 
@@ -390,9 +412,7 @@ class Retrainer:
             "decision": "promote" if verdict.promote else "reject",
             "seconds": phases.seconds,
         }
-        model = self.registry.register(
-            card.version, str(folder.resolve()), card.sha256, metrics=model_metrics(comparisons, run.run_id)
-        )
+        model = register_folder(self.registry, folder, card, model_metrics(comparisons, run.run_id))
         say(f"registered {model.version} (sha256 {model.sha256})")
         if not verdict.promote:
             return RunResult(RunStatus.REJECTED, model.version, metrics, verdict.reason)
@@ -435,16 +455,22 @@ class Retrainer:
             if known is None:
                 copy = fresh_model_folder(Path(self.config.paths.models), card.version)
                 snapshot_model(folder, copy, card.sha256)
-                known = self.registry.register(
-                    card.version, str(copy.resolve()), card.sha256, card_metrics(card)
-                )
+                known = register_folder(self.registry, copy, card, card_metrics(card))
         except ModelFileError as exc:
             raise RetrainError(
                 f"no model is active and the gates' starting model paths.active_model ({folder}) cannot "
                 f"be the champion: {exc}"
             ) from None
+        try:
+            promoted = self.registry.promote(known.version, first=True)
+        except ActiveModelChanged:  # staff promoted a version meanwhile: that one is the champion
+            active = self.registry.active()
+            if active is None:  # and rolled it back at once: nothing to compare with, try again later
+                raise RetrainError("the active model changed while the run was starting; run again") from None
+            say(f"a model became active while the run started: {active.version}")
+            return active
         say(f"no model was active: registered the gates' starting model {known.version} ({folder})")
-        return self.registry.promote(known.version)
+        return promoted
 
     def _pool(self, work: Path, review: LabelReview | None, say: Log) -> Pool:
         retrain, paths = self.config.retrain, self.config.paths

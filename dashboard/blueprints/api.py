@@ -214,6 +214,7 @@ def _model_json(model: ModelVersion) -> dict:
         "version": model.version,
         "status": model.status.value,
         "sha256": model.sha256,
+        "card_sha256": model.card_sha256,
         "metrics": dict(model.metrics),
         "created_at": _iso(model.created_at),
         "promoted_at": _iso(model.promoted_at),

@@ -436,6 +436,7 @@ class ActiveModel:
 
     version: str
     sha256: str  # of model.tflite: the agent checks it before loading
+    card_sha256: str  # of card.json, which lists every file's sha256: labels and crop spec included
     location: str  # where to load the model folder from: a path or a URL
     published_at: datetime = field(default_factory=utcnow)
 
@@ -444,6 +445,7 @@ class ActiveModel:
             "v": SCHEMA_VERSION,
             "version": self.version,
             "sha256": self.sha256,
+            "card_sha256": self.card_sha256,
             "location": self.location,
             "published_at": format_time(self.published_at),
         }
@@ -454,13 +456,15 @@ class ActiveModel:
 
 def parse_active_model(raw: Any) -> ActiveModel:
     data = decode_object(raw, MAX_MODEL_BYTES, "active model")
-    read = _Reader(data, "active model", {"v", "version", "sha256", "location", "published_at"})
+    fields = {"v", "version", "sha256", "card_sha256", "location", "published_at"}
+    read = _Reader(data, "active model", fields)
     location = read.text("location", max_len=1024)
     if any(ord(ch) < 32 for ch in location):
         raise read.fail("location", "a path or URL without control characters")
     return ActiveModel(
         version=read.text("version", MODEL_VERSION_PATTERN),
         sha256=read.text("sha256", _SHA256_PATTERN),
+        card_sha256=read.text("card_sha256", _SHA256_PATTERN),
         location=location,
         published_at=read.time("published_at"),
     )

@@ -45,8 +45,8 @@ class RegistryError(StoreError):
 class ActiveModelChanged(RegistryError):
     """A promotion expected another version to be active (someone promoted or rolled back meanwhile)."""
 
-    def __init__(self, expected: str, actual: str | None):
-        super().__init__(f"the active model is {actual or 'none'}, not {expected}")
+    def __init__(self, expected: str | None, actual: str | None):
+        super().__init__(f"the active model is {actual or 'none'}, not {expected or 'none'}")
         self.expected, self.actual = expected, actual
 
 
@@ -72,7 +72,8 @@ class RunTrigger(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
     version: str
-    sha256: str
+    sha256: str  # of model.tflite
+    card_sha256: str | None  # of card.json, which pins every file (None: registered before it was kept)
     path: str  # the model folder (model.tflite, card.json, plots)
     status: ModelStatus
     metrics: Mapping[str, Any]
@@ -123,12 +124,19 @@ class ModelRegistry:
         self.engine = engine
 
     def register(
-        self, version: str, path: str, sha256: str, metrics: Mapping[str, Any] | None = None
+        self,
+        version: str,
+        path: str,
+        sha256: str,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        card_sha256: str | None = None,
     ) -> ModelVersion:
         """Record a new model folder as a candidate."""
         values = {
             "version": version,
             "sha256": sha256,
+            "card_sha256": card_sha256,
             "path": path,
             "status": ModelStatus.CANDIDATE.value,
             "metrics": dict(metrics or {}),
@@ -165,12 +173,14 @@ class ModelRegistry:
         now: datetime | None = None,
         *,
         expected_active: str | None = None,
+        first: bool = False,
         check: ModelCheck | None = None,
     ) -> ModelVersion:
         """Make `version` the active model; the previous one is retired. Idempotent.
 
         `expected_active`: promote only if that version is still the active one, else raise
-        :class:`ActiveModelChanged` (a run judged its candidate against it an hour ago).
+        :class:`ActiveModelChanged` (a run judged its candidate against it an hour ago). `first`:
+        promote only if no version is active yet, else raise the same (staff promoted one meanwhile).
         `check` is called with `version` before anything changes; what it raises cancels the change.
         Both happen inside the locked transaction, so no other promotion or roll back slips between.
         """
@@ -182,10 +192,11 @@ class ModelRegistry:
             ).first()
             if target is None:
                 raise RegistryError(f"no model version {version!r}")
-            if expected_active is not None:
+            if expected_active is not None or first:
                 active = _active_row(connection)
-                if active is None or active.version != expected_active:
-                    raise ActiveModelChanged(expected_active, active.version if active else None)
+                actual = active.version if active else None
+                if actual != expected_active:
+                    raise ActiveModelChanged(expected_active, actual)
             if check is not None:
                 check(_model(target))
             if target.status != ModelStatus.ACTIVE.value:
@@ -263,6 +274,7 @@ def _model(row: Any) -> ModelVersion:
     return ModelVersion(
         version=row.version,
         sha256=row.sha256,
+        card_sha256=row.card_sha256,
         path=row.path,
         status=ModelStatus(row.status),
         metrics=dict(row.metrics or {}),

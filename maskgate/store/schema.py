@@ -177,6 +177,8 @@ class ModelVersionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     version: Mapped[str] = mapped_column(String(64), unique=True)
     sha256: Mapped[str] = mapped_column(String(64))
+    # card.json's sha256; NULL for versions registered before it was recorded (migration 0006)
+    card_sha256: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -19,6 +19,7 @@ from maskgate.dashboard.app import DATABASE_DOWN, services
 from maskgate.dashboard.queries import csv_lines
 from maskgate.modelcard import load_card
 from maskgate.store import EventFilter, EventStore
+from maskgate.training.retrain import register_folder
 from tests.conftest import copy_model
 
 SPEC = Path(__file__).parents[2] / "dashboard" / "openapi.yaml"
@@ -180,7 +181,7 @@ def test_models_promote_and_rollback(admin, app, tmp_path):
     registry = services(app).models
     for version, macro_f1 in (("a", 0.8), ("b", 0.85)):  # folders that verify: the gates would load them
         folder = copy_model(tmp_path / "models" / version, version)
-        registry.register(version, str(folder), load_card(folder).sha256, {"macro_f1": macro_f1})
+        register_folder(registry, folder, load_card(folder), {"macro_f1": macro_f1})
     assert [m["version"] for m in admin.get("/api/v1/models").json["models"]] == ["b", "a"]
     assert admin.api_post("/api/v1/models/a/promote").json["status"] == "active"
     promoted = admin.api_post("/api/v1/models/b/promote").json

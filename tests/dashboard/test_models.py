@@ -13,9 +13,9 @@ from flask import Flask
 
 from maskgate.config import Config
 from maskgate.dashboard.app import create_app, services
-from maskgate.modelcard import load_card
+from maskgate.modelcard import load_card, write_card
 from maskgate.store import ModelRegistry, ModelStatus, UserStore, make_engine, migrate
-from maskgate.training.retrain import model_announcer
+from maskgate.training.retrain import model_announcer, register_folder
 from tests.conftest import copy_model
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, free_port, port_open, wait_until
 
@@ -41,7 +41,7 @@ def announcing(config, migrated_engine, users, prefix) -> Iterator[Flask]:
 def register_models(registry: ModelRegistry, config: Config, *versions: str) -> None:
     for version in versions:
         folder = copy_model(config.paths.models / version, version)
-        registry.register(version, str(folder), load_card(folder).sha256)
+        register_folder(registry, folder, load_card(folder), {})
 
 
 def retained_version(prefix: str) -> str | None:
@@ -81,6 +81,18 @@ def test_a_version_whose_folder_does_not_verify_is_refused_before_anything_chang
     card.write_text(card.read_text().replace('"other-c"', '"other-x"'))
     other = admin.api_post("/api/v1/models/other-c/promote")
     assert other.status_code == 409 and "its folder holds other-x" in other.json["error"]
+    # a card rewritten with its labels swapped, every file's sha256 in it right, the model file untouched
+    swapped = copy_model(config.paths.models / "swapped-d", "swapped-d")
+    register_folder(registry, swapped, load_card(swapped), {})
+    card = load_card(swapped)
+    write_card(swapped, replace(card, labels=card.labels[::-1]))
+    refused = admin.api_post("/api/v1/models/swapped-d/promote")
+    assert refused.status_code == 409 and "card.json is not the registered one" in refused.json["error"]
+    # a version registered before the registry kept the card's sha256 (migration 0006 left it NULL)
+    old = copy_model(config.paths.models / "old-e", "old-e")
+    registry.register("old-e", str(old), load_card(old).sha256)
+    refused = admin.api_post("/api/v1/models/old-e/promote")
+    assert refused.status_code == 409 and "register the folder again" in refused.json["error"]
     # nothing changed, nothing was announced
     assert registry.active().version == "bad-b" and retained_version(prefix) == "bad-b"
     assert registry.get("good-a").status is ModelStatus.RETIRED

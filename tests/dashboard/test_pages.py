@@ -15,6 +15,7 @@ from maskgate.crop import CropSpec
 from maskgate.dashboard.app import services
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.store import EventFilter, ModelStatus
+from maskgate.training.retrain import register_folder
 from tests.conftest import copy_model
 
 EVIL = '<script>alert("x")</script>'
@@ -422,7 +423,7 @@ def test_promote_and_roll_back_from_the_page(admin, app, tmp_path):
     registry = services(app).models
     for version in ("m1", "m2"):  # folders that verify: the gates would load them
         folder = copy_model(tmp_path / "models" / version, version)
-        registry.register(version, str(folder), load_card(folder).sha256)
+        register_folder(registry, folder, load_card(folder), {})
     changed = []
     object.__setattr__(services(app), "on_model_change", changed.append)
     assert admin.post("/models/m1/promote").status_code == 302

@@ -34,7 +34,7 @@ from maskgate.gate.reload import (
     folder_name,
 )
 from maskgate.gate.tracker import Tracker, TrackerConfig
-from maskgate.modelcard import RUNTIME_FILE, ModelCard, load_card, write_card
+from maskgate.modelcard import RUNTIME_FILE, ModelCard, card_sha256, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
 from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, make_config, port_open, wait_until
@@ -44,7 +44,12 @@ TOKEN = "gate-download-token-0123456789"
 
 def announcement(folder: Path, **overrides) -> ActiveModel:
     card = load_card(folder, verify=False)
-    fields = {"version": card.version, "sha256": card.sha256, "location": str(folder)}
+    fields = {
+        "version": card.version,
+        "sha256": card.sha256,
+        "card_sha256": card_sha256(folder),
+        "location": str(folder),
+    }
     return ActiveModel(**{**fields, **overrides})
 
 
@@ -175,6 +180,20 @@ def test_a_wrong_sha256_is_refused(tmp_path, models):
     assert not list((tmp_path / "cache").glob(".incoming-*"))
 
 
+@pytest.mark.security
+def test_the_announced_model_file_under_another_card_is_refused(tmp_path, models):
+    """The same model.tflite, its card rewritten with the labels swapped (every file's sha256 in it
+    still right): the model file's digest alone would let the door hear "with_mask" for a bare face."""
+    folder = copy_model(models / "v2", "v2")
+    message = announcement(folder)
+    card = load_card(folder)
+    write_card(folder, replace(card, labels=card.labels[::-1]))
+    assert load_card(folder).sha256 == message.sha256  # the model file is the announced one
+    with pytest.raises(ArtifactError, match=r"card\.json has sha256 .* the announcement says"):
+        Fetcher(RolloutConfig(cache=tmp_path / "cache")).fetch(message)
+    assert not (tmp_path / "cache" / folder_name("v2")).exists()
+
+
 def test_a_wrong_announcement_does_not_cost_the_gate_its_good_copy(tmp_path, models):
     folder = copy_model(models / "v2", "v2")
     fetcher = Fetcher(RolloutConfig(cache=tmp_path / "cache"))
@@ -243,13 +262,14 @@ def test_a_card_listing_a_path_or_a_missing_file_is_refused(tmp_path, models):
 def dashboard(tmp_path, sqlite_url, models) -> Iterator[SimpleNamespace]:
     """The dashboard serving a registered model over HTTP on a free port."""
     from maskgate.dashboard.app import create_app, services
+    from maskgate.training.retrain import register_folder
 
     engine = make_engine(sqlite_url)
     migrate.upgrade(engine)
     UserStore(engine).add("victor", "correct horse battery", "viewer")
     folder = copy_model(models / "v2", "v2")
     (folder / "secret.txt").write_text("not listed in the card")
-    ModelRegistry(engine).register("v2", str(folder), load_card(folder).sha256)
+    register_folder(ModelRegistry(engine), folder, load_card(folder), {})
     config = Config(
         database_url=sqlite_url,
         paths=PathsConfig(models=models, snapshots=tmp_path / "snapshots"),
@@ -492,7 +512,9 @@ def test_a_promotion_announced_over_the_broker_reaches_a_running_agent(tmp_path,
         assert link.client.wait_connected(5)
         folder = copy_model(models / "v2", "v2")
         card = load_card(folder)
-        model = ModelVersion("v2", card.sha256, str(folder), ModelStatus.ACTIVE, {}, utcnow(), None, None)
+        model = ModelVersion(
+            "v2", card.sha256, card_sha256(folder), str(folder), ModelStatus.ACTIVE, {}, utcnow(), None, None
+        )
         message = announce(config, model)
         assert wait_until(lambda: watcher.loaded == ["v2"], timeout=30)
         for frame in frames(1):
@@ -500,7 +522,11 @@ def test_a_promotion_announced_over_the_broker_reaches_a_running_agent(tmp_path,
         assert agent.classifier.version == "v2"
         retained = spy.wait_for(f"{prefix}/models/active")
         assert retained[-1].payload == message.encode()
-        # a folder that does not match the registry is never announced
+        # a folder that does not match the registry is never announced: a card rewritten...
+        write_card(folder, replace(card, labels=card.labels[::-1]))
+        with pytest.raises(AnnounceError, match=r"card\.json is not the registered one"):
+            announce(config, model)
+        # ...or a model file altered
         (folder / RUNTIME_FILE).write_bytes(b"tampered")
         with pytest.raises(AnnounceError, match="does not match"):
             announce(config, model)

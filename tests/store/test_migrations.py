@@ -60,3 +60,32 @@ def test_stamp_records_a_revision_without_running_it(engine):
     migrate.stamp(engine, migrate.head_revision())
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert _tables(engine) == set()
+
+
+def test_0006_fills_in_the_card_digest_where_the_folder_still_holds_the_registered_model(engine, tmp_path):
+    from maskgate.modelcard import card_sha256, load_card
+    from maskgate.store import ModelRegistry
+    from tests.conftest import copy_model
+
+    migrate.upgrade(engine, "0005")
+    same, changed = copy_model(tmp_path / "same", "m-same"), copy_model(tmp_path / "changed", "m-changed")
+    registered = load_card(same).sha256
+    rows = [
+        ("m-same", same, registered),
+        ("m-changed", changed, "ab" * 32),
+        ("m-gone", tmp_path / "x", registered),
+    ]
+    with engine.begin() as connection:
+        for version, path, sha256 in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO model_versions (version, sha256, path, status, metrics, created_at) "
+                    "VALUES (:version, :sha256, :path, 'candidate', '{}', '2026-11-30 00:00:00')"
+                ),
+                {"version": version, "sha256": sha256, "path": str(path)},
+            )
+    migrate.upgrade(engine)
+    registry = ModelRegistry(engine)
+    assert registry.get("m-same").card_sha256 == card_sha256(same)
+    # A folder that no longer holds the registered model file, or none at all, is not vouched for.
+    assert registry.get("m-changed").card_sha256 is None and registry.get("m-gone").card_sha256 is None

@@ -36,7 +36,7 @@ def runs(migrated_engine) -> TrainingRuns:
 
 def _register(registry: ModelRegistry, *versions: str) -> None:
     for version in versions:
-        registry.register(version, f"models/{version}", "ab" * 32, {"macro_f1": 0.9})
+        registry.register(version, f"models/{version}", "ab" * 32, {"macro_f1": 0.9}, card_sha256="cd" * 32)
 
 
 def _active_count(engine) -> int:
@@ -56,6 +56,7 @@ def test_register_lists_newest_first_as_candidates(registry):
     assert [v.version for v in versions] == ["v2", "v1"]
     assert all(v.status is ModelStatus.CANDIDATE for v in versions)
     assert versions[0].metrics == {"macro_f1": 0.9}
+    assert (versions[0].sha256, versions[0].card_sha256) == ("ab" * 32, "cd" * 32)
     assert registry.active() is None
 
 
@@ -129,6 +130,16 @@ def test_a_promotion_expecting_another_active_model_changes_nothing(registry):
     assert (changed.value.expected, changed.value.actual) == ("b", "a")
     assert registry.active().version == "a" and registry.get("c").status is ModelStatus.CANDIDATE
     assert registry.promote("c", expected_active="a").is_active
+
+
+def test_a_first_promotion_stands_back_for_one_made_meanwhile(registry):
+    """The first retraining run makes the gates' starting model active, unless staff made one active
+    while it started: theirs stands."""
+    _register(registry, "theirs", "start")
+    assert registry.promote("theirs", first=True).is_active  # none was active: it goes through
+    with pytest.raises(ActiveModelChanged, match="the active model is theirs, not none"):
+        registry.promote("start", first=True)
+    assert registry.active().version == "theirs" and registry.get("start").status is ModelStatus.CANDIDATE
 
 
 def test_a_check_that_refuses_the_version_changes_nothing(registry):

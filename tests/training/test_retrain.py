@@ -58,6 +58,7 @@ from maskgate.training.retrain import (
     Scores,
     active_model_message,
     decide,
+    register_folder,
 )
 from maskgate.training.split import MANIFEST_FILE, ManifestRow, Split, write_manifest
 from tests.conftest import copy_model
@@ -441,7 +442,7 @@ def test_a_roll_back_during_the_run_is_not_undone_by_its_promotion(world):
     registry = ModelRegistry(world.engine)
     for version, labels in (("good-a", None), ("bad-b", ROTATED)):
         folder = copy_model(world.tmp / "models" / version, version, labels)
-        registry.register(version, str(folder), load_card(folder).sha256)
+        register_folder(registry, folder, load_card(folder), {})
         registry.promote(version)
 
     class RollBackMeanwhile(FakeTrain):
@@ -602,9 +603,12 @@ def test_missing_data_fails_the_run_with_the_key_named(world):
 
 
 def test_the_announcement_points_at_the_folder_or_the_dashboard(tmp_path):
-    model = SimpleNamespace(version="retrain-3-20260301-020000", sha256="a" * 64, path=str(tmp_path / "m"))
+    model = SimpleNamespace(
+        version="retrain-3-20260301-020000", sha256="a" * 64, card_sha256="c" * 64, path=str(tmp_path / "m")
+    )
     by_path = active_model_message(Config(), model)
     assert by_path.location == str((tmp_path / "m").resolve()) and by_path.sha256 == "a" * 64
+    assert by_path.card_sha256 == "c" * 64
     config = replace(Config(), rollout=replace(Config().rollout, url="https://dash.example:8443/"))
     assert active_model_message(config, model).location == (
         "https://dash.example:8443/api/v1/models/retrain-3-20260301-020000/files"

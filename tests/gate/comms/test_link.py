@@ -242,7 +242,7 @@ def test_active_model_announcement_reaches_gates(start, prefix, gate_id, caplog)
     listener.start()
     try:
         assert listener.wait_connected(5)
-        model = ActiveModel("2026.05.01-2", "b" * 64, "models/2026.05.01-2")
+        model = ActiveModel("2026.05.01-2", "b" * 64, "c" * 64, "models/2026.05.01-2")
         publish_active_model(config, model)
         assert wait_until(lambda: received and other)
         assert received[-1].version == other[-1].version == "2026.05.01-2"

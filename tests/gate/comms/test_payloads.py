@@ -196,7 +196,7 @@ def test_gate_state_round_trip_with_numpy_fps():
 
 
 def test_active_model_round_trip_and_refusals():
-    model = ActiveModel("2026.05.01-1", "a" * 64, "models/2026.05.01-1")
+    model = ActiveModel("2026.05.01-1", "a" * 64, "c" * 64, "models/2026.05.01-1")
     assert parse_active_model(model.encode()).version == "2026.05.01-1"
     bad = model.to_payload() | {"sha256": "A" * 64}
     with pytest.raises(PayloadError, match="sha256"):
