@@ -1,6 +1,6 @@
 #!/bin/sh
-# Create (or reset) the broker credentials of a gate and of its door controller, and grant the
-# door controller its topics in the ACL.
+# Create (or reset) the broker credentials of a gate and of its door controller, and grant each
+# of them its own topics in the ACL (a block per user: see the comment at the top of acl).
 #
 # usage: add-gate.sh [-d DIR] [-p PREFIX] GATE_ID
 #   -d DIR     where passwd and acl live (default /etc/mosquitto/maskgate); a missing acl is
@@ -31,6 +31,7 @@ case $gate in
     *[!A-Za-z0-9_-]* | "") echo "$0: gate id must be letters, digits, - or _ (got '$gate')" >&2; exit 2 ;;
 esac
 [ ${#gate} -le 64 ] || { echo "$0: gate id longer than 64 characters" >&2; exit 2; }
+[ "$gate" != maskgate-dashboard ] || { echo "$0: maskgate-dashboard is the dashboard's broker user" >&2; exit 2; }
 command -v mosquitto_passwd >/dev/null || { echo "$0: mosquitto_passwd not found (apt install mosquitto)" >&2; exit 1; }
 
 new_password() { head -c 18 /dev/urandom | base64 | tr '+/' '-_'; }
@@ -48,6 +49,18 @@ if [ -f "$passwd_file" ]; then create=""; else create="-c"; fi
 mosquitto_passwd $create -b "$passwd_file" "$gate" "$gate_password"
 mosquitto_passwd -b "$passwd_file" "door.$gate" "$door_password"
 
+if ! grep -qx "user $gate" "$acl_file"; then
+    {
+        printf '\nuser %s\n' "$gate"
+        for topic in availability state door/command events; do
+            printf 'topic write %s/%s/%s\n' "$prefix" "$gate" "$topic"
+        done
+        printf 'topic read %s/%s/door/ack\n' "$prefix" "$gate"
+        printf 'topic read %s/models/active\n' "$prefix"
+        printf 'topic write homeassistant/sensor/maskgate_%s/+/config\n' "$gate"
+        printf 'topic read homeassistant/status\n'
+    } >> "$acl_file"
+fi
 if ! grep -qx "user door.$gate" "$acl_file"; then
     printf '\nuser door.%s\ntopic read %s/%s/door/command\ntopic write %s/%s/door/ack\n' \
         "$gate" "$prefix" "$gate" "$prefix" "$gate" >> "$acl_file"

@@ -137,3 +137,17 @@ def test_broker_configs_refuse_anonymous_clients():
 def test_secrets_made_on_the_host_are_ignored_by_git():
     ignored = (DEPLOY.parent / ".gitignore").read_text().splitlines()
     assert {"deploy/.env", "deploy/mosquitto/passwd", "deploy/mosquitto/certs/"} <= set(ignored)
+    assert "deploy/mosquitto/local/" in ignored
+
+
+def test_the_broker_container_mounts_only_shipped_files_and_the_hosts_own_broker_files(compose):
+    """The per-gate ACL, the password file and the certificates are made on the host (add-gate.sh,
+    make-certs.sh) into deploy/mosquitto/local/, never into the shipped, tracked files."""
+    for volume in compose["services"]["mosquitto"]["volumes"]:
+        source = volume.split(":")[0]
+        if not source.startswith("./"):
+            continue  # a named volume
+        if source.startswith("./mosquitto/local/"):
+            assert source.split("/")[-1] in ("acl", "passwd", "certs"), source
+        else:
+            assert (DEPLOY / source).is_file(), f"{source} is neither shipped nor made in mosquitto/local/"

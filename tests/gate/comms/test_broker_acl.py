@@ -37,6 +37,7 @@ PASSWORDS = {
     "door.gate-a": "pw-door-a",
     "gate-b": "pw-gate-b",
     "door.gate-b": "pw-door-b",
+    "maskgate-dashboard": "pw-dashboard",
 }
 
 
@@ -45,6 +46,9 @@ def broker(tmp_path_factory) -> Iterator[Broker]:
     workdir = tmp_path_factory.mktemp("acl-broker")
     for gate in ("gate-a", "gate-b"):
         add_gate(workdir, gate, PASSWORDS[gate], PASSWORDS[f"door.{gate}"])
+    dashboard = ["maskgate-dashboard", PASSWORDS["maskgate-dashboard"]]  # as docs/mqtt.md tells the operator
+    passwd = ["mosquitto_passwd", "-b", str(workdir / "passwd")]
+    subprocess.run([*passwd, *dashboard], check=True, capture_output=True)
     port, tls_port = free_port(), free_port()
     subprocess.run(
         [str(DEPLOY / "make-certs.sh"), str(workdir / "certs"), "127.0.0.1"], check=True, capture_output=True
@@ -108,6 +112,15 @@ def test_gate_a_cannot_publish_to_gate_b_door(broker):
         ("door.gate-a", "maskgate/gate-a/door/command", False),
         ("door.gate-a", "maskgate/gate-b/door/ack", False),
         ("door.gate-a", "maskgate/gate-a/events", False),
+        # The gates' rights are each gate's own, not patterns every user shares: a door controller or
+        # the dashboard cannot pose as a gate under its own user name.
+        ("door.gate-a", "homeassistant/sensor/maskgate_door.gate-a/fps/config", False),
+        ("door.gate-a", "maskgate/door.gate-a/door/command", False),
+        ("door.gate-a", "maskgate/models/active", False),
+        ("maskgate-dashboard", "maskgate/models/active", True),
+        ("maskgate-dashboard", "maskgate/maskgate-dashboard/door/command", False),
+        ("maskgate-dashboard", "homeassistant/sensor/maskgate_maskgate-dashboard/fps/config", False),
+        ("maskgate-dashboard", "maskgate/gate-a/door/command", False),
     ],
 )
 def test_each_user_writes_only_its_own_topics(broker, user, topic, allowed):
