@@ -1,8 +1,6 @@
 """Files the dashboard serves from disk: face snapshots and model cards and plots.
 
-A path comes from the database (written by the agent or the training job), never from the
-URL, and is still checked: after resolving symbolic links it must lie inside its folder
-and be an image, so a stored ``../../etc/passwd`` or a link out of the folder serves nothing.
+Every path is checked by :mod:`maskgate.files` first (inside its folder, links resolved, an image).
 """
 
 from __future__ import annotations
@@ -13,36 +11,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from maskgate.files import IMAGE_TYPES, inside
 from maskgate.store import ModelVersion
 
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".svg": "image/svg+xml"}
-SNAPSHOT_TYPES = {key: value for key, value in IMAGE_TYPES.items() if key != ".svg"}
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 CARD_FILE = "card.json"
 MAX_CARD_BYTES = 1_000_000
 
 # A plot opened on its own (not through <img>) could run script if it is SVG: forbid it.
 PLOT_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
-
-
-def inside(folder: Path, stored: str | Path, types: Mapping[str, str]) -> Path | None:
-    """`stored` (relative to `folder`, or absolute) if it resolves to an image file inside `folder`."""
-    try:
-        root = folder.resolve()
-        candidate = Path(stored)
-        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        if not resolved.is_relative_to(root) or resolved == root:
-            return None
-        if resolved.suffix.lower() not in types or not resolved.is_file():
-            return None
-    except (OSError, ValueError):  # a NUL byte, a loop of links, an unreadable folder
-        return None
-    return resolved
-
-
-def snapshot_file(snapshots: Path, stored: str | None) -> Path | None:
-    """The event's face snapshot, or None if it has none, it is gone or it points outside the folder."""
-    return inside(snapshots, stored, SNAPSHOT_TYPES) if stored else None
 
 
 def read_card(model: ModelVersion) -> dict[str, Any] | None:

@@ -131,15 +131,18 @@ def _db_current(_args: argparse.Namespace, config: Config) -> int:
 
 
 def _db_purge(_args: argparse.Namespace, config: Config) -> int:
+    from maskgate.files import remove_snapshots
     from maskgate.store import EventStore
 
     engine = make_engine(config.database_url)
     migrate.require_head(engine)
     retention = config.retention
-    deleted = EventStore(engine).purge(retention.events_days, retention.incidents_days)
+    purged = EventStore(engine).purge(retention.events_days, retention.incidents_days)
+    removed = remove_snapshots(config.paths.snapshots, purged.snapshot_paths)
     print(
-        f"deleted {deleted} event(s): events older than {retention.events_days} days, "
-        f"incidents older than {retention.incidents_days} days (pinned ones kept)"
+        f"deleted {purged.events} event(s): events older than {retention.events_days} days, "
+        f"incidents older than {retention.incidents_days} days (pinned ones kept); "
+        f"{removed} of their {len(purged.snapshot_paths)} snapshot(s) deleted from {config.paths.snapshots}"
     )
     return EXIT_OK
 

@@ -150,20 +150,32 @@ def test_console_script_is_installed():
     assert result.stdout.startswith("maskgate ")
 
 
-def test_db_purge_applies_the_retention(db_env, monkeypatch, capsys, make_event):
+def test_db_purge_applies_the_retention_and_deletes_the_purged_events_snapshots(
+    db_env, monkeypatch, capsys, make_event, tmp_path
+):
     from datetime import timedelta
 
     from maskgate.core import Label, utcnow
     from maskgate.store import EventStore
 
+    snapshots = tmp_path / "snapshots"
+    (snapshots / "gate-1").mkdir(parents=True)
+    for name in ("old.jpg", "kept.jpg", "pinned.jpg"):
+        (snapshots / "gate-1" / name).write_bytes(b"\xff\xd8 jpeg")
     assert main(["db", "upgrade"]) == EXIT_OK
     store = EventStore(make_engine(db_env))
-    now = utcnow()
+    now, old = utcnow(), utcnow() - timedelta(days=400)
     store.record_event(make_event(Label.WITH_MASK, occurred_at=now - timedelta(days=10)))
-    store.record_event(make_event(Label.WITHOUT_MASK, occurred_at=now - timedelta(days=10)))
-    store.record_event(make_event(Label.WITH_MASK, occurred_at=now))
+    store.record_event(make_event(Label.WITHOUT_MASK, occurred_at=old, snapshot_path="gate-1/old.jpg"))
+    store.record_event(make_event(Label.WITHOUT_MASK, occurred_at=now, snapshot_path="gate-1/kept.jpg"))
+    pinned = make_event(Label.WITHOUT_MASK, occurred_at=old, snapshot_path="gate-1/pinned.jpg", pinned=True)
+    store.record_event(pinned)
     monkeypatch.setenv("MASKGATE_RETENTION__EVENTS_DAYS", "7")
+    monkeypatch.setenv("MASKGATE_PATHS__SNAPSHOTS", str(snapshots))
     capsys.readouterr()
     assert main(["db", "purge"]) == EXIT_OK
-    assert "deleted 1 event(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "deleted 2 event(s)" in out and "1 of their 1 snapshot(s) deleted" in out
     assert len(store.list_events().events) == 2
+    # the purged incident's snapshot is gone; the recent one's and the pinned one's stay
+    assert sorted(p.name for p in (snapshots / "gate-1").iterdir()) == ["kept.jpg", "pinned.jpg"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from maskgate.core import Box, Label
+from maskgate.files import snapshot_file
 from maskgate.gate.snapshots import SNAPSHOT_MARGIN
 from maskgate.store import EventFilter, EventStore
 from maskgate.training.cropset import read_rgb
@@ -147,24 +148,6 @@ def hold_out(
     held = [c for c in crops if c.reviewed_at >= since and int(c.sha256[:8], 16) < limit]
     held_hashes = {c.sha256 for c in held}
     return [c for c in crops if c.sha256 not in held_hashes], held
-
-
-def snapshot_file(root: Path, stored: str | None) -> Path | None:
-    """The snapshot's file if it lies inside `root` (links resolved) and exists; None otherwise.
-
-    The path comes from the database; a row pointing elsewhere must not pull another file into
-    the training data.
-    """
-    if not stored:
-        return None
-    try:
-        base = root.resolve()
-        path = (base / stored).resolve()
-        if not path.is_relative_to(base) or not path.is_file():
-            return None
-    except (OSError, ValueError):
-        return None
-    return path
 
 
 def snapshot_face_box(width: int, height: int) -> Box:

@@ -9,7 +9,6 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from maskgate.core import LABELS, Action, Label
 from maskgate.dashboard import actions, charts
 from maskgate.dashboard.app import services
-from maskgate.dashboard.files import snapshot_file
 from maskgate.dashboard.queries import (
     PAGE_SIZE,
     BadFilter,
@@ -18,6 +17,7 @@ from maskgate.dashboard.queries import (
     parse_incident_status,
 )
 from maskgate.dashboard.security import admin_required
+from maskgate.files import snapshot_file
 from maskgate.store import EventFilter, EventPage, InvalidCursorError
 
 blueprint = Blueprint("events", __name__)

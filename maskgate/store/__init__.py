@@ -1,7 +1,15 @@
 """The SQL store: engines, tables, migrations and the repositories the other parts use."""
 
 from maskgate.store.db import DatabaseUnavailable, DatabaseUrlError, StoreError, make_engine
-from maskgate.store.events import CountRow, EventFilter, EventPage, EventStore, Gate, InvalidCursorError
+from maskgate.store.events import (
+    CountRow,
+    EventFilter,
+    EventPage,
+    EventStore,
+    Gate,
+    InvalidCursorError,
+    Purged,
+)
 from maskgate.store.migrate import SchemaError
 from maskgate.store.outbox import Outbox, OutboxCounts, OutboxKind, OutboxMessage, OutgoingMessage
 from maskgate.store.registry import (
@@ -33,6 +41,7 @@ __all__ = [
     "OutboxKind",
     "OutboxMessage",
     "OutgoingMessage",
+    "Purged",
     "RegistryError",
     "RunStatus",
     "RunTrigger",

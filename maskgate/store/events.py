@@ -37,6 +37,14 @@ class EventFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Purged:
+    """What :meth:`EventStore.purge` deleted."""
+
+    events: int
+    snapshot_paths: tuple[str, ...]  # as stored on the deleted events, relative to paths.snapshots
+
+
+@dataclass(frozen=True, slots=True)
 class EventPage:
     events: list[Event]
     next_cursor: str | None  # pass back to get the following (older) page; None at the end
@@ -259,16 +267,19 @@ class EventStore:
             rows = session.execute(query).all()
         return [_count_row(dict(row._mapping)) for row in rows]
 
-    def purge(self, events_days: int, incidents_days: int, now: datetime | None = None) -> int:
-        """Delete events past their retention; pinned events stay. Returns how many were deleted."""
+    def purge(self, events_days: int, incidents_days: int, now: datetime | None = None) -> Purged:
+        """Delete events past their retention; pinned events stay. Says how many were deleted and
+        the snapshots they leave behind (the caller deletes those files: the store keeps no files)."""
         now = now or utcnow()
         event_cutoff = now - timedelta(days=events_days)
         incident_cutoff = now - timedelta(days=incidents_days)
         expired_event = EventRow.incident.is_(False) & (EventRow.occurred_at < event_cutoff)
         expired_incident = EventRow.incident.is_(True) & (EventRow.occurred_at < incident_cutoff)
-        statement = delete(EventRow).where(EventRow.pinned.is_(False), expired_event | expired_incident)
+        expired = EventRow.pinned.is_(False) & (expired_event | expired_incident)
         with self._session() as session, session.begin():
-            return session.execute(statement).rowcount
+            # RETURNING: the rows deleted are exactly those whose snapshots are reported
+            deleted = session.execute(delete(EventRow).where(expired).returning(EventRow.snapshot_path)).all()
+        return Purged(len(deleted), tuple(row.snapshot_path for row in deleted if row.snapshot_path))
 
     # -- helpers -----------------------------------------------------------------------------
 

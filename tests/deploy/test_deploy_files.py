@@ -62,6 +62,9 @@ def test_compose_purges_daily_with_the_same_database_as_the_others(compose):
     assert script == "while true; do maskgate db purge; sleep 86400; done"
     parses(["db", "purge"])
     assert purge["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # it deletes the snapshots of the events it deletes: the agent's snapshot folder, writable
+    (agent_snapshots,) = [v for v in compose["services"]["agent"]["volumes"] if v.startswith("snapshots:")]
+    assert agent_snapshots in purge["volumes"] and not agent_snapshots.endswith(":ro")
 
 
 def test_services_start_in_order(compose):

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from maskgate.core import AckReason, Action, DoorStatus, Label, Review, utcnow
-from maskgate.store import EventFilter, InvalidCursorError, StoreError
+from maskgate.store import EventFilter, InvalidCursorError, Purged, StoreError
 
 
 def test_record_and_get_round_trip(store, make_event):
@@ -180,14 +180,16 @@ def test_counts_by_day_gate_and_label(store, make_event):
 
 def test_purge_keeps_recent_and_pinned(store, make_event):
     now = utcnow()
-    old_allow = make_event(Label.WITH_MASK, occurred_at=now - timedelta(days=40))
-    old_incident = make_event(Label.WITHOUT_MASK, occurred_at=now - timedelta(days=40))
-    ancient_incident = make_event(Label.WITHOUT_MASK, occurred_at=now - timedelta(days=400))
-    pinned = make_event(Label.WITHOUT_MASK, occurred_at=now - timedelta(days=400), pinned=True)
+    month_ago, year_ago = now - timedelta(days=40), now - timedelta(days=400)
+    old_allow = make_event(Label.WITH_MASK, occurred_at=month_ago)
+    old_incident = make_event(Label.WITHOUT_MASK, occurred_at=month_ago, snapshot_path="g/a.jpg")
+    ancient = make_event(Label.WITHOUT_MASK, occurred_at=year_ago, snapshot_path="g/b.jpg")
+    pinned = make_event(Label.WITHOUT_MASK, occurred_at=year_ago, pinned=True, snapshot_path="g/c.jpg")
     recent = make_event(Label.WITH_MASK, occurred_at=now - timedelta(days=1))
-    for event in (old_allow, old_incident, ancient_incident, pinned, recent):
+    for event in (old_allow, old_incident, ancient, pinned, recent):
         store.record_event(event)
-    assert store.purge(events_days=30, incidents_days=365, now=now) == 2
+    # the snapshots left behind are exactly those of the deleted events (the pinned one's stays)
+    assert store.purge(events_days=30, incidents_days=365, now=now) == Purged(2, ("g/b.jpg",))
     left = {e.event_id for e in store.list_events().events}
     assert left == {old_incident.event_id, pinned.event_id, recent.event_id}
 
