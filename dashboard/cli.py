@@ -11,9 +11,9 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
 
-from maskgate.config import Config, rule_problems
+from maskgate import argtypes
+from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=f"{summary}. Needs dashboard.secret_key; run `maskgate db upgrade` first.",
     )
     parser.add_argument("--host", help="address to listen on (default: dashboard.host)")
-    parser.add_argument("--port", type=int, help="port to listen on (default: dashboard.port)")
+    parser.add_argument("--port", type=argtypes.port, help="port to listen on (default: dashboard.port)")
     parser.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help=f"request threads (default {DEFAULT_THREADS})"
+        "--threads",
+        type=argtypes.positive_int,
+        default=DEFAULT_THREADS,
+        help=f"request threads (default {DEFAULT_THREADS})",
     )
     parser.set_defaults(handler=serve)
 
@@ -45,10 +48,6 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         check_config(config)
     except DashboardConfigError as exc:
         raise UsageError(f"cannot serve the dashboard: {exc}") from None
-    if args.port is not None:  # the config's own rule, as `evaluate --min-face-size` checks its value
-        problems = rule_problems(replace(config.dashboard, port=args.port), "dashboard.")
-        if problems:
-            raise UsageError(f"--port: {'; '.join(problems)}")
 
     import waitress
 

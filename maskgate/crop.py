@@ -13,6 +13,7 @@ box through the detector's :class:`BoxCalibration`, learned from its boxes and h
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +26,9 @@ from maskgate.core import Box
 
 class EmptyCropError(ValueError):
     """The box has no area inside the image: there is nothing to classify."""
+
+
+MIN_SIZE, MAX_SIZE = 8, 1024  # a crop spec's side in pixels (the seed architecture's is 255)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +44,27 @@ class CropSpec:
     def to_json(self) -> dict[str, object]:
         return {"size": self.size, "margin": self.margin, "color": self.color}
 
+    def problem(self) -> str | None:
+        """Why this spec cannot cut crops (None if it can): the size, margin and colour a card may hold."""
+        size, margin = self.size, self.margin
+        whole = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+        if not whole or not MIN_SIZE <= size <= MAX_SIZE:
+            return f"the crop size must be a whole number from {MIN_SIZE} to {MAX_SIZE}, not {size!r}"
+        if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin <= 1:
+            return f"the crop margin must be a number from 0 to 1, not {margin!r}"  # NaN fails 0 <= NaN too
+        if self.color not in ("rgb", "grey"):
+            return f"the crop colour must be 'rgb' or 'grey', not {self.color!r}"
+        return None
+
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> CropSpec:
-        spec = cls(size=int(data["size"]), margin=float(data["margin"]), color=str(data["color"]))  # type: ignore[arg-type]
-        if spec.size < 8 or not 0 <= spec.margin <= 1 or spec.color not in ("rgb", "grey"):
-            raise ValueError(f"invalid crop spec {data!r}")
-        return spec
+    def from_json(cls, data: object) -> CropSpec:
+        """Raises ValueError ("invalid crop spec ...") naming what is wrong with `data`."""
+        if not isinstance(data, dict) or not {"size", "margin", "color"} <= set(data):
+            raise ValueError(f"invalid crop spec {data!r}: expected an object with size, margin and color")
+        spec = cls(size=data["size"], margin=data["margin"], color=data["color"])
+        if problem := spec.problem():
+            raise ValueError(f"invalid crop spec {data!r}: {problem}")
+        return cls(size=int(spec.size), margin=float(spec.margin), color=spec.color)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +186,16 @@ def crop_face(
     if calibration is not None:
         box = calibration.apply(box)
     height, width = image.shape[:2]
+    corners = (box.x1, box.y1, box.x2, box.y2)
+    if not all(math.isfinite(v) for v in corners):
+        raise EmptyCropError(f"box {box} is not finite")
+    # A face at the border reaches out of the image by part of its side; a box reaching out further
+    # than half the image's longer side is no face but a broken one (a box of 1e9 px would make
+    # the padded square below take gigabytes): it is clipped to the image first. Other boxes are
+    # cut as they are, so the padded square stays within a few times the image.
+    reach = max(width, height) / 2
+    if min(box.x1, box.y1) < -reach or box.x2 > width + reach or box.y2 > height + reach:
+        box = box.clip(width, height)
     if box.clip(width, height).area < 1:
         raise EmptyCropError(f"box {box} has no area inside the {width}x{height} image")
     square = square_box(box, spec.margin)

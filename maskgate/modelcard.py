@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,22 +72,63 @@ class ModelCard:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelCard:
-        if data.get("format") != CARD_FORMAT:
-            raise ValueError(f"unsupported card format {data.get('format')!r} (expected {CARD_FORMAT})")
+    def from_json(cls, data: object) -> ModelCard:
+        """The card in `data` (parsed card.json). Raises :class:`ModelFileError` (a ValueError)
+        naming the field that is missing or of the wrong type or range."""
+        if not isinstance(data, dict):
+            raise ModelFileError(f"the card must be a JSON object, not {type(data).__name__}")
+        card_format = data.get("format")
+        if type(card_format) is not int or card_format != CARD_FORMAT:
+            raise ModelFileError(f"unsupported card format {card_format!r} (expected {CARD_FORMAT})")
+        labels = _field(data, "labels", list)
+        if not labels or not all(isinstance(name, str) for name in labels):
+            raise ModelFileError(f"labels must be a non-empty list of label names, not {labels!r}")
+        # An unknown label's error names it; one per output, distinct, is the classifier's check.
+        parsed = tuple(Label.parse(name) for name in labels)
+        files = _field(data, "files", dict)
+        for name, digest in files.items():
+            if not name or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise ModelFileError(f"files: {name!r} must map to a sha256 (64 hex digits), not {digest!r}")
+        try:
+            crop = CropSpec.from_json(_field(data, "crop", dict))
+        except ValueError as exc:
+            raise ModelFileError(f"crop: {exc}") from None
+        parameters = data.get("parameters", 0)
+        if type(parameters) is not int or not 0 <= parameters <= MAX_PARAMETERS:
+            raise ModelFileError(
+                f"parameters must be a whole number from 0 to {MAX_PARAMETERS}, not {parameters!r}"
+            )
         return cls(
-            version=str(data["version"]),
-            labels=tuple(Label.parse(name) for name in data["labels"]),
-            crop=CropSpec.from_json(data["crop"]),
-            arch=str(data["arch"]),
-            created=str(data["created"]),
-            files={str(k): str(v) for k, v in data["files"].items()},
-            parameters=int(data.get("parameters", 0)),
-            metrics=dict(data.get("metrics", {})),
-            data=list(data.get("data", [])),
-            data_hash=str(data.get("data_hash", "")),
-            training=dict(data.get("training", {})),
+            version=_field(data, "version", str),
+            labels=parsed,
+            crop=crop,
+            arch=_field(data, "arch", str),
+            created=_field(data, "created", str),
+            files=dict(files),
+            parameters=parameters,
+            metrics=_field(data, "metrics", dict, {}),
+            data=_field(data, "data", list, []),
+            data_hash=_field(data, "data_hash", str, ""),
+            training=_field(data, "training", dict, {}),
         )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_PARAMETERS = 10**12  # far above any classifier a gate runs; JSON may hold any number
+_MISSING = object()
+_KINDS = {str: "a string", dict: "an object", list: "a list"}
+
+
+def _field(data: dict[str, Any], name: str, kind: type, default: object = _MISSING) -> Any:
+    """`data[name]`, which must be of `kind` (a required field when there is no `default`)."""
+    if name not in data:
+        if default is _MISSING:
+            raise ModelFileError(f"{name} is missing")
+        return default
+    value = data[name]
+    if not isinstance(value, kind):
+        raise ModelFileError(f"{name} must be {_KINDS[kind]}, not {value!r}")
+    return value
 
 
 def sha256_file(path: Path) -> str:

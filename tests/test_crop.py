@@ -120,3 +120,58 @@ def test_crop_face_of_a_detected_box_crops_around_the_calibrated_box():
     )
     # The crop starts 10 px lower: the green channel (= y) of its top row says so.
     assert through_calibration[0, 0, 1] == 50
+
+
+@pytest.mark.parametrize(
+    "box",
+    [Box(0, 0, 1e9, 1e9), Box(-1e9, -1e9, 1e9, 1e9), Box(-5e8, 10, 150, 1e9)],
+    ids=["1e9 wide", "around", "reaching out left and down"],
+)
+def test_an_absurd_box_is_clipped_to_the_image_instead_of_padded_to_gigabytes(box: Box):
+    """A box reaching far out of the image (a broken annotation, a wild detection) would make a
+    padded square of 1e9 px a side: it is cut as its part inside the image instead."""
+    image = gradient()
+    spec = CropSpec(size=20)
+    assert np.array_equal(crop_face(image, box, spec), crop_face(image, box.clip(160, 100), spec))
+
+
+def test_a_box_at_the_border_within_half_the_image_is_still_padded_not_clipped():
+    image = gradient()  # 160 x 100: boxes may reach out by up to 80 px
+    spec = CropSpec(size=20, margin=0.0)
+    reaching = Box(-70, 20, 10, 100)  # 80 px, 70 of them outside
+    padded = crop_face(image, reaching, spec)
+    assert (padded[:, :15, 0] == 0).all()  # the replicated column x = 0: the face is not moved inside
+    assert not np.array_equal(padded, crop_face(image, reaching.clip(160, 100), spec))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_box_that_is_not_finite_has_nothing_to_crop(value: float):
+    with pytest.raises(EmptyCropError, match="not finite"):
+        crop_face(gradient(), Box(10, 10, value, 50), CropSpec(size=20))
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"size": 1e400, "margin": 0.2, "color": "rgb"}, "crop size"),
+        ({"size": 1_000_000_000, "margin": 0.2, "color": "rgb"}, "crop size"),
+        ({"size": 96.5, "margin": 0.2, "color": "rgb"}, "crop size"),
+        ({"size": True, "margin": 0.2, "color": "rgb"}, "crop size"),
+        ({"size": "96", "margin": 0.2, "color": "rgb"}, "crop size"),
+        ({"size": 96, "margin": float("nan"), "color": "rgb"}, "crop margin"),
+        ({"size": 96, "margin": "0.2", "color": "rgb"}, "crop margin"),
+        ({"size": 96, "margin": 0.2, "color": ["rgb"]}, "crop colour"),
+        ({"size": 96, "margin": 0.2}, "expected an object"),
+        ([96, 0.2, "rgb"], "expected an object"),
+    ],
+)
+def test_crop_spec_from_json_refuses_what_a_card_cannot_hold(data, problem: str):
+    with pytest.raises(ValueError, match=f"invalid crop spec .*{problem}"):
+        CropSpec.from_json(data)
+
+
+def test_crop_spec_problem_names_the_limits():
+    assert CropSpec().problem() is None and CropSpec(size=8, margin=1.0, color="grey").problem() is None
+    assert "from 8 to 1024, not 4" in CropSpec(size=4).problem()
+    assert "from 8 to 1024, not 1025" in CropSpec(size=1025).problem()
+    assert "margin" in CropSpec(margin=1.5).problem()

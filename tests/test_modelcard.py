@@ -89,3 +89,63 @@ def test_a_folder_without_runtime_model_cannot_get_a_card(tmp_path: Path):
 
 def make_card_only() -> ModelCard:
     return ModelCard("v", LABELS, CropSpec(), "compact", "2026-01-01T00:00:00+00:00")
+
+
+def _edit_card(folder: Path, edit) -> None:
+    """Rewrite card.json as `edit` leaves the parsed card (a function of it, or the text itself)."""
+    data = json.loads((folder / CARD_FILE).read_text())
+    if callable(edit):
+        text = edit(data)
+        text = text if isinstance(text, str) else json.dumps(text)
+    else:
+        text = edit
+    (folder / CARD_FILE).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ("[1, 2]", "must be a JSON object, not list"),
+        ("null", "must be a JSON object, not NoneType"),
+        (lambda d: {**d, "files": ["model.tflite"]}, "files must be an object"),
+        (lambda d: {**d, "files": None}, "files must be an object"),
+        (lambda d: {**d, "files": {"model.tflite": 5}}, "'model.tflite' must map to a sha256"),
+        (lambda d: {**d, "files": {"model.tflite": "abc"}}, "'model.tflite' must map to a sha256"),
+        (lambda d: {k: v for k, v in d.items() if k != "files"}, "files is missing"),
+        (lambda d: {**d, "labels": [{}]}, "labels must be a non-empty list of label names"),
+        (lambda d: {**d, "labels": "with_mask"}, "labels must be a list"),
+        (lambda d: {**d, "labels": []}, "labels must be a non-empty list"),
+        (lambda d: {**d, "labels": ["with_mask", "hat"]}, "unknown label 'hat'"),
+        (lambda d: json.dumps(d).replace('"size": 64', '"size": 1e400'), "crop: invalid crop spec"),
+        (lambda d: {**d, "crop": {**d["crop"], "size": 1_000_000_000}}, "crop: invalid crop spec"),
+        (lambda d: {**d, "crop": None}, "crop must be an object"),
+        (lambda d: json.dumps(d).replace('"parameters": 1234', '"parameters": 1e400'), "parameters must be"),
+        (lambda d: {**d, "parameters": -1}, "parameters must be"),
+        (lambda d: {**d, "parameters": "1234"}, "parameters must be"),
+        (lambda d: {**d, "format": True}, "unsupported card format True"),
+        (lambda d: {**d, "format": 1.0}, "unsupported card format 1.0"),
+        (lambda d: {**d, "version": True}, "version must be a string"),
+        (lambda d: {**d, "version": 7}, "version must be a string"),
+        (lambda d: {**d, "arch": None}, "arch must be a string"),
+        (lambda d: {**d, "created": 2026}, "created must be a string"),
+        (lambda d: {**d, "metrics": []}, "metrics must be an object"),
+        (lambda d: {**d, "data": {}}, "data must be a list"),
+        (lambda d: {**d, "data_hash": 5}, "data_hash must be a string"),
+        (lambda d: {**d, "training": "fast"}, "training must be an object"),
+    ],
+)
+def test_a_malformed_card_is_a_model_file_error_naming_the_field(tmp_path: Path, edit, field: str):
+    make_folder(tmp_path)
+    _edit_card(tmp_path, edit)
+    with pytest.raises(ModelFileError, match="invalid model card: ") as refused:
+        load_card(tmp_path, verify=False)
+    assert field in str(refused.value)
+
+
+def test_a_card_with_only_the_required_fields_loads(tmp_path: Path):
+    written = make_folder(tmp_path)
+    keep = ("format", "version", "labels", "crop", "arch", "created", "files")
+    _edit_card(tmp_path, lambda d: {k: d[k] for k in keep})
+    loaded = load_card(tmp_path)
+    assert loaded.files == written.files and loaded.parameters == 0 and loaded.metrics == {}
+    assert isinstance(loaded.crop.size, int) and isinstance(loaded.crop.margin, float)

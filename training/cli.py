@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maskgate.argtypes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
 if TYPE_CHECKING:
+    from maskgate.crop import CropSpec
     from maskgate.training.datasets import DataSpec
     from maskgate.training.label_review import LabelReview
+    from maskgate.training.split import SplitConfig
 
 DEFAULT_CACHE = Path("var/cache/crops")
 ARCH_CHOICES = ("compact", "seed")
@@ -60,27 +63,37 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", nargs="+", required=True, action="extend", help=_data_help())
     p.add_argument("--arch", choices=ARCH_CHOICES, default="compact", help="network (default: compact)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/NAME")
-    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping ends sooner)")
-    p.add_argument("--patience", type=int, default=10, help="epochs without a better validation loss")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--size", type=int, help="crop side in pixels (default: the architecture's)")
-    p.add_argument("--margin", type=float, help="crop margin per side, fraction of the box (default 0.2)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the architecture's)")
-    p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none, 1 balanced (default 0.5)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=40, help="maximum epochs (early stopping ends sooner)"
+    )
+    p.add_argument(
+        "--patience", type=non_negative_int, default=10, help="epochs without a better validation loss"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--size", type=positive_int, help="crop side in pixels (default: the architecture's)")
+    p.add_argument("--margin", type=fraction, help="crop margin per side, fraction of the box (default 0.2)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: the architecture's)")
+    p.add_argument(
+        "--class-weight-power", type=non_negative_float, default=0.5, help="0 none, 1 balanced (default 0.5)"
+    )
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--val", type=float, default=0.1, help="validation share of the source images")
-    p.add_argument("--test", type=float, default=0.2, help="held-out test share of the source images")
-    p.add_argument("--seed", type=int, default=1337, help="split seed (and the run's, unless --run-seed)")
+    p.add_argument(
+        "--val", type=fraction, default=0.1, help="validation share of the source images (above 0)"
+    )
+    p.add_argument("--test", type=fraction, default=0.2, help="held-out test share of the source images")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=1337, help="split seed (and the run's, unless --run-seed)"
+    )
     p.add_argument(
         "--run-seed",
-        type=int,
+        type=non_negative_int,
         help="seed of the initial weights, shuffling, augmentation and synthetic masks (default: --seed); "
         "ensemble members of one split differ by it",
     )
-    p.add_argument("--max-train", type=int, help="use at most this many training crops (slow archs)")
+    p.add_argument("--max-train", type=positive_int, help="use at most this many training crops (slow archs)")
     p.add_argument(
         "--synthetic-masks",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="draw masks (proper, below the nose, on the chin; random colours) on up to N bare faces "
@@ -93,7 +106,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="start from the weights of this model folder (same --arch and crop) instead of random ones",
     )
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for TensorFlow")
     p.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"crop cache folder (default {DEFAULT_CACHE})"
     )
@@ -137,7 +150,9 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
         "the crops); scenes: the annotated faces no detection takes at IoU >= 0.5, largest first "
         "(missed.csv: rank, source, image, face side, label, box clipped to the image; missed.png)",
     )
-    p.add_argument("--min-face-size", type=int, help="scenes: detector minimum face (default: config)")
+    p.add_argument(
+        "--min-face-size", type=positive_int, help="scenes: detector minimum face (default: config)"
+    )
     p.add_argument(
         "--detector-model",
         type=Path,
@@ -214,22 +229,57 @@ def _non_commercial_refusal(name: str) -> str:
     )
 
 
-def _train(args: argparse.Namespace, config: Config) -> int:
+MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds (keras.utils.set_random_seed) go no higher
+
+
+def _check_seed(option: str, seed: int, count: int = 1) -> None:
+    """Refuses a seed NumPy cannot take: `count` seeds from `seed` on are used (seed + i)."""
+    from maskgate.cli import UsageError
+
+    if seed + count - 1 > MAX_SEED:
+        more = f" (and the {count - 1} after it)" if count > 1 else ""
+        raise UsageError(f"{option} {seed}: a seed{more} must be at most {MAX_SEED}")
+
+
+def _train_crop_and_split(args: argparse.Namespace) -> tuple[CropSpec, SplitConfig]:
+    """The crop spec and split `train` asks for, checked before any work: a crop spec a card cannot
+    hold would give a model folder that no one can load, written over the one at --out."""
     from dataclasses import replace
 
     from maskgate.cli import UsageError
-    from maskgate.modelcard import ModelFileError
     from maskgate.training.archs import ARCHS
-    from maskgate.training.augment import AugmentConfig
     from maskgate.training.split import SplitConfig
-    from maskgate.training.train import TrainConfig, TrainError, summary, train
 
-    specs = _specs(args, config, args.allow_non_commercial)
     crop = ARCHS[args.arch].crop
-    if args.size:
+    if args.size is not None:
         crop = replace(crop, size=args.size)
     if args.margin is not None:
         crop = replace(crop, margin=args.margin)
+    if problem := crop.problem():  # --margin is a fraction already: the size is what can be wrong
+        raise UsageError(f"--size {args.size}: {problem}")
+    if args.val == 0:
+        raise UsageError("--val 0: training needs validation images (they choose the epoch kept)")
+    try:
+        split = SplitConfig(val=args.val, test=args.test, seed=args.seed)
+    except ValueError:
+        raise UsageError(
+            f"--val {args.val:g} --test {args.test:g}: the validation and test shares must leave training "
+            "images (together below 1)"
+        ) from None
+    _check_seed("--seed", args.seed)
+    if args.run_seed is not None:
+        _check_seed("--run-seed", args.run_seed)
+    return crop, split
+
+
+def _train(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
+    from maskgate.modelcard import ModelFileError
+    from maskgate.training.augment import AugmentConfig
+    from maskgate.training.train import TrainConfig, TrainError, summary, train
+
+    crop, split = _train_crop_and_split(args)
+    specs = _specs(args, config, args.allow_non_commercial)
     train_config = TrainConfig(
         arch=args.arch,
         crop=crop,
@@ -238,7 +288,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         patience=args.patience,
         learning_rate=args.lr,
         class_weight_power=args.class_weight_power,
-        split=SplitConfig(val=args.val, test=args.test, seed=args.seed),
+        split=split,
         augment=None if args.no_augment else AugmentConfig(),
         max_train=args.max_train,
         threads=args.threads,
@@ -444,18 +494,22 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
     )
     _add_scene_split_arguments(p, "whose train/val images are used and whose test images are held out")
     p.add_argument("--out", type=Path, default=DEFAULT_TRAINED_DETECTOR_OUT, help="detector folder to write")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per network")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (cosine decay)")
-    p.add_argument("--masked-weight", type=float, default=2.0, help="weight of masked faces' samples")
-    p.add_argument("--bare-weight", type=float, default=1.0, help="weight of bare faces' samples")
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs per network")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=3e-4, help="learning rate (cosine decay)")
+    p.add_argument(
+        "--masked-weight", type=positive_float, default=2.0, help="weight of masked faces' samples"
+    )
+    p.add_argument("--bare-weight", type=positive_float, default=1.0, help="weight of bare faces' samples")
     p.add_argument(
         "--large-face-weight",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="extra weight of the samples of faces of at least --large-face-px (original image px)",
     )
-    p.add_argument("--large-face-px", type=float, default=96.0, help="side of a large face (default 96)")
+    p.add_argument(
+        "--large-face-px", type=positive_float, default=96.0, help="side of a large face (default 96)"
+    )
     p.add_argument("--no-synthetic", action="store_true", help="no synthetic masks on bare faces")
     p.add_argument(
         "--networks",
@@ -471,24 +525,38 @@ def _register_train_detector(commands: argparse._SubParsersAction) -> None:
         default=["rnet"],
         help="nets that learn to score part faces (IoU 0.4-0.65) as faces (default: rnet)",
     )
-    p.add_argument("--loose-part-iou", type=float, default=0.4, help="part-face IoU for --part-is-face nets")
     p.add_argument(
-        "--loose-negative-iou", type=float, default=0.3, help="negative IoU for --part-is-face nets"
+        "--loose-part-iou", type=fraction, default=0.4, help="part-face IoU for --part-is-face nets"
+    )
+    p.add_argument(
+        "--loose-negative-iou",
+        type=fraction,
+        default=0.3,
+        help="negative IoU for --part-is-face nets (at most --loose-part-iou)",
     )
     p.add_argument(
         "--start", type=Path, help="detector folder to start from (default: the mtcnn package's weights)"
     )
-    p.add_argument("--max-scenes", type=int, help="use at most this many training scenes (smoke runs)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument(
+        "--max-scenes", type=positive_int, help="use at most this many training scenes (smoke runs)"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=1337)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for TensorFlow")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train_detector)
 
 
 def _train_detector(args: argparse.Namespace, config: Config) -> int:
+    from maskgate.cli import UsageError
     from maskgate.training.detector_samples import SampleConfig
     from maskgate.training.detector_train import DetectorTrainConfig, train_detector
 
+    if args.loose_negative_iou > args.loose_part_iou:
+        raise UsageError(
+            f"--loose-negative-iou {args.loose_negative_iou} is above --loose-part-iou "
+            f"{args.loose_part_iou}: a sample cannot be a negative and a part face at once"
+        )
+    _check_seed("--seed", args.seed)
     train_config = DetectorTrainConfig(
         data=args.data,
         manifest=str(args.manifest),
@@ -536,8 +604,10 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
         help=f"the tuned detector folder (default {DEFAULT_TRAINED_DETECTOR_OUT})",
     )
     p.add_argument("--out", type=Path, help="folder to write (default: the detector folder itself)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--members", type=int, default=3, help="nets from successive seeds, averaged (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument(
+        "--members", type=positive_int, default=3, help="nets from successive seeds, averaged (default 3)"
+    )
     p.add_argument(
         "--photos",
         nargs="*",
@@ -546,10 +616,13 @@ def _register_train_face_check(commands: argparse._SubParsersAction) -> None:
         f"(default: {' '.join(SHIPPED_FACE_CHECK_PHOTOS)}, as for the shipped net; --photos alone: none)",
     )
     p.add_argument(
-        "--max-scenes", type=int, default=0, help="use at most this many scenes per split (smoke runs)"
+        "--max-scenes",
+        type=non_negative_int,
+        default=0,
+        help="use at most this many scenes per split (smoke runs; default 0: all)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for TensorFlow")
     p.add_argument(
         "--allow-non-commercial",
         action="store_true",
@@ -568,9 +641,7 @@ def _train_face_check(args: argparse.Namespace, config: Config) -> int:
 
     if not args.manifest.is_file():
         raise UsageError(f"--manifest {args.manifest} does not exist")
-    for option in ("epochs", "members"):
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option} must be at least 1, not {getattr(args, option)}")
+    _check_seed("--seed", args.seed, args.members)  # one per member: seed, seed + 1, ...
     root = config.paths.datasets
     for folder in args.photos:
         if not (root / folder).is_dir():
@@ -644,7 +715,10 @@ def _register_calibrate_detector(commands: argparse._SubParsersAction) -> None:
         "--detector-model", type=Path, help="detector folder (default: config detector.model, empty = stock)"
     )
     p.add_argument(
-        "--min-iou", type=float, default=0.3, help="a detection this close to a drawn box is its face (0.3)"
+        "--min-iou",
+        type=fraction,
+        default=0.3,
+        help="a detection this close to a drawn box is its face (above 0; default 0.3)",
     )
     p.add_argument("--write", action="store_true", help="store the calibration in the detector folder's card")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -665,6 +739,8 @@ def _calibrate_detector(args: argparse.Namespace, config: Config) -> int:
         write_calibration,
     )
 
+    if args.min_iou == 0:
+        raise UsageError("--min-iou 0: every detection would pair with any drawn box; give a share above 0")
     detector = config.detector
     if args.detector_model:
         detector = replace(detector, model=str(args.detector_model))

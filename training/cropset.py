@@ -76,8 +76,11 @@ class CropSet:
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
-    """The image at `path` as RGB uint8, or None when it cannot be decoded."""
-    data = np.fromfile(path, np.uint8)
+    """The image at `path` as RGB uint8, or None when it cannot be read or decoded."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None or image.ndim != 3 or min(image.shape[:2]) < 2:
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -189,9 +190,14 @@ def _scan_class_folders(root: Path, layout: Layout, report: SourceReport) -> lis
             continue
         for file in files:
             relative = file.relative_to(root).as_posix()
+            try:
+                digest = file_sha256(file)
+            except OSError:  # no permission, an I/O error: one file is not a reason to stop
+                report.unreadable.append(relative)
+                continue
             # Faces: the whole photo is the face (box filled in when the image is read).
             # Photos: the detector finds the face; the box stays None until then.
-            images.append(SourceImage(relative, file_sha256(file), (FaceSample(relative, label, None),)))
+            images.append(SourceImage(relative, digest, (FaceSample(relative, label, None),)))
     return images
 
 
@@ -201,7 +207,11 @@ def _scan_voc(root: Path, report: SourceReport) -> list[SourceImage]:
     images = []
     for xml_path in sorted(annotations.glob("*.xml")):
         try:
-            annotation = parse_voc(xml_path.read_bytes())
+            xml = xml_path.read_bytes()
+            annotation = parse_voc(xml)
+        except OSError as exc:
+            report.bad_annotations.append(f"{xml_path.name}: cannot be read: {exc.strerror or exc}")
+            continue
         except (ET.ParseError, ValueError) as exc:
             report.bad_annotations.append(f"{xml_path.name}: {exc}")
             continue
@@ -217,7 +227,11 @@ def _scan_voc(root: Path, report: SourceReport) -> list[SourceImage]:
             except UnknownLabelError:
                 report.unknown_labels[name] += 1
         # The annotation is part of the data: a changed box must change the hash too.
-        digest = sha256_bytes(file.read_bytes() + xml_path.read_bytes())
+        try:
+            digest = sha256_bytes(file.read_bytes() + xml)
+        except OSError:
+            report.unreadable.append(relative)
+            continue
         images.append(SourceImage(relative, digest, tuple(faces)))
     if not images and not report.missing_images and not report.bad_annotations:
         raise DataSpecError(f"{annotations}: no *.xml annotations")
@@ -239,12 +253,15 @@ def parse_voc(xml: bytes) -> VocAnnotation:
         bndbox = node.find("bndbox")
         if bndbox is None:
             raise ValueError(f"object {name!r} has no <bndbox>")
+        texts = [bndbox.findtext(key) for key in ("xmin", "ymin", "xmax", "ymax")]
+        if not all(text and text.strip() for text in texts):
+            raise ValueError(f"object {name!r}: incomplete <bndbox>")
         try:
-            coords = [float(bndbox.findtext(key) or "nan") for key in ("xmin", "ymin", "xmax", "ymax")]
+            coords = [float(text) for text in texts]  # type: ignore[arg-type]
         except ValueError as exc:
             raise ValueError(f"object {name!r}: {exc}") from None
-        if any(c != c for c in coords):  # NaN: a coordinate is missing
-            raise ValueError(f"object {name!r}: incomplete <bndbox>")
+        if not all(math.isfinite(c) for c in coords):  # "inf", "nan", "1e999": no box to cut
+            raise ValueError(f"object {name!r}: non-finite coordinate in <bndbox> {texts}")
         objects.append((name, Box(*coords)))
     return VocAnnotation((root.findtext("filename") or "").strip(), tuple(objects))
 

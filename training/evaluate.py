@@ -111,11 +111,11 @@ def split_crops(
 ) -> tuple[CropSet, list[SourceReport]]:
     """The crops of `specs` cut to `crop` (`photos` by the gate's `detector`), only of the images in
     `keep` ((source, path) pairs; None: all), labelled as `review` corrects them, and each source's
-    report."""
+    report: with `keep`, of those images only (:func:`split_report`), as scenes mode counts."""
     detector_config = cropset.photo_detector_config(detector)
     sets, reports = [], []
     for spec in specs:
-        crops, report, _ = cropset.load_source(
+        crops, report, scanned = cropset.load_source(
             spec,
             crop,
             cache_dir,
@@ -126,9 +126,45 @@ def split_crops(
         )
         if keep is not None:
             crops = crops.subset(np.asarray([(spec.name, i) in keep for i in crops.images], bool))
+            report = split_report(spec, report, scanned, keep, crops, review)
         sets.append(crops)
         reports.append(report)
     return (CropSet.concat(sets) if sets else CropSet.empty(crop)), reports
+
+
+def split_report(
+    spec: DataSpec,
+    report: SourceReport,
+    scanned: Sequence[SourceImage],
+    keep: set[tuple[str, str]],
+    kept: CropSet,
+    review: LabelReview | None = None,
+) -> SourceReport:
+    """`report` of the whole source `spec` (its `scanned` images) narrowed to the images in `keep`,
+    whose crops are `kept`: images, faces, unreadable images, photos without a face, empty boxes and
+    the label review's corrections count those images only. What scanning found in the source's
+    files (unknown labels, annotations without image, bad annotations) is the whole source's, as in
+    scenes mode."""
+    images = [image for image in scanned if (spec.name, image.path) in keep]
+    paths = {image.path for image in images}
+    narrowed = SourceReport(
+        source=report.source,
+        layout=report.layout,
+        unknown_labels=report.unknown_labels,
+        missing_images=report.missing_images,
+        bad_annotations=report.bad_annotations,
+    )
+    if review is not None:  # applied to these images only: their corrections, not the source's
+        images = review.apply_counted(spec.name, images, narrowed, all_images=False)
+    narrowed.unreadable = [path for path in report.unreadable if path in paths]
+    narrowed.no_face = [path for path in report.no_face if path in paths]
+    unreadable = set(narrowed.unreadable)
+    read = [image for image in images if image.path not in unreadable]
+    narrowed.images = len(read)
+    narrowed.faces.update(LABELS[label].value for label in kept.labels)
+    # Every face of an image read is cropped, or has no face found (photos), or an empty box.
+    narrowed.empty_boxes = sum(len(image.faces) for image in read) - len(narrowed.no_face) - len(kept)
+    return narrowed
 
 
 def evaluate_crops(

@@ -3,8 +3,14 @@
 Crops of one photo (several faces of a VOC scene) are near-copies in lighting, camera and
 people, so they must never sit on both sides: the unit of the split is the source image.
 The split is stratified by (source, rarest label in the image) so that the scarce
-``improper_mask`` faces land on every side in proportion, and it depends only on the seed and
-each image's path (a hash orders the images), not on the order files were listed in.
+``improper_mask`` faces land on every side in proportion. Within a stratum a hash of the seed, the
+source and each image's path orders the images; the first shares go to test, then to val. So an
+image's side depends on the seed, the val and test shares and the images of its stratum (their
+paths), not on the order files were listed in; and an image's stratum depends on its labels and on
+which label is rarest, counted over every source of the run. Adding or removing a source can
+change that order of rarity: images holding several labels then change stratum, and they and
+other images of their source (whose strata grew or shrank) can change side. A source whose images
+each hold one label splits the same way whatever else is in the run.
 """
 
 from __future__ import annotations

@@ -36,11 +36,25 @@ def test_refuses_a_bad_cron_line(capsys, sqlite_url, monkeypatch):
     assert "not a crontab line" in capsys.readouterr().err
 
 
-def test_refuses_a_port_that_is_not_one(capsys, sqlite_url, monkeypatch):
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--port", "70000", "a port number from 1 to 65535"),
+        ("--port", "0", "a port number from 1 to 65535"),
+        ("--threads", "0", "a whole number above 0"),  # waitress served, but no request was ever answered
+        ("--threads", "-2", "a whole number above 0"),
+        ("--threads", "many", "a whole number above 0"),
+    ],
+)
+def test_refuses_a_number_out_of_range_before_serving(
+    capsys, sqlite_url, monkeypatch, option, value, expected
+):
     monkeypatch.setenv("MASKGATE_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("MASKGATE_DASHBOARD__SECRET_KEY", "k" * 32)
-    assert main(["dashboard", "--port", "70000"]) == 2
-    assert "--port: dashboard.port must be between 0 and 65535, got 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["dashboard", option, value])
+    assert stopped.value.code == 2
+    assert f"argument {option}: expected {expected}, got {value!r}" in capsys.readouterr().err
 
 
 def test_refuses_an_unmigrated_database(capsys, sqlite_url, monkeypatch):

@@ -328,3 +328,87 @@ def test_detections_are_remembered_per_photo_and_the_detector_built_only_on_a_mi
     second = cropset.extract(spec, images, report, SPEC, again, progress=False)
     assert built == [1] and len(first) == len(second) == 1 and len(report.no_face) == 1
     assert np.array_equal(first.crops, second.crops)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999", "Infinity"])
+def test_a_voc_box_that_is_not_finite_is_a_bad_annotation_and_the_rest_is_used(voc_source: Path, value: str):
+    """`<xmax>inf</xmax>` used to reach the crop function and crash `evaluate`; it is reported
+    among the bad annotations like any other XML that cannot be used."""
+    (voc_source / "annotations/scene_b.xml").write_text(
+        voc_xml("scene_b.jpg", [("without_mask", (10, 10, 60, 70))]).replace(
+            "<xmax>60</xmax>", f"<xmax>{value}</xmax>"
+        )
+    )
+    with pytest.raises(ValueError, match="non-finite coordinate"):
+        parse_voc((voc_source / "annotations/scene_b.xml").read_bytes())
+    spec = DataSpec.parse(str(voc_source))
+    images, report = scan(spec)
+    assert [i.path for i in images] == ["images/scene_a.jpg"]
+    bad = sorted(report.bad_annotations)
+    assert len(bad) == 2 and bad[1].startswith("scene_b.xml: object 'without_mask': non-finite coordinate")
+    assert "2 bad annotations" in report.summary()
+    crops = cropset.extract(spec, images, report, SPEC, progress=False)
+    assert len(crops) == 3  # scene_a's faces inside the image, as before
+
+
+def test_a_voc_box_of_a_billion_pixels_is_cropped_inside_the_image(voc_source: Path):
+    """Finite but absurd: the crop function cuts its part inside the image, not a padded square of
+    1e9 px a side (cv2 "Insufficient memory")."""
+    (voc_source / "annotations/scene_b.xml").write_text(
+        voc_xml("scene_b.jpg", [("without_mask", (10, 10, 1e9, 1e9))])
+    )
+    spec = DataSpec.parse(str(voc_source))
+    images, report = scan(spec)
+    (scene_b,) = [image for image in images if image.path == "images/scene_b.JPEG"]
+    crops = cropset.extract(spec, [scene_b], report, SPEC, progress=False)
+    image = cropset.read_rgb(voc_source / scene_b.path)
+    height, width = image.shape[:2]
+    assert len(crops) == 1 and crops.sides[0] == max(width - 10, height - 10)
+    assert np.array_equal(crops.crops[0], crop_face(image, Box(10, 10, width, height), SPEC))
+
+
+# -- files that cannot be read ---------------------------------------------------------------------
+
+
+def make_unreadable(path: Path) -> None:
+    """Make the file at `path` (named like an image or an annotation) fail to read: no permission,
+    or where permissions do not bind (root) a link to /proc/self/mem, whose first page read fails
+    with an I/O error. Either way an OSError, as a real unreadable file gives."""
+    path.chmod(0)
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return
+    path.unlink()
+    path.symlink_to("/proc/self/mem")
+    try:
+        path.read_bytes()
+    except OSError:
+        return
+    pytest.skip("cannot make an unreadable file here")
+
+
+def test_an_image_that_cannot_be_read_is_counted_not_a_crash(datasets: Path, tmp_path: Path):
+    root = make_faces_folder(tmp_path / "faces", per_class=2)
+    victim = sorted((root / "without_mask").iterdir())[0]
+    make_unreadable(victim)
+    spec = DataSpec.parse(str(root))
+    images, report = scan(spec)
+    assert report.unreadable == [f"without_mask/{victim.name}"]
+    assert len(images) == 5 and f"without_mask/{victim.name}" not in {i.path for i in images}
+    crops = cropset.extract(spec, images, report, SPEC, progress=False)
+    assert crops.counts() == {"with_mask": 2, "without_mask": 1, "improper_mask": 2}
+    assert report.images == 5 and "1 unreadable" in report.summary()
+    assert cropset.read_rgb(victim) is None
+
+
+def test_a_voc_image_or_annotation_that_cannot_be_read_is_counted_not_a_crash(voc_source: Path):
+    make_unreadable(voc_source / "images/scene_b.JPEG")
+    spec = DataSpec.parse(str(voc_source))
+    images, report = scan(spec)
+    assert [i.path for i in images] == ["images/scene_a.jpg"]
+    assert report.unreadable == ["images/scene_b.JPEG"]
+    make_unreadable(voc_source / "annotations/scene_a.xml")
+    images, report = scan(spec)
+    assert images == [] and report.unreadable == ["images/scene_b.JPEG"]
+    assert any(bad.startswith("scene_a.xml: cannot be read") for bad in report.bad_annotations)

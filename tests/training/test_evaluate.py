@@ -368,3 +368,56 @@ def test_missed_faces_keep_crops_only_for_the_sheet(tmp_path: Path, rng, monkeyp
         ("a.jpg", 10.0),
     ]
     assert (tmp_path / "missed.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_crops_of_a_split_are_counted_and_reviewed_on_that_split_only(datasets: Path, tmp_path: Path):
+    """`evaluate --mode crops --split test` reports the images and faces it scores, and the label
+    review's corrections of those images, as scenes mode does; not the whole source's."""
+    from maskgate.training.label_review import LabelReview
+
+    root = tmp_path / "voc"
+    copy_scenes(datasets, root, 3)
+    # maksssksksss0 (512 x 366): 2 without_mask, 1 with_mask; 1 (400 x 156): 8 with_mask, 1 without;
+    # 2 (400 x 290): 3 with_mask, 1 improper, and here one more box wholly outside the image.
+    xml = root / "annotations/maksssksksss2.xml"
+    outside = "<object><name>with_mask</name><bndbox><xmin>500</xmin><ymin>400</ymin><xmax>520</xmax>"
+    xml.write_text(
+        xml.read_text().replace("</annotation>", f"{outside}<ymax>420</ymax></bndbox></object></annotation>")
+    )
+    review_file = tmp_path / "review.csv"
+    review_file.write_text(
+        "source,image,box,label,reason\n"
+        "voc,images/maksssksksss0.jpg,79 105 109 142,with_mask,train image: not measured\n"
+        "voc,images/maksssksksss1.jpg,321 34 354 69,exclude,not a face\n"
+        "voc,images/maksssksksss2.jpg,333 31 366 65,with_mask,worn properly\n"
+    )
+    review = LabelReview.load(review_file)
+    spec = DataSpec.parse(str(root))
+    test = {("voc", "images/maksssksksss1.jpg"), ("voc", "images/maksssksksss2.jpg")}
+
+    data, (report,) = evaluate.split_crops(
+        CropSpec(size=16), [spec], test, tmp_path / "cache", None, False, review
+    )
+    assert sorted(set(data.images)) == ["images/maksssksksss1.jpg", "images/maksssksksss2.jpg"]
+    counts = report.to_json()
+    # 1: 8 with - 1 excluded = 7, 1 without; 2: 3 with + 1 improper relabelled with = 4, 1 empty box
+    assert counts["images"] == 2
+    assert counts["faces"] == {"with_mask": 11, "without_mask": 1, "improper_mask": 0} == data.counts()
+    assert (counts["relabelled"], counts["excluded"], counts["empty_boxes"]) == (1, 1, 1)
+    # The whole source (its crops from the cache the first call wrote): three images, every correction.
+    data, (report,) = evaluate.split_crops(
+        CropSpec(size=16), [spec], None, tmp_path / "cache", None, False, review
+    )
+    counts = report.to_json()
+    assert counts["images"] == 3 and len(data) == 15
+    assert counts["faces"] == {"with_mask": 13, "without_mask": 2, "improper_mask": 0}
+    assert (counts["relabelled"], counts["excluded"], counts["empty_boxes"]) == (2, 1, 1)
+    # Without a review: the split's own faces as the annotations label them.
+    data, (report,) = evaluate.split_crops(CropSpec(size=16), [spec], test, tmp_path / "cache", None, False)
+    counts = report.to_json()
+    assert counts["images"] == 2 and (counts["relabelled"], counts["excluded"], counts["empty_boxes"]) == (
+        0,
+        0,
+        1,
+    )
+    assert counts["faces"] == {"with_mask": 11, "without_mask": 1, "improper_mask": 1} == data.counts()

@@ -61,3 +61,20 @@ def test_manifest_round_trips_and_its_hash_tracks_content(tmp_path: Path):
     changed = [replace(rows[0], sha256="other"), *rows[1:]]
     assert data_hash(changed) != data_hash(rows)
     assert data_hash(list(reversed(rows))) == data_hash(rows)
+
+
+def test_another_source_can_move_images_of_several_labels_and_leaves_single_label_sources_alone():
+    """What the module docstring says the split depends on: which label is rarest is counted over
+    every source of the run, so adding one can re-split a source whose images hold several labels
+    (the shipped model's split was made this way and is kept), never one whose images hold one."""
+    W, B = Label.WITH_MASK, Label.WITHOUT_MASK
+    mixed = [image(f"s{i}.jpg", B) for i in range(10)] + [image(f"m{i}.jpg", W, B) for i in range(10)]
+    mixed += [image(f"w{i}.jpg", W) for i in range(30)]  # alone: without_mask (20) is rarer than with (40)
+    single = [image(f"f{i}.jpg", W) for i in range(20)] + [image(f"g{i}.jpg", B) for i in range(20)]
+    bare = [image(f"b{i}.jpg", B) for i in range(100)]  # with it, with_mask is the rarer label
+    config = SplitConfig(val=0.2, test=0.2, seed=3)
+    alone = assign({"mixed": mixed, "single": single}, config)
+    added = assign({"mixed": mixed, "single": single, "bare": bare}, config)
+    moved = {key for key, side in alone.items() if added[key] is not side}
+    assert {source for source, _ in moved} == {"mixed"}  # never the single-label source
+    assert any(path.startswith("m") for _, path in moved)  # its images of two labels changed stratum
