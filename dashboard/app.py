@@ -145,6 +145,11 @@ def check_config(config: Config) -> None:
     problem = monitoring.check_metrics_token(config)
     if problem:
         raise DashboardConfigError(problem)
+    if config.rollout.token and len(config.rollout.token) < security.MIN_TOKEN_CHARS:
+        # bearer_matches never accepts it: every gate's model download would be refused.
+        raise DashboardConfigError(
+            f"rollout.token is too short: use at least {security.MIN_TOKEN_CHARS} characters"
+        )
 
 
 def _register_blueprints(app: Flask) -> None:

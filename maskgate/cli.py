@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from maskgate import __version__
 from maskgate.config import Config, ConfigError, load_config, to_toml
 from maskgate.const import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from maskgate.store import StoreError, UserStore, make_engine, migrate
+from maskgate.store import DatabaseUrlError, StoreError, UserError, UserStore, make_engine, migrate
 from maskgate.store.db import error_reason
 
 log = logging.getLogger("maskgate")
@@ -44,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user_commands(commands)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
-    _register_bench(commands)
     return parser
 
 
@@ -63,14 +62,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"maskgate: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DatabaseUrlError as exc:  # a URL that did not come through the config's own check
+        print(f"maskgate: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except StoreError as exc:
         print(f"maskgate: database error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except SQLAlchemyError as exc:  # the database went away mid-run: one line, not a traceback
         print(f"maskgate: database error: {error_reason(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
+    except OSError as exc:  # a bad output path, a busy port, a host that does not resolve
+        command = " ".join(filter(None, ("maskgate", getattr(args, "command", None))))
+        log.debug("%s failed", command, exc_info=True)
+        print(f"{command}: {os_error_reason(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_RUNTIME
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What failed and why on one line: ``PATH: strerror`` (``A -> B: ...`` for a rename or link)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    what = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{what}: {reason}"
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -171,27 +187,12 @@ def _user_add(args: argparse.Namespace, config: Config) -> int:
             raise UsageError("passwords differ")
     engine = make_engine(config.database_url)
     migrate.require_head(engine)
-    user = UserStore(engine).add(args.username, password, args.role)
+    try:
+        user = UserStore(engine).add(args.username, password, args.role)
+    except UserError as exc:  # a bad name, a short password, a name taken: not the database's fault
+        raise UsageError(str(exc)) from None
     print(f"created {user.role} {user.username!r}")
     return EXIT_OK
-
-
-# -- commands that later work fills in ---------------------------------------------------------
-
-
-def add_planned(commands: argparse._SubParsersAction, name: str, summary: str, issue: int) -> None:
-    """A command that is part of the interface but not built yet: it says so and exits 1."""
-
-    def handler(_args: argparse.Namespace, _config: Config) -> int:
-        print(f"maskgate {name}: not built yet (issue {issue})", file=sys.stderr)
-        return EXIT_RUNTIME
-
-    planned = commands.add_parser(name, help=summary, description=f"{summary} (planned: issue {issue}).")
-    planned.set_defaults(handler=handler)
-
-
-def _register_bench(commands: argparse._SubParsersAction) -> None:
-    add_planned(commands, "bench", "run the benchmarks", 8)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import tomllib
 import types
@@ -21,38 +22,79 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from maskgate.const import CONFIG_ENV_VAR, ENV_PREFIX, MAX_DOOR_COMMAND_TTL_S, TEST_ENV_PREFIX
+from maskgate.const import (
+    CONFIG_ENV_VAR,
+    ENV_PREFIX,
+    GATE_ID_PATTERN,
+    MAX_DOOR_COMMAND_TTL_S,
+    MQTT_DEFAULT_PORTS,
+    TEST_ENV_PREFIX,
+    TOPIC_PREFIX_PATTERN,
+)
 
 
 class ConfigError(ValueError):
     """The configuration is wrong; the message names the key and its source."""
 
 
-def secret(default: str = "") -> Any:
-    """A field whose value is masked when the config is printed."""
-    return field(default=default, metadata={"secret": True})
+def secret(default: str = "", rule: Rule | None = None, url: bool = False) -> Any:
+    """A field whose value is never shown: masked whole when the config is printed or refused.
+
+    `url`: the value is a URL whose password alone is masked (``database_url``); any other
+    secret is masked whole, even one that happens to look like a URL.
+    """
+    return field(default=default, metadata={"secret": "url" if url else True, "rule": rule})
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What a value must be, and how to say it in an error ("at least 1")."""
+    """What a value must be, and how to say it in an error ("at least 1").
+
+    `problem`, where given, says precisely what is wrong with a value (None when nothing is),
+    in place of "must be ..., got ...".
+    """
 
     holds: Callable[[Any], bool]
     says: str
+    problem: Callable[[Any], str | None] | None = None
+
+
+def checked(problem: Callable[[Any], str | None], says: str) -> Rule:
+    """A rule that holds where `problem` finds nothing, and says what it found where not."""
+    return Rule(lambda v: problem(v) is None, says, problem)
+
+
+def _finite(value: Any) -> bool:
+    """Not inf or NaN: ``float()`` reads both, and ``inf >= 1`` holds, so a range alone lets them by."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def at_least(low: float) -> Rule:
-    return Rule(lambda v: v >= low, f"at least {low}")
+    return Rule(lambda v: _finite(v) and v >= low, f"at least {low}")
 
 
 def between(low: float, high: float) -> Rule:
-    return Rule(lambda v: low <= v <= high, f"between {low} and {high}")
+    return Rule(lambda v: _finite(v) and low <= v <= high, f"between {low} and {high}")
 
 
-POSITIVE = Rule(lambda v: v > 0, "positive")
+def duration(high: float) -> Rule:
+    """A wait in seconds: above 0, finite and at most `high`."""
+    return Rule(lambda v: _finite(v) and 0 < v <= high, f"positive and at most {high}")
+
+
+POSITIVE = Rule(lambda v: _finite(v) and v > 0, "positive")
 FRACTION = between(0, 1)
 PORT = between(0, 65535)
+# A wait of more than an hour (a reconnect backoff, a stream or ack timeout, a download) is a typo:
+# milliseconds written as seconds, a stray zero. A huge one also breaks what it feeds: OpenCV takes
+# the stream timeout as int milliseconds, threading waits refuse more than TIMEOUT_MAX.
+MAX_WAIT_S = 3600
+WAIT = duration(MAX_WAIT_S)
+# Retention and look-back in days: more than a century is a typo, and past about 700,000 days the
+# cut-off date (now minus the days) is before year 1, which Python cannot represent.
+MAX_DAYS = 36500
 
 
 def each(rule: Rule) -> Rule:
@@ -66,29 +108,97 @@ def ruled(default: Any, rule: Rule) -> Any:
 
 def rule_problems(obj: Any, prefix: str = "") -> list[str]:
     """What in dataclass `obj` breaks its fields' rules, as "prefix.key must be ..., got ..."."""
-    return [
-        f"{prefix}{f.name} must be {rule.says}, got {getattr(obj, f.name)!r}"
-        for f in dataclasses.fields(obj)
-        if (rule := f.metadata.get("rule")) is not None and not rule.holds(getattr(obj, f.name))
-    ]
+    problems = []
+    for f in dataclasses.fields(obj):
+        rule, value = f.metadata.get("rule"), getattr(obj, f.name)
+        if rule is None or rule.holds(value):
+            continue
+        if rule.problem is not None:
+            problems.append(f"{prefix}{f.name}: {rule.problem(value)}")
+        else:
+            problems.append(f"{prefix}{f.name} must be {rule.says}, got {_shown(value, f)}")
+    return problems
+
+
+def _shown(value: Any, f: dataclasses.Field | None = None) -> str:
+    """`value` fit for an error message: a secret never, a URL without its password."""
+    secret_kind = f.metadata.get("secret") if f is not None else None
+    if secret_kind and secret_kind != "url":
+        return f"{type(value).__name__} (value not shown: a secret)"
+    if isinstance(value, str) and "://" in value:
+        return repr(mask_url(value))
+    return repr(value)
+
+
+# -- what the commands will use: checked here, so that `maskgate config check` refuses it too ------------
+
+GATE_ID = Rule(lambda v: GATE_ID_PATTERN.fullmatch(v) is not None, "1-64 letters, digits, '-' or '_'")
+TOPIC_PREFIX = Rule(
+    lambda v: TOPIC_PREFIX_PATTERN.fullmatch(v) is not None,
+    "1-4 levels of 1-64 letters, digits, '-' or '_', joined by '/'",
+)
+
+
+def mqtt_url_problem(url: str) -> str | None:
+    """Why `url` cannot name the MQTT broker, or None; never echoes a password."""
+    shown = repr(mask_url(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return f"{shown}: not a URL; use mqtt://host:port or mqtts://host:port"
+    if parts.scheme not in MQTT_DEFAULT_PORTS:
+        return f"{shown}: use mqtt://host:port or mqtts://host:port"
+    if parts.username or parts.password:
+        return "put credentials in mqtt.username and mqtt.password, not the URL"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{shown}: a broker URL has no path or query"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"{shown}: bad port"
+    if port == 0:
+        return f"{shown}: bad port"
+    if not parts.hostname:
+        return f"{shown}: no host"
+    return None
+
+
+DATABASE_URL_EXAMPLES = "sqlite:///var/maskgate.sqlite or postgresql://user@host/db"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why `url` cannot name maskgate's database, or None; the store's `parse_database_url` asks this."""
+    from sqlalchemy.engine import make_url  # here: the config alone does not need SQLAlchemy loaded
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        return f"malformed database URL {mask_url(url)!r}: expected e.g. {DATABASE_URL_EXAMPLES}"
+    if backend in ("sqlite", "postgresql"):
+        return None
+    hint = " (written postgresql://, not postgres://)" if backend == "postgres" else ""
+    return f"unsupported database {backend!r} in {mask_url(url)!r}: use sqlite or postgresql{hint}"
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
+    url: str = ruled(
+        "mqtt://127.0.0.1:1883", checked(mqtt_url_problem, "mqtt://host[:port] or mqtts://host[:port]")
+    )  # mqtts:// for TLS
     username: str = ""
     password: str = secret()
-    topic_prefix: str = "maskgate"
+    topic_prefix: str = ruled("maskgate", TOPIC_PREFIX)
     ca_file: str = ""  # CA bundle for mqtts:// (system store when empty)
     client_cert: str = ""
     client_key: str = ""
-    keepalive_s: int = ruled(30, at_least(1))
+    keepalive_s: int = ruled(30, between(1, 65535))  # MQTT's keep alive is a 16-bit number of seconds
     # A door command older than this must not open the door; the controller refuses longer lives.
     door_command_ttl_s: float = ruled(
         3.0,
         Rule(lambda v: 0 < v <= MAX_DOOR_COMMAND_TTL_S, f"above 0 and at most {MAX_DOOR_COMMAND_TTL_S}"),
     )
-    ack_timeout_s: float = ruled(5.0, POSITIVE)
+    ack_timeout_s: float = ruled(5.0, WAIT)
     command_secret: str = secret()  # per-gate HMAC key for signed door commands (off when empty)
     homeassistant_discovery: bool = False
 
@@ -98,14 +208,14 @@ class CameraConfig:
     source: str = "synthetic"  # camera index, stream URL, video file, image folder or "synthetic"
     width: int = ruled(640, at_least(16))
     height: int = ruled(480, at_least(16))
-    reconnect_initial_s: float = ruled(0.5, POSITIVE)
-    reconnect_max_s: float = ruled(10.0, POSITIVE)
+    reconnect_initial_s: float = ruled(0.5, WAIT)
+    reconnect_max_s: float = ruled(10.0, WAIT)
     # A stream that cannot be opened, or sends nothing, for this long is given up and reopened;
     # OpenCV's own default is 30 s, during which a stalled stream blocks the capture thread.
-    stream_timeout_s: float = ruled(5.0, POSITIVE)
+    stream_timeout_s: float = ruled(5.0, WAIT)
     # A live source with no frame for this long is reported not ok, even while its reader is
     # still blocked in a read that has not failed yet (a stalled stream, a hung driver).
-    stale_after_s: float = ruled(2.0, POSITIVE)
+    stale_after_s: float = ruled(2.0, WAIT)
 
 
 @dataclass(frozen=True)
@@ -146,7 +256,7 @@ class PolicyConfig:
     min_face_size: int = ruled(60, at_least(0))  # faces smaller than this (pixels) are not evidence
     min_detector_score: float = ruled(0.9, FRACTION)
     min_track_hits: int = ruled(3, at_least(1))  # frames a track must be seen in before it counts
-    track_max_age_s: float = ruled(1.5, POSITIVE)  # a person unseen for longer is gone (a turn-away is not)
+    track_max_age_s: float = ruled(1.5, WAIT)  # a person unseen for longer is gone (a turn-away is not)
     min_classifications: int = ruled(5, at_least(1))  # evidence needed before a decision
     # Size-weighted share the winning label needs; above a half, so two labels can never both win.
     majority: float = ruled(0.7, Rule(lambda v: 0.5 < v <= 1, "above 0.5 and at most 1"))
@@ -190,8 +300,9 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    events_days: int = ruled(90, at_least(1))
-    incidents_days: int = ruled(365, at_least(1))  # incidents under review are pinned and never purged
+    events_days: int = ruled(90, between(1, MAX_DAYS))
+    # Incidents under review are pinned and never purged.
+    incidents_days: int = ruled(365, between(1, MAX_DAYS))
 
 
 @dataclass(frozen=True)
@@ -235,7 +346,7 @@ class RetrainConfig:
     threads: int = ruled(2, at_least(1))
     # Of the pool, for early stopping; no test split: the two sets below test.
     val_share: float = ruled(0.1, Rule(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"))
-    incident_days: int = ruled(30, at_least(0))  # incidents reviewed this recently may be held out
+    incident_days: int = ruled(30, between(0, MAX_DAYS))  # incidents reviewed this recently may be held out
     # Share of those held out (by content hash: the same ones each night).
     incident_holdout: float = ruled(0.2, FRACTION)
     min_incident_faces: int = ruled(20, at_least(1))  # held-out incident faces needed to reject a candidate
@@ -252,14 +363,16 @@ class RolloutConfig:
     url: str = ""  # the dashboard as gates reach it; "" = announce the model folder's path instead
     token: str = secret()  # bearer token gates send to download models; at least 16 characters
     cache: Path = Path("var/models")  # gate: where fetched model folders are kept
-    timeout_s: float = ruled(30.0, POSITIVE)  # gate: per download request
+    timeout_s: float = ruled(30.0, WAIT)  # gate: per download request
     ca_file: str = ""  # gate: CA bundle for an https url (system store when empty)
 
 
 @dataclass(frozen=True)
 class Config:
-    gate_id: str = "gate-1"
-    database_url: str = secret("sqlite:///var/maskgate.sqlite")
+    gate_id: str = ruled("gate-1", GATE_ID)
+    database_url: str = secret(
+        "sqlite:///var/maskgate.sqlite", checked(database_url_problem, DATABASE_URL_EXAMPLES), url=True
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = ruled(0, PORT)  # the agent serves /metrics and /healthz here; 0 = off
     metrics_host: str = "127.0.0.1"
@@ -332,24 +445,41 @@ def _override(obj: Any, path: list[str], text: str, source: str, done: tuple[str
     elif dataclasses.is_dataclass(hint):
         raise ConfigError(f"{source}: {dotted!r} is a section; set one of its keys with __")
     else:
-        value = _convert(_parse_env_value(text, hint), hint, f"{source}: {dotted}")
+        where = f"{source}: {dotted}"
+        value = _convert(_parse_env_value(text, hint, where), hint, where, _field(obj, key))
     return _within_rules(dataclasses.replace(obj, **{key: value}), dotted[: -len(key)], source)
 
 
-def _parse_env_value(text: str, hint: Any) -> Any:
-    """Environment values are text; lists and tuples may be written as JSON arrays."""
-    if typing.get_origin(hint) in (tuple, list) and text.strip().startswith("["):
+def _parse_env_value(text: str, hint: Any, where: str) -> Any:
+    """Environment values are text; lists and tuples are a JSON array or items separated by commas.
+
+    An empty value is an empty list; items are stripped of spaces, and an empty one ("a,,b", "a,")
+    is refused rather than read as "" (which a path would take for the current folder).
+    """
+    if typing.get_origin(hint) not in (tuple, list):
+        return text
+    if text.strip().startswith("["):
         try:
             return json.loads(text)
         except json.JSONDecodeError:
-            return text
-    return text
+            pass
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise ConfigError(f"{where}: empty item in {text!r}: separate items with single commas")
+    return items
+
+
+def _field(obj: Any, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(obj) if f.name == name)
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in hints:
@@ -358,7 +488,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
         else:
-            values[key] = _convert(value, hint, f"{source}: {prefix}{key}")
+            values[key] = _convert(value, hint, f"{source}: {prefix}{key}", fields[key])
     return _within_rules(cls(**values), prefix, source)
 
 
@@ -379,25 +509,30 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """`value` as type `hint`; strings from the environment are parsed, TOML types are checked."""
+def _convert(value: Any, hint: Any, where: str, f: dataclasses.Field | None = None) -> Any:
+    """`value` as type `hint`; strings from the environment are parsed, TOML types are checked.
+
+    `f` is the field set: an error about a secret one never shows the value.
+    """
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
             choices = ", ".join(repr(c) for c in typing.get_args(hint))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{where}: {_shown(value, f)} is not one of {choices}")
         return value
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: any number of one type
             if not isinstance(items, list | tuple):
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
+                raise ConfigError(f"{where}: expected a list, got {_shown(value, f)}")
+            if args[0] is str and any(isinstance(item, str) and not item.strip() for item in items):
+                raise ConfigError(f"{where}: empty item in {_shown(value, f)}")
             args = (args[0],) * len(items)
         if not isinstance(items, list | tuple) or len(items) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {_shown(value, f)}")
         pairs = enumerate(zip(items, args, strict=True))
-        return tuple(_convert(item, kind, f"{where}[{i}]") for i, (item, kind) in pairs)
+        return tuple(_convert(item, kind, f"{where}[{i}]", f) for i, (item, kind) in pairs)
     if isinstance(hint, types.UnionType):
         raise TypeError(f"config field type {hint} is not supported")  # keep the schema simple
     if hint is bool:
@@ -429,7 +564,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return Path(value)
     else:
         raise TypeError(f"config field type {hint} is not supported")
-    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {_shown(value, f)}")
 
 
 def _type_name(hint: Any) -> str:
@@ -449,7 +584,7 @@ def as_dict(obj: Any, mask_secrets: bool = True) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             out[f.name] = as_dict(value, mask_secrets)
         elif mask_secrets and f.metadata.get("secret") and value:
-            out[f.name] = mask_url(value) if "://" in value else MASK
+            out[f.name] = mask_url(value) if f.metadata["secret"] == "url" else MASK
         elif isinstance(value, Path):
             out[f.name] = str(value)
         elif isinstance(value, tuple):
@@ -460,13 +595,19 @@ def as_dict(obj: Any, mask_secrets: bool = True) -> dict[str, Any]:
 
 
 def mask_url(url: str) -> str:
-    """A URL with its password hidden: `postgresql://u:secret@h/db` -> `postgresql://u:********@h/db`."""
-    scheme, _, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:{MASK}@{host}"
+    """A URL with its passwords hidden: `postgresql://u:secret@h/db` -> `postgresql://u:********@h/db`,
+    and a ``password`` (``sslpassword``...) query parameter: `db?password=secret` -> `db?password=********`.
+    """
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")  # the last "@": a password may hold "?" or "/"
+    if sep and at and ":" in credentials:
+        url = f"{scheme}://{credentials.split(':', 1)[0]}:{MASK}@{host}"
+    url, question, query = url.partition("?")  # the credentials are masked: the first "?" starts the query
+    params = (param.partition("=") for param in query.split("&"))
+    query = "&".join(
+        f"{key}{eq}{MASK if eq and 'password' in key.lower() else value}" for key, eq, value in params
+    )
+    return f"{url}{question}{query}"
 
 
 def to_toml(obj: Any) -> str:

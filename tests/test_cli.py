@@ -84,8 +84,66 @@ def test_unknown_revision_is_a_runtime_error(db_env, capsys):
 
 def test_malformed_database_url(monkeypatch, capsys):
     monkeypatch.setenv("MASKGATE_DATABASE_URL", "postgres//oops")
+    assert main(["db", "current"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "config error" in err and "database_url: malformed database URL 'postgres//oops'" in err
+
+
+def test_a_database_url_refused_by_the_store_is_a_config_error(monkeypatch, capsys):
+    """However a bad URL reaches make_engine, it is a config error (2), not a database error (1)."""
+    monkeypatch.setattr(
+        "maskgate.cli.build_parser", lambda: _parser_running(lambda *_: make_engine("foo://x"))
+    )
+    assert main(["anything"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unsupported database 'foo'" in err and "database error" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [
+        ("MASKGATE_DATABASE_URL", "foo://db/x", "database_url"),
+        ("MASKGATE_DATABASE_URL", "postgres://db/x", "database_url"),
+        ("MASKGATE_DATABASE_URL", "", "database_url"),
+        ("MASKGATE_MQTT__URL", "http://broker", "mqtt.url"),
+        ("MASKGATE_MQTT__URL", "mqtt://broker:99999", "mqtt.url"),
+        ("MASKGATE_MQTT__URL", "mqtt://gate:pw0rd@broker", "mqtt.url"),
+        ("MASKGATE_GATE_ID", "a/b", "gate_id"),
+        ("MASKGATE_GATE_ID", "", "gate_id"),
+        ("MASKGATE_MQTT__TOPIC_PREFIX", "x/#", "mqtt.topic_prefix"),
+        ("MASKGATE_CAMERA__STREAM_TIMEOUT_S", "inf", "camera.stream_timeout_s"),
+    ],
+)
+def test_config_check_refuses_what_the_commands_refuse(monkeypatch, capsys, name, value, key):
+    monkeypatch.setenv(name, value)
+    assert main(["config", "check"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"maskgate: config error: environment variable {name}: {key}") and "pw0rd" not in err
+    )
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("MASKGATE_MQTT__PASSWORD", "abc://hunter2", "hunter2"),
+        ("MASKGATE_MQTT__COMMAND_SECRET", "s3cr3t://x", "s3cr3t"),
+        ("MASKGATE_DATABASE_URL", "postgresql://localhost/db?password=hunter2", "hunter2"),
+    ],
+)
+def test_config_check_never_prints_a_secret(monkeypatch, capsys, name, value, secret):
+    monkeypatch.setenv(name, value)
+    assert main(["config", "check"]) == EXIT_OK
+    assert secret not in capsys.readouterr().out
+
+
+@pytest.mark.security
+def test_a_password_in_the_database_url_query_is_masked_in_connection_errors(monkeypatch, capsys):
+    monkeypatch.setenv("MASKGATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/test?password=hunter2")
     assert main(["db", "current"]) == EXIT_RUNTIME
-    assert "malformed database URL 'postgres//oops'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot connect to database" in err and "hunter2" not in err and "password=********" in err
 
 
 def test_unreachable_database(monkeypatch, capsys):
@@ -131,8 +189,25 @@ def test_user_add(db_env, monkeypatch, capsys):
     assert "created admin 'alice'" in capsys.readouterr().out
     assert UserStore(make_engine(db_env)).authenticate("alice", "a long enough password").role == "admin"
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
-    assert main(["user", "add", "alice", "--password-stdin"]) == EXIT_RUNTIME
+    assert main(["user", "add", "alice", "--password-stdin"]) == EXIT_USAGE
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "message"),
+    [("alice", "short", "password too short"), ("no spaces", "a long enough password", "invalid username")],
+)
+def test_user_add_with_a_bad_name_or_password_is_a_usage_error(
+    db_env, monkeypatch, capsys, username, password, message
+):
+    import io
+
+    assert main(["db", "upgrade"]) == EXIT_OK
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+    assert main(["user", "add", username, "--password-stdin"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "database error" not in err
 
 
 def test_user_add_needs_a_migrated_database(sqlite_url, monkeypatch, capsys):
@@ -179,3 +254,47 @@ def test_db_purge_applies_the_retention_and_deletes_the_purged_events_snapshots(
     assert len(store.list_events().events) == 2
     # the purged incident's snapshot is gone; the recent one's and the pinned one's stay
     assert sorted(p.name for p in (snapshots / "gate-1").iterdir()) == ["kept.jpg", "pinned.jpg"]
+
+
+def test_os_errors_are_one_line_naming_the_command_and_path(monkeypatch, capsys, tmp_path, caplog):
+    """A bad output path ends with the command, the path and the reason on one line, exit 1."""
+    blocker = tmp_path / "hostname"
+    blocker.write_text("not a folder")
+
+    def handler(_args, _config):
+        (blocker / "x.json").parent.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr("maskgate.cli.build_parser", lambda: _parser_running(handler))
+    with caplog.at_level("DEBUG", logger="maskgate"):
+        assert main(["evaluate"]) == EXIT_RUNTIME
+    err = capsys.readouterr().err
+    assert err == f"maskgate evaluate: {blocker}: File exists\n"
+    assert any(record.exc_info for record in caplog.records)  # the traceback is kept for a debug log
+
+
+def test_a_busy_port_is_one_line(monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        def handler(_args, _config):
+            with socket.socket() as again:
+                again.bind(("127.0.0.1", port))
+
+        monkeypatch.setattr("maskgate.cli.build_parser", lambda: _parser_running(handler))
+        assert main(["agent"]) == EXIT_RUNTIME
+    err = capsys.readouterr().err
+    assert err.startswith("maskgate agent: ") and "in use" in err and "Traceback" not in err
+
+
+def test_no_command_that_is_not_built(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "bench" not in out and "not built" not in out
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench"])
+    assert stopped.value.code == EXIT_USAGE

@@ -104,7 +104,10 @@ def test_config_file_from_environment(tmp_path):
             "[detector]\nface_check_floor = 0\n",
             r"detector.face_check_floor must be above 0 and at most 1, got 0",
         ),
-        ("[camera]\nstream_timeout_s = -1\n", r"camera.stream_timeout_s must be positive, got -1"),
+        (
+            "[camera]\nstream_timeout_s = -1\n",
+            r"camera.stream_timeout_s must be positive and at most 3600, got -1",
+        ),
         ("[mqtt]\ndoor_command_ttl_s = 61\n", r"mqtt.door_command_ttl_s must be above 0 and at most 60"),
         ("[dashboard]\nport = 70000\n", r"dashboard.port must be between 0 and 65535, got 70000"),
         ("[retrain]\nval_share = 1\n", r"retrain.val_share must be between 0 and 1 \(exclusive\)"),
@@ -140,7 +143,10 @@ def test_bad_files_name_the_key_and_file(tmp_path, text, message):
             {"MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR": "1.5"},
             r"MASKGATE_POLICY__ALLOW_CONFIDENCE_FLOOR: policy.allow_confidence_floor must be between 0 and 1",
         ),
-        ({"MASKGATE_CAMERA__STALE_AFTER_S": "0"}, r"camera.stale_after_s must be positive, got 0"),
+        (
+            {"MASKGATE_CAMERA__STALE_AFTER_S": "0"},
+            r"camera.stale_after_s must be positive and at most 3600, got 0",
+        ),
     ],
 )
 def test_bad_environment_names_the_variable(environ, message):
@@ -211,3 +217,126 @@ def test_any_file_text_is_accepted_or_refused_cleanly(tmp_path_factory, text):
         load_config(path, environ={})
     except ConfigError as exc:
         assert str(exc).startswith(str(path))
+
+
+# -- secrets, finite numbers, what the commands would refuse, environment lists --------------------------
+
+
+@pytest.mark.security
+def test_secrets_that_look_like_urls_are_masked_whole():
+    config = load_config(
+        environ={
+            "MASKGATE_MQTT__PASSWORD": "abc://hunter2",
+            "MASKGATE_MQTT__COMMAND_SECRET": "s3cr3t://x",
+            "MASKGATE_ROLLOUT__TOKEN": "https://user:tok@x",
+            "MASKGATE_DATABASE_URL": "postgresql://gate@localhost/db?sslmode=require&password=hunter3",
+        }
+    )
+    shown = to_toml(config)
+    assert (
+        "hunter2" not in shown and "s3cr3t" not in shown and "user:" not in shown and "hunter3" not in shown
+    )
+    assert 'password = "********"' in shown and 'command_secret = "********"' in shown
+    assert '\ntoken = "********"' in shown
+    assert "postgresql://gate@localhost/db?sslmode=require&password=********" in shown
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mqtt]\npassword = 123456\n", "mqtt.password"),
+        ("[mqtt]\ncommand_secret = 987654\n", "mqtt.command_secret"),
+        ("database_url = 'foo://gate:hunter2@db/x?password=hunter2'\n", "database_url"),
+    ],
+)
+def test_errors_never_echo_a_secret(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key) as refused:
+        load_config(write(tmp_path, text), environ={})
+    assert "123456" not in str(refused.value) and "987654" not in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "CAMERA__STREAM_TIMEOUT_S",
+            "inf",
+            r"camera.stream_timeout_s must be positive and at most 3600, got inf",
+        ),
+        ("CAMERA__RECONNECT_INITIAL_S", "inf", r"camera.reconnect_initial_s must be positive and at most"),
+        ("CAMERA__RECONNECT_MAX_S", "1e300", r"camera.reconnect_max_s must be positive and at most"),
+        ("MQTT__ACK_TIMEOUT_S", "inf", r"mqtt.ack_timeout_s must be positive and at most 3600, got inf"),
+        ("MQTT__ACK_TIMEOUT_S", "-inf", r"mqtt.ack_timeout_s must be positive"),
+        ("MQTT__KEEPALIVE_S", "70000", r"mqtt.keepalive_s must be between 1 and 65535, got 70000"),
+        ("POLICY__TRACK_MAX_AGE_S", "inf", r"policy.track_max_age_s must be positive and at most"),
+        ("ROLLOUT__TIMEOUT_S", "inf", r"rollout.timeout_s must be positive and at most"),
+        ("RETENTION__EVENTS_DAYS", "9999999999", r"retention.events_days must be between 1 and 36500"),
+        ("RETRAIN__LEARNING_RATE", "inf", r"retrain.learning_rate must be at least 0"),
+        ("DETECTOR__THRESHOLDS", "[0.6, 0.7, Infinity]", r"detector.thresholds must be all between 0 and 1"),
+    ],
+)
+def test_numbers_must_be_finite_and_waits_sane(name, value, message):
+    with pytest.raises(ConfigError, match=rf"MASKGATE_{name}: {message}"):
+        load_config(environ={f"MASKGATE_{name}": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DATABASE_URL", "foo://db/x", r"database_url: unsupported database 'foo'"),
+        ("DATABASE_URL", "postgres://db/x", r"database_url: unsupported database 'postgres'.*postgresql://"),
+        ("DATABASE_URL", "", r"database_url: malformed database URL ''"),
+        (
+            "MQTT__URL",
+            "http://broker:1883",
+            r"mqtt.url: 'http://broker:1883': use mqtt://host:port or mqtts://",
+        ),
+        ("MQTT__URL", "mqtt://broker:99999", r"mqtt.url: 'mqtt://broker:99999': bad port"),
+        (
+            "MQTT__URL",
+            "mqtt://gate:pw0rd@broker",
+            r"mqtt.url: put credentials in mqtt.username and mqtt.pass",
+        ),
+        ("MQTT__URL", "mqtt://broker/topic", r"mqtt.url: 'mqtt://broker/topic': a broker URL has no path"),
+        ("MQTT__URL", "mqtt://:1883", r"mqtt.url: 'mqtt://:1883': no host"),
+        ("GATE_ID", "a/b", r"gate_id must be 1-64 letters, digits, '-' or '_', got 'a/b'"),
+        ("GATE_ID", "", r"gate_id must be 1-64 letters"),
+        ("MQTT__TOPIC_PREFIX", "x/#", r"mqtt.topic_prefix must be 1-4 levels of .*, got 'x/#'"),
+    ],
+)
+def test_values_the_commands_would_refuse_are_config_errors(name, value, message):
+    with pytest.raises(ConfigError, match=rf"MASKGATE_{name}: {message}") as refused:
+        load_config(environ={f"MASKGATE_{name}": value})
+    assert "pw0rd" not in str(refused.value)
+
+
+def test_values_the_commands_accept_still_load():
+    config = load_config(
+        environ={
+            "MASKGATE_DATABASE_URL": "postgresql+psycopg://gate:pw@db:5432/maskgate",
+            "MASKGATE_MQTT__URL": "mqtts://broker.example:8883/",
+            "MASKGATE_GATE_ID": "north_2-b",
+            "MASKGATE_MQTT__TOPIC_PREFIX": "site/a/b/c",
+        }
+    )
+    assert (config.gate_id, config.mqtt.topic_prefix) == ("north_2-b", "site/a/b/c")
+    assert load_config(environ={"MASKGATE_DATABASE_URL": "sqlite://"}).database_url == "sqlite://"
+
+
+def test_environment_lists():
+    assert load_config(environ={"MASKGATE_RETRAIN__BASE_DATA": ""}).retrain.base_data == ()
+    assert load_config(environ={"MASKGATE_RETRAIN__BASE_DATA": "  "}).retrain.base_data == ()
+    config = load_config(environ={"MASKGATE_RETRAIN__BASE_DATA": " a , b:folders"})
+    assert config.retrain.base_data == ("a", "b:folders")
+    assert load_config(environ={"MASKGATE_DETECTOR__THRESHOLDS": "0.5, 0.6 ,0.7"}).detector.thresholds == (
+        0.5,
+        0.6,
+        0.7,
+    )
+    for value in ("a,,b", "a,", ",a", '["a", " "]'):
+        with pytest.raises(ConfigError, match=r"MASKGATE_RETRAIN__BASE_DATA: retrain.base_data.*empty item"):
+            load_config(environ={"MASKGATE_RETRAIN__BASE_DATA": value})
+    with pytest.raises(ConfigError, match=r"retrain.eval_data.*empty item"):
+        config_from_mapping({"retrain": {"eval_data": ["a", ""]}})

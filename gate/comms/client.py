@@ -32,11 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from maskgate.config import MqttConfig
+from maskgate.config import MqttConfig, mqtt_url_problem
+from maskgate.const import MQTT_DEFAULT_PORTS
 
 log = logging.getLogger("maskgate.mqtt")
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 CONNACK_TIMEOUT_S = 10.0
 # QoS 1 publishes paho keeps on the wire at once (its default, set explicitly: the door link keeps
 # its event messages under it); more wait in paho's own queue, behind the ones handed over before.
@@ -63,19 +63,10 @@ class BrokerSettings:
 
     @classmethod
     def from_config(cls, mqtt: MqttConfig) -> BrokerSettings:
+        if problem := mqtt_url_problem(mqtt.url):  # the config's own rule, for configs built in code
+            raise MqttConfigError(f"mqtt.url: {problem}")
         parts = urlsplit(mqtt.url)
-        if parts.scheme not in DEFAULT_PORTS:
-            raise MqttConfigError(f"mqtt.url {mqtt.url!r}: use mqtt://host:port or mqtts://host:port")
-        if parts.username or parts.password:
-            raise MqttConfigError("mqtt.url: put credentials in mqtt.username and mqtt.password, not the URL")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise MqttConfigError(f"mqtt.url {mqtt.url!r}: a broker URL has no path or query")
-        try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
-        except ValueError:
-            raise MqttConfigError(f"mqtt.url {mqtt.url!r}: bad port") from None
-        if not parts.hostname:
-            raise MqttConfigError(f"mqtt.url {mqtt.url!r}: no host")
+        port = parts.port or MQTT_DEFAULT_PORTS[parts.scheme]
         if bool(mqtt.client_cert) != bool(mqtt.client_key):
             raise MqttConfigError("mqtt.client_cert and mqtt.client_key go together")
         for key in ("ca_file", "client_cert", "client_key"):

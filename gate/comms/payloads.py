@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from maskgate.const import MAX_DOOR_COMMAND_TTL_S, MODEL_VERSION_PATTERN
+from maskgate.const import GATE_ID_PATTERN, MAX_DOOR_COMMAND_TTL_S, MODEL_VERSION_PATTERN
 from maskgate.core import AckReason, Action, Decision, DoorStatus, Event, Label, utcnow
 from maskgate.gate.comms import signing
-from maskgate.gate.comms.topics import GATE_ID_PATTERN
 
 SCHEMA_VERSION = 1
 

@@ -8,11 +8,9 @@ can never collide with a gate id.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-GATE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}")
+from maskgate.const import GATE_ID_PATTERN, TOPIC_PREFIX_PATTERN
 
 HOMEASSISTANT_PREFIX = "homeassistant"
 HOMEASSISTANT_STATUS = f"{HOMEASSISTANT_PREFIX}/status"  # Home Assistant's birth and will messages
@@ -29,7 +27,7 @@ def check_gate_id(gate_id: str) -> str:
 
 
 def check_prefix(prefix: str) -> str:
-    if not PREFIX_PATTERN.fullmatch(prefix):
+    if not TOPIC_PREFIX_PATTERN.fullmatch(prefix):
         raise TopicError(f"topic prefix {prefix!r} must be 1-4 levels of letters, digits, '-' or '_'")
     return prefix
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from maskgate.config import mask_url
+from maskgate.config import database_url_problem, mask_url
 
 
 class StoreError(RuntimeError):
@@ -25,20 +25,18 @@ class DatabaseUnavailable(StoreError):
 
 
 def parse_database_url(url: str) -> URL:
-    """`url` parsed and normalised: PostgreSQL always through psycopg 3."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseUrlError(
-            f"malformed database URL {_shown(url)!r}: expected e.g. "
-            "sqlite:///var/maskgate.sqlite or postgresql://user@host/db"
-        ) from None
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
+    """`url` parsed and normalised: PostgreSQL always through psycopg 3.
+
+    The check is the config's own (`database_url` is refused when loaded); this is for URLs that
+    did not come through it.
+    """
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise DatabaseUrlError(problem)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
         return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        return parsed
-    raise DatabaseUrlError(f"unsupported database {backend!r} in {_shown(url)!r}: use sqlite or postgresql")
+    return parsed
 
 
 def make_engine(url: str) -> Engine:
