@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from maskgate.argtypes import non_negative_float, positive_int
 from maskgate.cli import UsageError
 from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
+
+# Containers OpenCV writes the annotated copy's mp4v video into (not .webm: mp4v is not a WebM codec).
+ANNOTATION_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -35,24 +40,37 @@ def register(commands: argparse._SubParsersAction) -> None:
 def add_door_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate", required=True, metavar="ID", help="the gate whose door this controls")
     parser.add_argument(
-        "--open-s", type=float, default=3.0, metavar="S", help="how long the relay stays open (default 3)"
+        "--open-s",
+        type=non_negative_float,
+        default=3.0,
+        metavar="S",
+        help="how long the relay stays open (default 3, at most 60)",
     )
     parser.add_argument(
         "--max-skew-s",
-        type=float,
+        type=non_negative_float,
         default=0.5,
         metavar="S",
-        help="how far issued_at may be ahead of this clock (default 0.5); expiry is checked strictly",
+        help="how far issued_at may be ahead of this clock (default 0.5, at most 60); expiry is checked "
+        "strictly",
     )
 
 
 def run_door_sim(args: argparse.Namespace, config: Config) -> int:
     from maskgate.gate.comms import MqttConfigError
     from maskgate.gate.comms.topics import TopicError
+    from maskgate.gate.doorsim import check_max_skew_s, check_open_s
     from maskgate.gate.doorsim import run_door_sim as run
 
-    if args.open_s < 0 or args.max_skew_s < 0:
-        raise UsageError("--open-s and --max-skew-s must not be negative")
+    # argparse has checked that the numbers are finite and not negative; the maxima are the simulator's.
+    for option, value, check in (
+        ("--open-s", args.open_s, check_open_s),
+        ("--max-skew-s", args.max_skew_s, check_max_skew_s),
+    ):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
     try:
         return run(config, args.gate, open_s=args.open_s, max_skew_s=args.max_skew_s)
     except (MqttConfigError, TopicError) as exc:
@@ -67,7 +85,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, metavar="DIR", help="model folder (default: paths.active_model)"
     )
     parser.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="write an annotated video")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
     parser.add_argument(
         "--realtime",
         action="store_true",
@@ -88,11 +106,18 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, not at registration: `maskgate --help` must stay quick.
     from maskgate.gate.agent import StoreSink
     from maskgate.gate.build import make_agent, make_detector, open_gate_store
-    from maskgate.gate.sources import Capture, RealtimeReader, SourceError, open_reader
+    from maskgate.gate.sources import (
+        Capture,
+        RealtimeReader,
+        SourceError,
+        SourceSpecError,
+        open_reader,
+        reopens,
+    )
     from maskgate.modelcard import ModelFileError
 
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UsageError("--max-frames must be at least 1")
+    if args.annotate is not None:
+        _check_video_output(args.annotate)  # before anything starts, not at the first frame
     stores = open_gate_store(config)  # the local spool when paths.spool is set, else the central database
     forwarder = stores.forwarder
     wake = forwarder.wake if forwarder is not None else None
@@ -100,7 +125,10 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     link = None if watcher is None else _door_link(config, stores.store, watcher, wake)
     try:
         detector = make_detector(config)
-        reader = open_reader(args.source or config.camera.source, config.camera, detector)
+        try:
+            reader = open_reader(args.source or config.camera.source, config.camera, detector)
+        except SourceSpecError as exc:
+            raise UsageError(str(exc)) from None
         if link is not None and not reader.live and not args.door_from_recording:
             # A gate left on the default source, or pointed at a clip, would open a real door for
             # people who are not there (and again on every restart): fail closed unless asked.
@@ -114,17 +142,25 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         sink = link or StoreSink(stores.store)
         if wake is not None:
             sink = _WakingSink(sink, wake)
-        agent = make_agent(config, sink, detector, args.model, args.annotate, reader.fps)
+        agent = make_agent(config, sink, detector, args.model, args.annotate)
     except (ModelFileError, SourceError) as exc:
         print(f"maskgate agent: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    if agent.video is not None:
+        agent.video = _AtSourceRate(agent.video, reader)
     agent.on_decision = _print_decision
     if watcher is not None:
         watcher.attach(agent)
         watcher.start()
     capture = Capture(reader, config.camera).start()
+    stopped = threading.Event()  # asked to stop: a recording cut short before its first frame is no failure
+
+    def stop(*_) -> None:
+        stopped.set()
+        agent.stop()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: agent.stop())
+        signal.signal(signum, stop)
     if forwarder is not None:
         forwarder.start()
     if link is not None:
@@ -168,7 +204,55 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     if capture.status.last_error and not capture.status.frames:
         print(f"maskgate agent: {capture.status.last_error}", file=sys.stderr)
         return EXIT_RUNTIME
+    if not reopens(reader) and not stats.frames and not stopped.is_set():
+        # A recording that ended without one usable frame ran nothing: that is not a success.
+        print(f"maskgate agent: {reader.name} gave no usable frame", file=sys.stderr)
+        return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _check_video_output(path: Path) -> None:
+    """Refuse an --annotate path that cannot be written, as a usage error before the run starts.
+
+    Otherwise the first frame fails with a traceback (/proc/out.mp4, /etc/hostname/x), or a
+    mistyped folder is created without a word.
+    """
+    where = f"--annotate {path}"
+    if path.suffix.lower() not in ANNOTATION_SUFFIXES:
+        raise UsageError(f"{where}: the video's name must end in {', '.join(ANNOTATION_SUFFIXES)}")
+    if path.is_dir():
+        raise UsageError(f"{where}: is a folder; give a file name in it")
+    folder = path.parent
+    if not folder.exists():
+        raise UsageError(f"{where}: no folder {folder} (it is not created for you)")
+    if not folder.is_dir():
+        raise UsageError(f"{where}: {folder} is not a folder")
+    existed = path.exists()
+    try:
+        with path.open("ab"):  # "a": an existing file is left as it is until the video replaces it
+            pass
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot write there ({exc.strerror})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+class _AtSourceRate:
+    """The annotated copy at its source's own frame rate, read at the first frame: a reader knows
+    its rate only once open (a 25 fps clip was written at 30), and it is opened on the capture thread."""
+
+    def __init__(self, video, reader):
+        self.video = video
+        self.reader = reader
+        self._started = False
+
+    def write(self, image) -> None:
+        if not self._started:
+            self.video.fps, self._started = self.reader.fps, True
+        self.video.write(image)
+
+    def close(self) -> None:
+        self.video.close()
 
 
 def _monitor(config: Config, agent, capture, stores, link):

@@ -61,6 +61,12 @@ log = logging.getLogger("maskgate.doorsim")
 
 DEFAULT_OPEN_S = 3.0
 DEFAULT_MAX_SKEW_S = 0.5
+# A door held open longer than a minute is a door left open: nobody needs that long to walk
+# through, and a typo ("300", "1e300") must never hold a relay open (past ~1e8 s the timer thread
+# itself dies and the relay never closes).
+MAX_OPEN_S = 60.0
+# A clock more than a command's longest life (MAX_TTL) ahead is broken, not skewed: fix its NTP.
+MAX_SKEW_S = MAX_TTL.total_seconds()
 MAX_REMEMBERED = 10_000  # decision ids kept for replay checks (a door sees far fewer within a TTL)
 
 
@@ -79,13 +85,15 @@ class Relay:
         return self._open
 
     def open_for(self, seconds: float) -> None:
+        """Open for `seconds` (0 to MAX_OPEN_S); anything else is refused before the relay moves."""
+        check_open_s(seconds)
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()  # a second "open" while open extends the opening
             self._open = True
             self.openings += 1
             log.info("%s: relay OPEN for %.1f s", self.name, seconds)
-            self._timer = threading.Timer(max(0.0, seconds), self.close)
+            self._timer = threading.Timer(seconds, self.close)
             self._timer.daemon = True
             self._timer.start()
 
@@ -97,6 +105,18 @@ class Relay:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+
+def check_open_s(seconds: float) -> None:
+    """Raise ValueError unless `seconds` is a relay opening time from 0 to MAX_OPEN_S."""
+    if not 0 <= seconds <= MAX_OPEN_S:  # also false for NaN
+        raise ValueError(f"a relay opens for 0 to {MAX_OPEN_S:g} s, not {seconds!r}")
+
+
+def check_max_skew_s(seconds: float) -> None:
+    """Raise ValueError unless `seconds` is a clock skew tolerance from 0 to MAX_SKEW_S."""
+    if not 0 <= seconds <= MAX_SKEW_S:  # also false for NaN
+        raise ValueError(f"the clock skew tolerance is 0 to {MAX_SKEW_S:g} s, not {seconds!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +148,8 @@ class DoorSimulator:
         clock: Callable[[], datetime] = utcnow,
         reconnect_max_s: float = 5.0,
     ):
-        if open_s < 0 or max_skew_s < 0:
-            raise ValueError("open_s and max_skew_s must not be negative")
+        check_open_s(open_s)  # here, not at the first "open": a controller must not start misconfigured
+        check_max_skew_s(max_skew_s)
         self.topics = Topics(config.mqtt.topic_prefix, gate_id)
         self.gate_id = gate_id
         self.name = f"door {gate_id}"

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import cv2
 import numpy as np
@@ -32,10 +34,19 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 # zero coefficients, flat mid-grey, from the damage down to the last row of the image.
 DECODE_FILL = 128
 FILL_ROWS = 16  # one row of JPEG blocks at the bottom (blocks are 8 or 16 pixels high)
+DEFAULT_FPS = 30.0  # what a file or camera that does not say its frame rate is taken to run at
+# URL schemes of live streams that OpenCV's FFmpeg opens (srt is not built into opencv-python).
+# Only these count as a camera: anything else with "://" would otherwise be treated as live, so a
+# file:// clip drove a real door and was replayed for ever. A file:// URL is read as the path it names.
+STREAM_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp"}
 
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read."""
+
+
+class SourceSpecError(SourceError):
+    """A source spec that names no kind of source (an unknown URL scheme): a usage error."""
 
 
 class FrameReader(Protocol):
@@ -55,11 +66,19 @@ class FrameReader(Protocol):
 class OpenCvReader:
     """A camera index, an RTSP/HTTP stream URL or a video file, through OpenCV."""
 
-    def __init__(self, target: int | str, live: bool, timeout_s: float = CameraConfig.stream_timeout_s):
+    def __init__(
+        self,
+        target: int | str,
+        live: bool,
+        timeout_s: float = CameraConfig.stream_timeout_s,
+        size: tuple[int, int] | None = None,
+    ):
         self.target = target
         self.live = live
         self.timeout_s = timeout_s  # streams only (camera.stream_timeout_s)
+        self.size = size  # local cameras only (camera.width, camera.height): a stream or file has its own
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
+        self.fps = DEFAULT_FPS  # the source's own rate once open (OpenCV knows it only then)
         self._capture: cv2.VideoCapture | None = None
 
     def open(self) -> None:
@@ -78,12 +97,20 @@ class OpenCvReader:
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {self.name}")
+        if self.size is not None:
+            self._request_size(capture, self.size)
+        rate = float(capture.get(cv2.CAP_PROP_FPS))
+        # Kept after close: the last frame of a clip may still be annotated after its reader closed.
+        self.fps = rate if rate > 0 else DEFAULT_FPS
         self._capture = capture
 
-    @property
-    def fps(self) -> float:
-        rate = float(self._capture.get(cv2.CAP_PROP_FPS)) if self._capture else 0.0
-        return rate if rate > 0 else 30.0
+    def _request_size(self, capture: cv2.VideoCapture, size: tuple[int, int]) -> None:
+        """Ask a camera for `size`; it may give the nearest mode it has instead, which is logged."""
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+        got = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if got != size:
+            log.warning("%s: asked for %dx%d, delivers %dx%d", self.name, *size, *got)
 
     def read(self) -> np.ndarray | None:
         if self._capture is None:
@@ -102,7 +129,11 @@ class OpenCvReader:
 
 
 class FolderReader:
-    """Every image of a folder in name order; unreadable files are logged and skipped."""
+    """Every image of a folder in name order; unreadable files are logged and skipped.
+
+    A folder without images fails to open, and one whose images are all unreadable fails at its
+    end: either would otherwise end the run like a short clip, without a word.
+    """
 
     live = False
 
@@ -111,22 +142,43 @@ class FolderReader:
         self.folder = folder
         self.name = str(folder)
         self._files: list[Path] = []
+        self.delivered = 0
         self.skipped = 0
+        self.first_skipped: Path | None = None
 
     def open(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"{self.folder} is not a folder")
         self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f"{self.folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self._files.reverse()  # pop() from the end gives name order
+        self.delivered, self.skipped, self.first_skipped = 0, 0, None
 
     def read(self) -> np.ndarray | None:
         while self._files:
             path = self._files.pop()
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is not None and bgr.size:
+                self.delivered += 1
                 return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            self.skipped += 1
-            log.warning("skipping unreadable image %s", path)
+            self._skip(path)
+        return self._end()
+
+    def _skip(self, path: Path) -> None:
+        self.skipped += 1
+        self.first_skipped = self.first_skipped or path
+        log.warning("skipping unreadable image %s", path)
+
+    def _end(self) -> None:
+        """At the end: the skipped files in one line (the per-file lines scroll away in a long run)."""
+        if not self.skipped:
+            return None
+        example = self.first_skipped.name if self.first_skipped else ""
+        summary = f"unreadable images skipped in {self.folder}: {self.skipped}, e.g. {example}"
+        if not self.delivered:
+            raise SourceError(f"no readable image: {summary}")
+        log.warning("%s", summary)
         return None
 
     def close(self) -> None:
@@ -134,16 +186,23 @@ class FolderReader:
 
 
 class RealtimeReader:
-    """Plays a recording at its own frame rate as if it were a camera (frames drop when behind)."""
+    """Plays a recording at its own frame rate as if it were a camera (frames drop when behind).
+
+    Live only in that: a recording that fails is not reopened (see :func:`reopens`).
+    """
 
     live = True
 
     def __init__(self, recording: FrameReader, clock: Callable[[], float] = time.monotonic):
         self.recording = recording
         self.name = f"{recording.name} (real time)"
-        self.fps = recording.fps
         self._clock = clock
         self._next = 0.0
+
+    @property
+    def fps(self) -> float:
+        # The recording's, read when asked: a video file knows its rate only once open.
+        return self.recording.fps
 
     def open(self) -> None:
         self.recording.open()
@@ -179,20 +238,40 @@ def check_complete(image: np.ndarray) -> None:
 def open_reader(
     spec: str, camera: CameraConfig | None = None, detector: FaceDetector | None = None
 ) -> FrameReader:
-    """The reader for a source spec: a camera index, a URL, a video file, an image folder or 'synthetic'.
+    """The reader for a source spec: a camera index, a stream URL, a video file (also as a file://
+    URL), an image folder or 'synthetic'. An unknown URL scheme raises :class:`SourceSpecError`.
 
     The synthetic walk-up draws its masks from `detector`'s landmarks.
     """
     spec = spec.strip()
+    camera = camera or CameraConfig()
     if spec == "synthetic":
         from maskgate.gate.synthetic import SyntheticWalkUp
 
-        size = (camera.width, camera.height) if camera else (640, 480)
-        return SyntheticWalkUp(size=size, detector=detector)
+        return SyntheticWalkUp(size=(camera.width, camera.height), detector=detector)
     if spec.isdigit():
-        return OpenCvReader(int(spec), live=True)
+        return OpenCvReader(int(spec), live=True, size=(camera.width, camera.height))
     if "://" in spec:
-        return OpenCvReader(spec, live=True, timeout_s=(camera or CameraConfig()).stream_timeout_s)
+        scheme = urlsplit(spec).scheme.lower()
+        if scheme in STREAM_SCHEMES:
+            return OpenCvReader(spec, live=True, timeout_s=camera.stream_timeout_s)
+        spec = str(_file_url_path(spec))
+    return _recording(spec)
+
+
+def _file_url_path(url: str) -> Path:
+    """The local path a file:// URL names; any other scheme is a usage error."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        streams = ", ".join(f"{scheme}://" for scheme in sorted(STREAM_SCHEMES))
+        raise SourceSpecError(f"{url}: unknown URL scheme {parts.scheme!r} (streams: {streams}; or file://)")
+    if parts.netloc not in ("", "localhost"):
+        raise SourceSpecError(f"{url}: a file:// URL must name a file on this machine, not on {parts.netloc}")
+    return Path(url2pathname(parts.path))
+
+
+def _recording(spec: str) -> FrameReader:
+    """A video file or an image folder, named by its path."""
     path = Path(spec)
     if path.is_dir():
         return FolderReader(path)
@@ -201,6 +280,12 @@ def open_reader(
     if path.exists():
         raise SourceError(f"{spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image folder")
     raise SourceError(f"{spec}: no such file or folder (or use a camera index, a URL or 'synthetic')")
+
+
+def reopens(reader: FrameReader) -> bool:
+    """Whether a reader that failed is opened again: a camera or a stream may come back, a recording
+    (also one played in real time) will not, and retrying it would hang the run for ever."""
+    return reader.live and not isinstance(reader, RealtimeReader)
 
 
 @dataclass
@@ -303,7 +388,7 @@ class Capture:
                 else:
                     where = "reading" if opened else "opening"
                     opened = self._failed(f"unexpected {type(exc).__name__} while {where}: {exc}", exc)
-                if not self.reader.live:
+                if not reopens(self.reader):
                     break  # a recording that cannot be read will not get better
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.camera.reconnect_max_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -166,6 +168,57 @@ def test_relay_extends_an_opening():
     time.sleep(0.15)
     assert relay.is_open and relay.openings == 2
     assert wait_until(lambda: not relay.is_open, timeout=1)
+
+
+@pytest.mark.parametrize("seconds", [1e300, math.inf, math.nan, 61.0, -1.0])
+def test_a_relay_is_never_held_open_by_an_odd_time(seconds):
+    """1e300 or inf killed the relay's timer thread (OverflowError) and the relay stayed open."""
+    relay = Relay("door test")
+    with pytest.raises(ValueError, match="a relay opens for 0 to 60 s"):
+        relay.open_for(seconds)
+    assert not relay.is_open and relay.openings == 0
+    with pytest.raises(ValueError, match="a relay opens for 0 to 60 s"):
+        DoorSimulator(make_config("doortest"), "gate-1", open_s=seconds)
+    relay.open_for(0.05)  # a sane time still opens it, and it closes again by itself
+    assert relay.is_open and wait_until(lambda: not relay.is_open, timeout=1)
+
+
+@pytest.mark.parametrize("seconds", [1e300, math.inf, math.nan, 61.0, -1.0])
+def test_a_clock_skew_tolerance_out_of_range_is_refused(seconds):
+    with pytest.raises(ValueError, match="the clock skew tolerance is 0 to 60 s"):
+        DoorSimulator(make_config("doortest"), "gate-1", max_skew_s=seconds)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--open-s", "1e300", "maskgate: --open-s: a relay opens for 0 to 60 s, not 1e+300"),
+        ("--open-s", "61", "maskgate: --open-s: a relay opens for 0 to 60 s, not 61.0"),
+        ("--open-s", "inf", "argument --open-s: expected a finite number, 0 or more, got 'inf'"),
+        ("--open-s", "-1", "argument --open-s: expected a finite number, 0 or more, got '-1'"),
+        ("--max-skew-s", "nan", "argument --max-skew-s: expected a finite number, 0 or more, got 'nan'"),
+        ("--max-skew-s", "inf", "argument --max-skew-s: expected a finite number, 0 or more, got 'inf'"),
+        (
+            "--max-skew-s",
+            "1e300",
+            "maskgate: --max-skew-s: the clock skew tolerance is 0 to 60 s, not 1e+300",
+        ),
+    ],
+)
+def test_door_sim_refuses_odd_numbers_before_it_starts(option, value, message):
+    """They gave a traceback (nan, inf) or a door-sim whose relay could stay open for ever (1e300)."""
+    maskgate = str(Path(sys.executable).parent / "maskgate")
+    prefix = f"doorsim-{uuid.uuid4().hex[:6]}"  # should one start after all, it talks to no one's door
+    env = {**os.environ, "MASKGATE_MQTT__TOPIC_PREFIX": prefix}
+    result = subprocess.run(
+        [maskgate, "door-sim", "--gate", "gate-1", option, value],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.integration

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from maskgate.config import CameraConfig
-from maskgate.gate.sources import Capture, FolderReader, SourceError, open_reader
+from maskgate.gate.sources import (
+    Capture,
+    FolderReader,
+    OpenCvReader,
+    RealtimeReader,
+    SourceError,
+    SourceSpecError,
+    open_reader,
+)
 
 FAST_RETRY = CameraConfig(reconnect_initial_s=0.01, reconnect_max_s=0.05)
 
@@ -193,3 +201,111 @@ def test_a_camera_that_does_not_exist_is_reported():
 def test_bad_specs(spec, message):
     with pytest.raises(SourceError, match=message):
         open_reader(spec)
+
+
+def write_clip(path, fps: float, frames: int = 12, size: tuple[int, int] = (64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for n in range(frames):
+        writer.write(np.full((size[1], size[0], 3), n * 20, np.uint8))
+    writer.release()
+
+
+def test_a_file_url_is_the_recording_it_names_not_a_camera(tmp_path):
+    """A file:// clip counted as a live camera: it could drive a real door and was replayed for ever."""
+    path = tmp_path / "a clip.mp4"
+    write_clip(path, fps=25)
+    reader = open_reader(path.as_uri())  # file:///.../a%20clip.mp4
+    assert not reader.live and reader.name == str(path)
+    capture = Capture(reader, FAST_RETRY).start()
+    frames = drain(capture)
+    capture.stop()
+    assert len(frames) == 12 and capture.status.reconnects == 0  # played once, to its end
+    assert not open_reader(f"file://localhost{path}").live
+
+
+@pytest.mark.parametrize(
+    "url", ["rtsp://cam/stream1", "RTSPS://cam/1", "http://cam/video.mjpg", "udp://0.0.0.0:5000"]
+)
+def test_stream_urls_are_live(url):
+    assert open_reader(url).live
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://host/clip.mp4", "unknown URL scheme 'ftp'"),
+        ("://clip.mp4", "unknown URL scheme ''"),
+        ("file://otherhost/clip.mp4", "not on otherhost"),
+    ],
+)
+def test_other_urls_are_usage_errors(url, message):
+    with pytest.raises(SourceSpecError, match=message):
+        open_reader(url)
+
+
+def test_a_recording_in_real_time_that_cannot_be_opened_is_not_retried(tmp_path):
+    """--realtime made a recording look live, so "moov atom not found" was retried for ever."""
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    capture = Capture(RealtimeReader(open_reader(str(broken))), FAST_RETRY).start()
+    assert frames_until(capture, 1, timeout=3.0) == []
+    finished = capture.finished
+    capture.stop()
+    assert finished and capture.status.reconnects == 0
+    assert capture.status.last_error == f"cannot open {broken}"
+
+
+def test_a_recording_in_real_time_plays_at_its_own_frame_rate(tmp_path):
+    """The rate was read before the file was open, when OpenCV does not know it: always 30."""
+    path = tmp_path / "clip25.mp4"
+    write_clip(path, fps=25)
+    reader = RealtimeReader(open_reader(str(path)))
+    capture = Capture(reader, FAST_RETRY).start()
+    frames = frames_until(capture, 12)
+    capture.stop()
+    assert frames and reader.fps == 25  # also after the end: the last frame may be annotated late
+
+
+def test_an_empty_folder_is_an_error_not_an_empty_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    capture = Capture(open_reader(str(tmp_path)), FAST_RETRY).start()
+    assert drain(capture) == []
+    capture.stop()
+    assert capture.status.last_error == f"{tmp_path} has no images (.bmp, .jpeg, .jpg, .png, .webp)"
+
+
+def test_a_folder_of_unreadable_images_is_an_error_naming_them(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes(b"")
+    capture = Capture(open_reader(str(tmp_path)), FAST_RETRY).start()
+    assert drain(capture) == []
+    capture.stop()
+    error = capture.status.last_error
+    assert error == f"no readable image: unreadable images skipped in {tmp_path}: 2, e.g. a.jpg"
+
+
+def test_skipped_images_are_summed_up_at_the_end(tmp_path, caplog):
+    """One line with the count: the per-file lines scroll away in a long run."""
+    for n in range(3):
+        cv2.imwrite(str(tmp_path / f"{n:03d}.png"), image(n * 40))
+    (tmp_path / "001b.jpg").write_bytes(b"not a jpeg")
+    capture = Capture(FolderReader(tmp_path), FAST_RETRY).start()
+    assert len(drain(capture)) == 3
+    capture.stop()
+    assert capture.status.last_error == ""
+    assert f"unreadable images skipped in {tmp_path}: 1, e.g. 001b.jpg" in caplog.text
+
+
+def test_a_local_camera_is_asked_for_the_configured_size(tmp_path, caplog):
+    """camera.width / camera.height were used only by the synthetic walk-up."""
+    camera = CameraConfig(width=1280, height=720)
+    assert open_reader("0", camera).size == (1280, 720)
+    assert open_reader("rtsp://cam/stream1", camera).size is None  # a stream or a file has its own size
+    path = tmp_path / "clip.mp4"
+    write_clip(path, fps=25)
+    assert open_reader(str(path), camera).size is None
+    # What a camera that has no such mode does (a file has none): the size it delivers is logged.
+    reader = OpenCvReader(str(path), live=False, size=(1280, 720))
+    reader.open()
+    reader.close()
+    assert f"{path}: asked for 1280x720, delivers 64x48" in caplog.text
