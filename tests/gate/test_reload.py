@@ -312,15 +312,19 @@ def test_download_endpoint_needs_the_token_or_a_session(dashboard):
 
 @pytest.mark.security
 def test_a_short_configured_token_is_never_accepted(dashboard):
-    from maskgate.dashboard.app import create_app, services
+    """A dashboard configured with a short rollout.token refuses to start; and should one be set on a
+    running app all the same, no request carrying it is let in."""
+    from maskgate.dashboard.app import DashboardConfigError, create_app, services
 
     config = replace(dashboard.config, rollout=RolloutConfig(token="short"))
-    app = create_app(config, engine=dashboard.engine)
-    response = app.test_client().get(
+    with pytest.raises(DashboardConfigError, match="rollout.token is too short"):
+        create_app(config, engine=dashboard.engine)
+    object.__setattr__(dashboard.config, "rollout", RolloutConfig(token="short"))
+    assert services(dashboard.app).config.rollout.token == "short"  # what the endpoint checks against
+    response = dashboard.app.test_client().get(
         "/api/v1/models/v2/files/card.json", headers={"Authorization": "Bearer short"}
     )
     assert response.status_code == 401
-    services(app).scheduler.shutdown()
 
 
 @pytest.mark.security
