@@ -118,7 +118,11 @@ class MetricsServer:
 
     def __init__(self, metrics: AgentMetrics, health: Health, host: str = "127.0.0.1", port: int = 9108):
         handler = _handler(metrics, health)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:  # name the address: "Address already in use" alone does not say which
+            where = f"metrics_host:metrics_port {host}:{port}"
+            raise OSError(exc.errno, exc.strerror or str(exc), where) from exc
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

@@ -157,3 +157,16 @@ def test_a_running_agent_serves_its_metrics_and_health(tmp_path):
     finally:
         agent.terminate()
         agent.wait(timeout=30)
+
+
+def test_a_busy_metrics_port_names_the_address():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as busy:
+            MetricsServer(AgentMetrics("gate-7"), Health(), port=port)
+    assert busy.value.filename == f"metrics_host:metrics_port 127.0.0.1:{port}"
+    assert "in use" in busy.value.strerror

@@ -317,7 +317,7 @@ def test_a_short_configured_token_is_never_accepted(dashboard):
     from maskgate.dashboard.app import DashboardConfigError, create_app, services
 
     config = replace(dashboard.config, rollout=RolloutConfig(token="short"))
-    with pytest.raises(DashboardConfigError, match="rollout.token is too short"):
+    with pytest.raises(DashboardConfigError, match=r"rollout\.token is too short"):
         create_app(config, engine=dashboard.engine)
     object.__setattr__(dashboard.config, "rollout", RolloutConfig(token="short"))
     assert services(dashboard.app).config.rollout.token == "short"  # what the endpoint checks against
