@@ -64,18 +64,22 @@ def review_event(
     kind: ReviewKind,
     user: User,
     true_label: str | None = None,
-    note: str = "",
+    note: str | None = None,
 ) -> Event:
-    """Record an admin's review. Confirmed and relabelled events are pinned: they are training data."""
+    """Record an admin's review. Confirmed and relabelled events are pinned: they are training data;
+    a false positive is not, and is unpinned (an earlier confirm had pinned it). `note` replaces the
+    earlier review's note; None keeps it (an API call that says nothing of it)."""
     event = store.get_event(event_id)
     if event is None:
         raise NotFound(f"no event {event_id}")
-    note = (note or "").strip()[:MAX_NOTE_CHARS]
+    note = (event.review.note if event.review else "") if note is None else note.strip()
+    if len(note) > MAX_NOTE_CHARS:
+        raise ActionError(f"the note is {len(note)} characters long: at most {MAX_NOTE_CHARS}")
     now = utcnow()
     if kind is ReviewKind.FALSE_POSITIVE:
         review = Review(user.username, now, false_positive=True, note=note)
         log.info("event %s reviewed by %s: %s", event_id, user.username, kind.value)
-        return store.review_event(event_id, review)
+        return store.review_event(event_id, review, pinned=False)
     label = event.label if kind is ReviewKind.CONFIRM else _label(true_label)
     review = Review(user.username, now, true_label=label, note=note)
     log.info("event %s reviewed by %s: %s -> %s", event_id, user.username, kind.value, label.value)

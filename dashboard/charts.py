@@ -29,12 +29,33 @@ def colour(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
+def repeats(index: int) -> bool:
+    """Past the palette, colours repeat: such a series is drawn dashed with hollow points, so that
+    two gates never look alike (gate 1 and gate 11 share a colour)."""
+    return index >= len(PALETTE)
+
+
 def swatch(index: int) -> Markup:
-    """A small coloured square for a legend entry in HTML."""
+    """A legend entry's mark in HTML, drawn as the series is: a filled square, or for a series
+    whose colour repeats, a dashed line through a hollow point."""
+    if not repeats(index):
+        return Markup(
+            '<svg class="swatch" width="12" height="12" aria-hidden="true">'
+            f'<rect width="12" height="12" fill="{colour(index)}"/></svg>'
+        )
     return Markup(
-        '<svg class="swatch" width="12" height="12" aria-hidden="true">'
-        f'<rect width="12" height="12" fill="{colour(index)}"/></svg>'
+        '<svg class="swatch" width="18" height="12" aria-hidden="true">'
+        f'<line x1="0" x2="18" y1="6" y2="6" stroke="{colour(index)}" stroke-width="2"'
+        ' stroke-dasharray="4 2"/>'
+        f'<circle cx="9" cy="6" r="3" {_point_paint(index)}/></svg>'
     )
+
+
+def _point_paint(index: int) -> str:
+    if repeats(index):
+        return f'fill="#fff" stroke="{colour(index)}" stroke-width="1.5"'
+    return f'fill="{colour(index)}"'
+
 
 
 def line_chart(
@@ -84,7 +105,7 @@ def _line(index, name, days, values, x, y) -> list[str]:
             continue
         segment.append(f"{x(i):.1f},{y(value):.1f}")
         parts.append(
-            f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="3" fill="{colour(index)}">'
+            f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="3" {_point_paint(index)}>'
             f"<title>{escape(name)} {days[i]:%Y-%m-%d}: {value:.1%}</title></circle>"
         )
     parts.append(_polyline(segment, index))
@@ -94,8 +115,7 @@ def _line(index, name, days, values, x, y) -> list[str]:
 def _polyline(points: list[str], index: int) -> str:
     if len(points) < 2:
         return ""
-    # Past the palette, colours repeat: dash those lines so that two gates never look alike.
-    dash = ' stroke-dasharray="6 3"' if index >= len(PALETTE) else ""
+    dash = ' stroke-dasharray="6 3"' if repeats(index) else ""
     stroke = f'stroke="{colour(index)}" stroke-width="2"{dash}'
     return f'<polyline points="{" ".join(points)}" fill="none" {stroke}/>'
 

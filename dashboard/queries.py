@@ -7,6 +7,7 @@ parameters, so a value like ``' OR 1=1 --`` is just a gate name that matches not
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import threading
@@ -14,11 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from time import monotonic
 
 from sqlalchemy import Engine, func, select
 
 from maskgate.core import Action, Event, Label, UnknownLabelError
+from maskgate.files import snapshot_file
 from maskgate.store import CountRow, EventFilter, EventPage, EventStore, Gate
 from maskgate.store.events import event_conditions
 from maskgate.store.schema import EventRow
@@ -87,6 +90,11 @@ def parse_incident_status(value: str | None) -> bool | None:
     return INCIDENT_STATUSES[status]
 
 
+def parse_incident_filter(args: Mapping[str, str]) -> EventFilter:
+    """The incident list's filter, for the page and the API alike: `status` and `gate`."""
+    return EventFilter(gate_id=_text(args.get("gate")), reviewed=parse_incident_status(args.get("status")))
+
+
 def parse_run_id(value: str | None, name: str = "before") -> int | None:
     if not value:
         return None
@@ -128,7 +136,7 @@ def _time(value: str | None, name: str, *, end_of_day: bool) -> datetime | None:
         return None
     value = value.strip()
     try:
-        if len(value) == 10:
+        with contextlib.suppress(ValueError):  # a date in any ISO form (2026-03-01, 20260301): a whole day
             day = date.fromisoformat(value)
             return datetime.combine(day + timedelta(days=end_of_day), time(), UTC)
         when = datetime.fromisoformat(value)
@@ -306,14 +314,15 @@ def count_open_incidents(engine: Engine, cap: int = OPEN_INCIDENT_COUNT_CAP) -> 
 # -- JSON and CSV ---------------------------------------------------------------------------------
 
 
-def event_json(event: Event) -> dict[str, object]:
-    """An event for the API. The snapshot's file path stays internal; its URL is given instead."""
+def event_json(event: Event, snapshots: Path) -> dict[str, object]:
+    """An event for the API. The snapshot's file path stays internal; whether the snapshot route
+    serves one (the file is there, inside `snapshots`) is said instead."""
     data = event.to_json()
     data.pop("snapshot_path")
     review = event.review
     data.update(
         incident=event.is_incident,
-        has_snapshot=bool(event.snapshot_path),
+        has_snapshot=snapshot_file(snapshots, event.snapshot_path) is not None,
         reviewed_at=review.reviewed_at.isoformat() if review else None,
         reviewed_by=review.reviewed_by if review else None,
         review_note=review.note if review else None,

@@ -23,12 +23,12 @@ from maskgate.dashboard.queries import (
     gate_state,
     parse_days,
     parse_event_filter,
-    parse_incident_status,
+    parse_incident_filter,
     parse_limit,
     parse_run_id,
 )
 from maskgate.dashboard.security import admin_required, csrf_token
-from maskgate.store import EventFilter, Gate, ModelVersion, TrainingRun
+from maskgate.store import EventPage, Gate, ModelVersion, TrainingRun
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -60,7 +60,7 @@ def overview():
             {"gate_id": gate.gate_id, "state": state} for gate, state in data.gates_not_online
         ],
         "open_incidents": {"count": data.open_incidents, "more": data.open_incidents_capped},
-        "latest_incidents": [event_json(event) for event in data.latest_incidents],
+        "latest_incidents": [event_json(event, _snapshots()) for event in data.latest_incidents],
     }
 
 
@@ -70,7 +70,7 @@ def events():
     page = services().events.list_events(
         filters, limit=parse_limit(request.args.get("limit")), cursor=request.args.get("cursor")
     )
-    return {"events": [event_json(event) for event in page.events], "next_cursor": page.next_cursor}
+    return _page_json(page)
 
 
 @blueprint.get("/events.csv")
@@ -92,7 +92,7 @@ def event(event_id: uuid.UUID):
     found = services().events.get_event(event_id)
     if found is None:
         abort(404, description=f"no event {event_id}")
-    return event_json(found)
+    return event_json(found, _snapshots())
 
 
 @blueprint.post("/events/<uuid:event_id>/review")
@@ -105,19 +105,19 @@ def review(event_id: uuid.UUID):
         actions.parse_review_kind(_text_field(body, "action")),
         g.user,
         true_label=_text_field(body, "true_label"),
-        note=_text_field(body, "note") or "",
+        note=_text_field(body, "note"),  # absent: the earlier note stays
     )
-    return event_json(reviewed)
+    return event_json(reviewed, _snapshots())
 
 
 @blueprint.get("/incidents")
 def incidents():
-    reviewed = parse_incident_status(request.args.get("status"))
-    filters = EventFilter(gate_id=request.args.get("gate") or None, reviewed=reviewed)
     page = services().events.list_incidents(
-        filters, limit=parse_limit(request.args.get("limit")), cursor=request.args.get("cursor")
+        parse_incident_filter(request.args),
+        limit=parse_limit(request.args.get("limit")),
+        cursor=request.args.get("cursor"),
     )
-    return {"events": [event_json(event) for event in page.events], "next_cursor": page.next_cursor}
+    return _page_json(page)
 
 
 @blueprint.get("/gates")
@@ -189,6 +189,15 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         abort(400, description="expected a JSON object body (Content-Type: application/json)")
     return body
+
+
+def _snapshots() -> Path:
+    return services().config.paths.snapshots
+
+
+def _page_json(page: EventPage) -> dict:
+    events = [event_json(event, _snapshots()) for event in page.events]
+    return {"events": events, "next_cursor": page.next_cursor}
 
 
 def _text_field(body: dict, name: str) -> str | None:

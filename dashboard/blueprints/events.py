@@ -14,7 +14,7 @@ from maskgate.dashboard.queries import (
     BadFilter,
     filter_args,
     parse_event_filter,
-    parse_incident_status,
+    parse_incident_filter,
 )
 from maskgate.dashboard.security import admin_required
 from maskgate.files import snapshot_file
@@ -37,6 +37,8 @@ def index():
         error=error,
         args=request.args,
         link_args=filter_args(filters),
+        # The form shows the filter as understood (label=mask selects with_mask); after an error, as typed.
+        form=request.args if error else filter_args(filters),
         gates=services().events.list_gates(),
         labels=LABELS,
         decisions=list(Action),
@@ -47,14 +49,13 @@ def index():
 @blueprint.get("/incidents")
 def incidents():
     status = request.args.get("status") or "open"
-    gate = request.args.get("gate", "").strip() or None
-    filters = EventFilter(gate_id=gate, reviewed=parse_incident_status(status))
+    filters = parse_incident_filter(request.args)
     page = services().events.list_incidents(filters, limit=PAGE_SIZE, cursor=request.args.get("cursor"))
     return render_template(
         "incidents.html",
         page=page,
         status=status,
-        gate=gate or "",
+        gate=filters.gate_id or "",
         gates=services().events.list_gates(),
     )
 

@@ -3,6 +3,8 @@
 "use strict";
 
 const POLL_MS = 3000;
+const POLL_PAGE = 100; // events per request while catching up
+const POLL_MAX_PAGES = 10; // more than this many pages at once: ask for a reload instead
 
 function csrfToken() {
   const meta = document.querySelector('meta[name="csrf-token"]');
@@ -78,21 +80,39 @@ function liveEvents() {
   const body = table.tBodies[0];
   const seen = new Set([...body.querySelectorAll("tr[data-event-id]")].map((r) => r.dataset.eventId));
 
-  async function poll() {
-    const newest = body.querySelector("tr[data-occurred-at]");
+  // Everything that arrived since the newest row shown, newest first, following the API's pages:
+  // more than one page arrives while a background tab is polled once a minute, and the next poll
+  // starts from the newest row, so a page not fetched now would never be shown.
+  async function arrivedSince(newest) {
     const url = new URL(status.dataset.api, window.location.origin);
     if (newest) url.searchParams.set("from", newest.dataset.occurredAt);
-    url.searchParams.set("limit", "50");
-    try {
+    url.searchParams.set("limit", String(POLL_PAGE));
+    const events = [];
+    for (let pages = 0; pages < POLL_MAX_PAGES; pages++) {
       const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       if (!response.ok) throw new Error("HTTP " + response.status);
       const data = await response.json();
-      const fresh = data.events.filter((e) => !seen.has(e.event_id));
+      events.push(...data.events);
+      if (!data.next_cursor) return { events, complete: true };
+      url.searchParams.set("cursor", data.next_cursor);
+    }
+    return { events, complete: false };
+  }
+
+  async function poll() {
+    try {
+      const { events, complete } = await arrivedSince(body.querySelector("tr[data-occurred-at]"));
+      const fresh = events.filter((e) => !seen.has(e.event_id));
       const empty = body.querySelector("tr.empty");
       if (fresh.length && empty) empty.remove();
       for (const e of fresh.reverse()) {
         seen.add(e.event_id);
         body.insertBefore(eventRow(e), body.firstChild);
+      }
+      if (!complete) {  // too many to add here: the rows below the new ones would have a gap
+        status.textContent = "more events arrived than shown: reload";
+        status.classList.add("stale");
+        return;  // stop polling: a reload shows the list whole
       }
       status.textContent = "live";
       status.classList.remove("stale");

@@ -143,6 +143,25 @@ def test_review_through_the_api(admin, store, make_event):
     not_json = admin.client.post(url, data="action=confirm", headers={"X-CSRF-Token": admin.csrf})
     assert not_json.status_code == 400
     assert admin.api_post(url, json=["confirm"]).status_code == 400
+    # a second review that says nothing of the note keeps it; one too long is refused, not cut
+    assert admin.api_post(url, json={"action": "confirm"}).json["review_note"] == "chin"
+    too_long = admin.api_post(url, json={"action": "confirm", "note": "x" * 2001})
+    assert too_long.status_code == 400 and "at most 2000" in too_long.json["error"]
+    assert store.get_event(event.event_id).review.note == "chin"
+
+
+def test_has_snapshot_says_whether_the_snapshot_route_serves_one(viewer, app, store, make_event):
+    folder = services(app).config.paths.snapshots / "gate-1"
+    folder.mkdir(parents=True)
+    (folder / "there.jpg").write_bytes(b"\xff\xd8 jpeg")
+    there = make_event(Label.WITHOUT_MASK, snapshot_path="gate-1/there.jpg")
+    gone = make_event(Label.WITHOUT_MASK, snapshot_path="gate-1/gone.jpg")
+    for event in (there, gone):
+        store.record_event(event)
+    for event, expected in ((there, True), (gone, False)):
+        assert viewer.get(f"/api/v1/events/{event.event_id}").json["has_snapshot"] is expected
+        served = viewer.get(f"/events/{event.event_id}/snapshot").status_code
+        assert served == (200 if expected else 404)
 
 
 @pytest.mark.security

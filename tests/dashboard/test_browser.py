@@ -21,6 +21,7 @@ from maskgate.core import LABELS, AckReason, Action, DoorStatus, Event, Label, u
 from maskgate.crop import CropSpec
 from maskgate.modelcard import ModelCard, load_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
+from maskgate.training.retrain import register_folder
 from tests.conftest import copy_model
 
 from .conftest import PASSWORD
@@ -119,9 +120,7 @@ def world(postgresql_url: str, tmp_path: Path) -> dict:
     registry.promote("m1")
     # promoted from the page: a folder that verifies (the dashboard refuses one the gates would refuse)
     m2 = copy_model(tmp_path / "models" / "m2", "m2")
-    registry.register(
-        "m2", str(m2), load_card(m2).sha256, {"macro_f1": 0.92, "recall": {"improper_mask": 0.92}}
-    )
+    register_folder(registry, m2, load_card(m2), {"macro_f1": 0.92, "recall": {"improper_mask": 0.92}})
     yield {
         "engine": engine,
         "store": store,
@@ -218,6 +217,33 @@ def test_admin_workflow_in_chromium(page, world, server):
     expect(door).to_have_text("refused")
     expect(door).to_have_attribute("title", "bad signature")
     screenshot(page, "03-events-live")
+    # More than one API page arriving between two polls (a background tab is polled once a minute):
+    # every one of them appears, none is skipped. The next poll is held until all are recorded, so
+    # that it finds them all at once. Negative minutes: after `arrived`, in order.
+    held: list = []
+
+    def hold(route) -> None:
+        if held:  # the held poll's follow-up pages go through
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/v1/events?**", hold)
+    for _ in range(100):  # the next poll comes within POLL_MS (3 s)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page stopped polling"
+    burst = [event(Label.WITH_MASK, "east", -0.001 * (i + 1)) for i in range(130)]
+    for later in burst:
+        world["store"].record_event(later)
+    held[0].continue_()
+    expect(page.locator(f'tr[data-event-id="{burst[-1].event_id}"]')).to_be_visible(timeout=15_000)
+    shown = page.locator("table.events tbody tr[data-event-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.eventId)"
+    )
+    assert {str(e.event_id) for e in burst} <= set(shown)
+    expect(page.locator("#live-status")).to_have_text("live")
 
     # Review one incident as it is, relabel another to its true class.
     page.goto("/incidents")

@@ -29,3 +29,17 @@ def test_bar_chart_scales_and_highlights():
     assert 'fill="#d62728"' in svg  # the highlighted bar
     zero = charts.bar_chart([("a", 0), ("b", 0)], title="none")
     assert 'width="0.0"' in zero
+
+
+def test_a_gate_whose_colour_repeats_never_looks_like_the_first_one():
+    """Ten colours: the 11th gate shares gate 1's. It is dashed with hollow points, in the chart and
+    in the legend, so the two can be told apart even where a gate has only isolated days (points)."""
+    days = [date(2026, 3, 1) + timedelta(days=i) for i in range(3)]
+    series = {f"g{i:02}": [0.5, None, 0.7] for i in range(len(charts.PALETTE) + 1)}  # isolated points only
+    svg = str(charts.line_chart(days, series, title="compliance"))
+    first, repeated = charts.colour(0), charts.colour(len(charts.PALETTE))
+    assert first == repeated
+    assert svg.count(f'fill="{first}"') == 2  # g00's two points, filled
+    assert svg.count(f'fill="#fff" stroke="{repeated}"') == 2  # g10's two points, hollow
+    plain, dashed = charts.swatch(0), charts.swatch(len(charts.PALETTE))
+    assert "stroke-dasharray" in dashed and "stroke-dasharray" not in plain

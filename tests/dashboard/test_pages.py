@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from maskgate.core import LABELS, AckReason, DoorStatus, Label, Review
+from maskgate.core import LABELS, AckReason, DoorStatus, Label, Review, utcnow
 from maskgate.crop import CropSpec
 from maskgate.dashboard.app import services
 from maskgate.modelcard import ModelCard, load_card
@@ -101,6 +101,24 @@ def test_events_filters(admin, store, make_event):
         str(a.event_id),
         str(b.event_id),
     ]
+
+
+def test_the_filter_form_shows_the_filter_as_understood(admin, store, make_event):
+    """label=mask, decision=DENY and reviewed=false filter the list: the form must say so, or staff
+    read "any" above a filtered list and lose the filter at the next Filter press."""
+    store.record_event(make_event(Label.WITH_MASK, gate_id="north"))
+    page = admin.get("/events?label=mask&decision=DENY&reviewed=false&gate=+north+").text
+    assert '<option value="with_mask" selected>' in page
+    assert '<option value="deny" selected>' in page and '<option value="no" selected>' in page
+    assert 'name="gate" list="gate-ids" value="north"' in page
+    # a date in basic ISO form is the same whole day as the extended one
+    day = utcnow().date()
+    assert _rows(admin.get(f"/events?from={day:%Y%m%d}&to={day:%Y%m%d}").text) == _rows(
+        admin.get(f"/events?from={day}&to={day}").text
+    )
+    assert f'name="to" type="date" value="{day}"' in admin.get(f"/events?to={day:%Y%m%d}").text
+    # after an error, the form keeps what was typed
+    assert 'value="nowhere"' in admin.get("/events?gate=nowhere&label=cap").text
 
 
 def test_events_keyset_pagination(admin, store, make_event):
@@ -236,6 +254,12 @@ def test_incidents_page_lists_open_then_reviewed(admin, store, make_event):
     assert admin.get("/incidents?status=bogus").status_code == 400
 
 
+def test_the_incidents_page_and_api_read_the_gate_filter_alike(admin, store, make_event):
+    store.record_event(make_event(Label.WITHOUT_MASK, gate_id="g2"))
+    assert len(_rows(admin.get("/incidents?gate=+g2").text)) == 1
+    assert len(admin.get("/api/v1/incidents?gate=+g2").json["events"]) == 1
+
+
 def test_the_door_reason_shows_over_the_door_column(admin, store, make_event):
     event = make_event(Label.WITHOUT_MASK)
     store.record_event(event.with_door(DoorStatus.REFUSED, event.occurred_at, 4.0, AckReason.BAD_SIGNATURE))
@@ -268,6 +292,22 @@ def test_confirm_relabel_and_false_positive(admin, store, make_event):
     # relabelled crops are what the retraining pool reads
     pool = store.list_events(EventFilter(reviewed=True), limit=10).events
     assert {e.event_id for e in pool if e.review.true_label} == {confirm.event_id, relabel.event_id}
+
+
+def test_a_false_positive_is_unpinned_and_a_later_review_keeps_the_note_on_the_form(admin, store, make_event):
+    event = make_event(Label.WITHOUT_MASK)
+    store.record_event(event)
+    url = f"/events/{event.event_id}/review"
+    admin.post(url, data={"action": "relabel", "true_label": "improper_mask", "note": "under the nose, CCTV"})
+    assert store.get_event(event.event_id).pinned
+    # the form shows the note there is, so a second review keeps it unless the admin changes it
+    page = admin.get(f"/events/{event.event_id}").text
+    assert 'name="note" maxlength="2000" placeholder="optional" value="under the nose, CCTV"' in page
+    # no longer training data: retention applies again
+    admin.post(url, data={"action": "false_positive", "note": "under the nose, CCTV"})
+    done = store.get_event(event.event_id)
+    assert done.review.false_positive and not done.pinned and done.review.note == "under the nose, CCTV"
+    assert store.purge(1, 1, now=utcnow() + timedelta(days=400)).events == 1
 
 
 @pytest.mark.parametrize(
