@@ -39,6 +39,21 @@ def parse_database_url(url: str) -> URL:
     return parsed
 
 
+# A connection whose peer vanished (a firewall or NAT dropping an idle connection overnight, a
+# database host gone) must fail in seconds, not after the ~15 minutes of TCP retransmits: the
+# spool forwarder would report the database up meanwhile, and an agent without a spool would be
+# stuck in it. Keepalives find a silent idle peer; tcp_user_timeout bounds unacknowledged sends.
+# No statement timeout: a migration may rightly run for minutes.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,  # milliseconds
+}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`. SQLite files get their folder created, WAL and a busy timeout."""
     parsed = parse_database_url(url)
@@ -49,7 +64,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        return create_engine(parsed, pool_pre_ping=True, connect_args=POSTGRES_CONNECT_ARGS)
     except (NoSuchModuleError, ArgumentError) as exc:
         raise DatabaseUrlError(f"cannot use database URL {_shown(url)!r}: {exc}") from None
 

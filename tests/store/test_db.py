@@ -48,3 +48,20 @@ def test_postgres_urls_use_psycopg3(postgresql_url):
     engine = make_engine(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))
     assert engine.dialect.driver == "psycopg"
     check_connection(engine)
+
+
+@pytest.mark.integration
+def test_a_postgres_connection_gives_up_on_a_silent_peer_in_seconds(postgresql_url):
+    """Keepalives and a TCP user timeout: a connection dropped by a firewall overnight fails fast
+    instead of hanging the forwarder (or an agent without a spool) for the minutes TCP retries."""
+    engine = make_engine(postgresql_url)
+    connection = engine.raw_connection()
+    try:
+        dsn = dict(item.split("=", 1) for item in connection.driver_connection.info.dsn.split())
+    finally:
+        connection.close()
+    assert {key: dsn.get(key) for key in ("keepalives", "keepalives_idle", "tcp_user_timeout")} == {
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "tcp_user_timeout": "15000",
+    }
