@@ -72,12 +72,15 @@ DEFAULT_ACTIONS: Mapping[Label, Action] = {
 
 
 class DoorStatus(enum.StrEnum):
-    """What became of a door command. The first three come from the controller's ack."""
+    """What became of a door command. The first three come from the controller's ack; the gate
+    records ``expired`` itself for a command it never published before it expired."""
 
     OPENED = "opened"
     REFUSED = "refused"
     EXPIRED = "expired"
-    NO_ACK = "no_ack"  # no ack arrived within the timeout
+    # No ack arrived within the timeout; or the command expired after a publish that may have
+    # reached the door (cut off before the broker's PUBACK): the door's answer is unknown.
+    NO_ACK = "no_ack"
 
 
 class AckReason(enum.StrEnum):

@@ -36,11 +36,23 @@ class AckTracker:
 
     def expect(self, decision_id: uuid.UUID, published_at: float) -> None:
         """A command was (re)published at `published_at` (time.monotonic())."""
+        self._late.pop(decision_id, None)
         self._waiting[decision_id] = published_at
 
     def forget(self, decision_id: uuid.UUID) -> None:
-        """The publish did not happen after all."""
+        """The publish did not happen after all (refused: it reached nobody)."""
         self._waiting.pop(decision_id, None)
+
+    def lose(self, decision_id: uuid.UUID) -> None:
+        """The publish's connection died before the broker acknowledged it.
+
+        The command may have reached the door, but its ack cannot be counted on: stop timing
+        it (the outbox publishes it again, or records it as no_ack when it expires) and keep
+        it among the late ones, so that an ack that still comes is recorded.
+        """
+        published_at = self._waiting.pop(decision_id, None)
+        if published_at is not None:
+            self._late[decision_id] = published_at
 
     def resolve(self, decision_id: uuid.UUID, status: DoorStatus, received_at: float) -> AckOutcome | None:
         """The outcome for an ack, or None when nothing waits for it (a duplicate, or another run's)."""

@@ -7,7 +7,9 @@ from the outbox, watches for acks and records what became of each door command:
 * an ack (``opened`` / ``refused`` / ``expired``) with the round-trip time from publish to ack;
 * ``no_ack`` when none arrives within ``mqtt.ack_timeout_s`` (a late ack still overwrites it);
 * ``expired`` when the command could not be sent before its ``expires_at`` (broker down):
-  it is then never sent. A late "open" is a security hole; an incident is not.
+  it is then never sent. A late "open" is a security hole; an incident is not;
+* ``no_ack`` as well when it expires after a publish that may have reached the door (the
+  connection died, or the gate stopped, before the broker's PUBACK): the door may have opened.
 
 Event messages wait in the outbox as long as it takes (at least once; dedupe on event_id).
 The worker is the only thread that publishes outbox rows or writes door outcomes, so no
@@ -144,6 +146,7 @@ class DoorLink:
         self._inbox: queue.SimpleQueue[_AckReceived | None] = queue.SimpleQueue()
         self._in_flight: dict[int, _InFlight] = {}
         self._retry_after: dict[int, float] = {}  # outbox id -> monotonic time (after a refusal)
+        self._refusals: dict[int, int] = {}  # outbox id -> refusals in a row (for the back-off)
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._counts_lock = threading.Lock()
@@ -171,7 +174,11 @@ class DoorLink:
     def stop(self, drain_s: float = 2.0) -> None:
         """Give the outbox up to `drain_s` to empty, publish ``stopped`` and disconnect cleanly.
 
-        Whatever is still pending stays in the outbox for the next start.
+        Whatever is still pending stays in the outbox for the next start; a publish still
+        unanswered by the broker is recorded as one that may have arrived. Door outcomes still
+        in memory (acks received, outcomes the database did not take) are recorded once more;
+        any the database still refuses are logged. A failing database never keeps the client
+        from disconnecting cleanly.
         """
         if self._worker is None:
             return
@@ -181,6 +188,38 @@ class DoorLink:
         self._worker.join()
         self._worker = None
         self.client.stop(final=[(self.topics.availability, "stopped", True)])
+        # The worker is gone: this thread is now the only one writing outbox rows and door outcomes.
+        self._record_on_stop()
+
+    def _record_on_stop(self) -> None:
+        try:
+            self._settle_in_flight(stopped=True)
+        except SQLAlchemyError as exc:
+            self._database_down(exc)
+        except Exception:
+            log.exception("gate %s: cannot settle the messages in flight on stop", self.gate_id)
+        for message_id, flight in self._in_flight.items():
+            state = flight.publication.state
+            log.error(
+                "gate %s: outbox message %d (%s) for event %s %s; not recorded (database unavailable)",
+                self.gate_id,
+                message_id,
+                flight.message.kind.value,
+                flight.message.event_id,
+                {PublishState.SENT: "was acknowledged by the broker", PublishState.FAILED: "was refused"}.get(
+                    state, "may have reached the broker"
+                ),
+            )
+        for item in self._drain_inbox():
+            self._record_ack(item)
+        self._retry_unrecorded()
+        for decision_id, status, *_ in self._unrecorded:
+            log.error(
+                "gate %s: door status %s for event %s lost on stop: the database did not take it",
+                self.gate_id,
+                status.value,
+                decision_id,
+            )
 
     def submit(self, decision: Decision, snapshot_path: str | None = None) -> Event:
         """Record the decision's event and enqueue its door command and event message, atomically.
@@ -237,11 +276,25 @@ class DoorLink:
         return self.client.connected
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is pending, in flight or waiting for an ack (tests, demo, shutdown)."""
+        """Wait until nothing is pending, in flight or waiting for an ack (tests, demo, shutdown).
+
+        A database that fails meanwhile counts as not idle (logged once); it never raises.
+        """
         deadline = time.monotonic() + timeout
+        reported = False
         while time.monotonic() < deadline:
-            if not self._in_flight and not len(self._acks) and self.outbox.counts().pending == 0:
-                return True
+            if not self._in_flight and not len(self._acks):
+                try:
+                    if self.outbox.counts().pending == 0:
+                        return True
+                except SQLAlchemyError as exc:
+                    if not reported:
+                        reported = True
+                        log.warning(
+                            "gate %s: cannot count the outbox (%s); not idle",
+                            self.gate_id,
+                            error_reason(exc),
+                        )
             time.sleep(0.01)
         return False
 
@@ -352,14 +405,22 @@ class DoorLink:
         deadline = self._acks.next_deadline()
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-        items: list[_AckReceived | None] = []
         try:
-            items.append(self._inbox.get(timeout=timeout))
+            first = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        return [first, *self._drain_inbox()] if first is not None else self._drain_inbox()
+
+    def _drain_inbox(self) -> list[_AckReceived]:
+        items: list[_AckReceived] = []
+        try:
             while True:
-                items.append(self._inbox.get_nowait())
+                item = self._inbox.get_nowait()
+                if item is not None:
+                    items.append(item)
         except queue.Empty:
             pass
-        return [item for item in items if item is not None]
+        return items
 
     def _cycle(self, received: list[_AckReceived]) -> None:
         self._retry_unrecorded()
@@ -374,11 +435,19 @@ class DoorLink:
         if (stuck and tick - self._last_sweep >= EXPIRY_SWEEP_S) or tick - self._last_poll >= POLL_S:
             self._last_sweep, self._expiry_due = tick, False
             for event in self.outbox.expire_due(now, exclude=self._in_flight.keys()):
-                log.warning(
-                    "gate %s: door command for %s expired before it could be sent (incident)",
-                    self.gate_id,
-                    event.event_id,
-                )
+                if event.door_status is DoorStatus.NO_ACK:
+                    log.warning(
+                        "gate %s: door command for %s expired unanswered; it may have reached the door "
+                        "(published, never acknowledged by the broker): no_ack (incident)",
+                        self.gate_id,
+                        event.event_id,
+                    )
+                else:
+                    log.warning(
+                        "gate %s: door command for %s expired before it could be sent (incident)",
+                        self.gate_id,
+                        event.event_id,
+                    )
                 self._notify(event)
         if connected and (self._dirty or tick - self._last_poll >= POLL_S):
             self._last_poll = tick
@@ -396,6 +465,9 @@ class DoorLink:
             self._last_purge = time.monotonic()
             self.outbox.purge(now - OUTBOX_KEEP)
             self._retry_after = {k: t for k, t in self._retry_after.items() if t > self._last_purge}
+            self._refusals = {
+                k: n for k, n in self._refusals.items() if k in self._retry_after or k in self._in_flight
+            }
 
     def _publish_pending(self) -> None:
         # Door commands come first (pending() orders them so) and are never held back by the
@@ -444,32 +516,48 @@ class DoorLink:
             message.topic, message.payload, qos=message.qos, retain=False, properties=properties
         )
 
-    def _settle_in_flight(self) -> None:
+    def _settle_in_flight(self, *, stopped: bool = False) -> None:
+        """Record what the broker made of each finished publish. A flight leaves ``_in_flight``
+        only once its row is updated: until then it is neither published again nor expired.
+
+        `stopped`: the client is stopped, so a publish still pending will never be answered; it
+        is recorded like one whose connection died (it may have arrived).
+        """
         sent: list[int] = []
         for message_id, flight in list(self._in_flight.items()):
             state = flight.publication.state
-            if state is PublishState.PENDING:
+            if state is PublishState.PENDING and not stopped:
                 continue
-            del self._in_flight[message_id]
             if state is PublishState.SENT:
                 sent.append(message_id)
                 continue
             # Not acknowledged by the broker: the row stays pending and is retried (or expires).
+            refused = state is PublishState.FAILED  # refused, not merely cut off: it reached nobody
             if flight.message.kind is OutboxKind.DOOR_COMMAND and flight.message.event_id is not None:
-                self._acks.forget(flight.message.event_id)
+                if refused:
+                    self._acks.forget(flight.message.event_id)
+                else:  # it may have reached the door: an ack that still comes is recorded
+                    self._acks.lose(flight.message.event_id)
+            error = flight.publication.error or "the gate stopped before the broker acknowledged it"
+            self.outbox.mark_failed(message_id, error, may_have_arrived=not refused)
+            del self._in_flight[message_id]
             log.info(
-                "gate %s: outbox message %d (%s) not delivered: %s",
+                "gate %s: outbox message %d (%s) not delivered%s: %s",
                 self.gate_id,
                 message_id,
                 flight.message.kind.value,
-                flight.publication.error,
+                "" if refused else " (it may have arrived)",
+                error,
             )
             self._dirty = True
-            if state is PublishState.FAILED:  # refused, not merely cut off: back off before retrying
-                attempts = flight.message.attempts + 1
-                self._retry_after[message_id] = time.monotonic() + min(30.0, 0.5 * 2 ** min(attempts, 6))
-            self.outbox.mark_failed(message_id, flight.publication.error)
-        self.outbox.mark_sent(sent, utcnow())
+            if refused:  # back off before retrying
+                refusals = self._refusals[message_id] = self._refusals.get(message_id, 0) + 1
+                self._retry_after[message_id] = time.monotonic() + min(30.0, 0.5 * 2 ** min(refusals, 6))
+        if sent:
+            self.outbox.mark_sent(sent, utcnow())
+            for message_id in sent:
+                del self._in_flight[message_id]
+                self._refusals.pop(message_id, None)
 
     def _record_ack(self, item: _AckReceived) -> None:
         ack = item.ack
@@ -484,7 +572,7 @@ class DoorLink:
             return
         if outcome.late:
             log.warning(
-                "gate %s: late ack %s for %s after %.0f ms replaces no_ack",
+                "gate %s: late ack %s for %s after %.0f ms is recorded (it replaces no_ack, if set)",
                 self.gate_id,
                 ack.status.value,
                 ack.decision_id,

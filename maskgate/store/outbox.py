@@ -6,7 +6,10 @@ a crash can lose neither the event nor the news of it. A publisher drains the pe
 (door commands first, then in insertion order), marks them sent once the broker
 acknowledged them, and expires door commands whose ``expires_at`` passed before they
 could be sent: such an event gets ``DoorStatus.EXPIRED`` (an incident), never a late
-opening. Event messages carry no expiry and wait as long as it takes (at least once).
+opening. A command that may have reached the door all the same (a publish whose connection
+died, or whose gate stopped, before the broker's PUBACK: ``attempts`` > 0) gets
+``DoorStatus.NO_ACK`` instead: the door's answer is unknown, not "stayed shut". Event
+messages carry no expiry and wait as long as it takes (at least once).
 
 Each row belongs to a gate, and an outbox opened for a gate sees only that gate's rows, so gates
 sharing one database never publish each other's messages. One publisher per gate: rows are not
@@ -59,7 +62,7 @@ class OutboxMessage:
     qos: int
     created_at: datetime
     expires_at: datetime | None
-    attempts: int
+    attempts: int  # publishes that may have reached the broker (a refused one does not count)
     last_error: str | None
     sent_at: datetime | None
     expired_at: datetime | None
@@ -136,21 +139,28 @@ class Outbox:
             with self.engine.begin() as connection:
                 connection.execute(statement)
 
-    def mark_failed(self, message_id: int, error: str) -> None:
-        """An attempt that did not reach the broker; the message stays pending."""
-        statement = (
-            update(OutboxRow)
-            .where(OutboxRow.id == message_id)
-            .values(attempts=OutboxRow.attempts + 1, last_error=error[:1000])
-        )
+    def mark_failed(self, message_id: int, error: str, *, may_have_arrived: bool) -> None:
+        """A publish the broker did not acknowledge; the message stays pending.
+
+        `may_have_arrived`: it was on the wire when its connection died (or the gate stopped)
+        before the PUBACK, so the broker may have delivered it; it counts in ``attempts``,
+        and a door command with attempts expires as ``no_ack``, not ``expired``. A refusal
+        (not connected, not authorized) reached nobody: only its error is recorded.
+        """
+        values: dict[str, object] = {"last_error": error[:1000]}
+        if may_have_arrived:
+            values["attempts"] = OutboxRow.attempts + 1
+        statement = update(OutboxRow).where(OutboxRow.id == message_id).values(**values)
         with self.engine.begin() as connection:
             connection.execute(statement)
 
     def expire_due(self, now: datetime, exclude: Collection[int] = ()) -> list[Event]:
         """Expire pending messages past their ``expires_at``; `exclude` are in flight right now.
 
-        A door command that expires unsent gives its event ``DoorStatus.EXPIRED`` (unless an
-        ack already set a status). Returns those events, updated.
+        A door command that expires gives its event (unless an ack already set a status)
+        ``DoorStatus.EXPIRED`` when it was never published (no attempt), and
+        ``DoorStatus.NO_ACK`` when a publish may have reached the door (``attempts`` > 0): the
+        door may have opened, and no ack says what it did. Returns those events, updated.
         """
         due = self._mine & _PENDING & OutboxRow.expires_at.is_not(None) & (OutboxRow.expires_at <= now)
         if exclude:
@@ -158,16 +168,21 @@ class Outbox:
         with self._session() as session:
             # A read first: most calls find nothing, and a write transaction on SQLite would
             # take the database's write lock for nothing.
-            rows = session.execute(select(OutboxRow.id, OutboxRow.kind, OutboxRow.event_id).where(due)).all()
-        if not rows:
+            ids = list(session.scalars(select(OutboxRow.id).where(due)))
+        if not ids:
             return []
         expired_events: list[Event] = []
         with self._session() as session, session.begin():
-            ids = [row.id for row in rows]
-            session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids), _PENDING).values(expired_at=now))
+            # The write first, RETURNING what it expired: the rows still pending now, in this
+            # transaction (a SQLite transaction that read first could not upgrade to a write once
+            # another connection had written meanwhile).
+            columns = (OutboxRow.id, OutboxRow.kind, OutboxRow.event_id, OutboxRow.attempts)
+            expire = update(OutboxRow).where(OutboxRow.id.in_(ids), _PENDING).values(expired_at=now)
+            rows = session.execute(expire.returning(*columns)).all()
             for row in rows:
                 if row.kind == OutboxKind.DOOR_COMMAND.value and row.event_id is not None:
-                    event = _set_door_status_if_unset(session, row.event_id, DoorStatus.EXPIRED, now)
+                    status = DoorStatus.NO_ACK if row.attempts > 0 else DoorStatus.EXPIRED
+                    event = _set_door_status_if_unset(session, row.event_id, status, now)
                     if event is not None:
                         expired_events.append(event)
         return expired_events

@@ -75,7 +75,7 @@ def test_mark_sent_and_failed(outbox, make_event):
     event = make_event()
     outbox.record_event(event, messages(event), now=utcnow())
     command, event_message = outbox.pending()
-    outbox.mark_failed(command.id, "connection lost before the broker acknowledged it")
+    outbox.mark_failed(command.id, "connection lost before the broker acknowledged it", may_have_arrived=True)
     outbox.mark_sent([event_message.id], utcnow())
     command, event_message = outbox.get(command.id), outbox.get(event_message.id)
     assert command.attempts == 1 and command.sent_at is None and "connection lost" in command.last_error
@@ -97,6 +97,34 @@ def test_an_expired_door_command_becomes_an_expired_incident(store, outbox, make
     pending = outbox.pending()
     assert [m.kind for m in pending] == [OutboxKind.EVENT]  # the event message still goes out
     assert outbox.counts().expired == 1
+
+
+def test_a_door_command_that_may_have_reached_the_door_expires_as_no_ack_not_expired(
+    store, outbox, make_event
+):
+    """Published, then the connection died before the PUBACK: the door may have opened. Its answer is
+    unknown (no_ack), never "expired" (never sent, door shut). A refused publish reached nobody."""
+    lost, refused, lost_then_refused = make_event(), make_event(), make_event()
+    for event in (lost, refused, lost_then_refused):
+        outbox.record_event(event, messages(event, expires_in=0.1), now=utcnow())
+    command = {e.event_id: outbox.for_event(e.event_id)[0].id for e in (lost, refused, lost_then_refused)}
+    cut_off = "connection lost before the broker acknowledged it"
+    outbox.mark_failed(command[lost.event_id], cut_off, may_have_arrived=True)
+    outbox.mark_failed(command[refused.event_id], "not connected to the broker", may_have_arrived=False)
+    outbox.mark_failed(command[lost_then_refused.event_id], cut_off, may_have_arrived=True)
+    outbox.mark_failed(
+        command[lost_then_refused.event_id], "broker refused: Not authorized", may_have_arrived=False
+    )
+    assert outbox.get(command[refused.event_id]).attempts == 0  # a refusal is not an attempt
+    assert outbox.get(command[lost_then_refused.event_id]).attempts == 1
+    expired = {e.event_id: e for e in outbox.expire_due(utcnow() + timedelta(seconds=1))}
+    assert set(expired) == set(command)
+    for event in (lost, lost_then_refused):
+        assert expired[event.event_id].door_status is DoorStatus.NO_ACK
+        stored = store.get_event(event.event_id)
+        assert stored.door_status is DoorStatus.NO_ACK and stored.is_incident
+    assert store.get_event(refused.event_id).door_status is DoorStatus.EXPIRED
+    assert outbox.counts().expired == 3 and [m.kind for m in outbox.pending()] == [OutboxKind.EVENT] * 3
 
 
 def test_expiry_spares_messages_in_flight_and_acked_events(store, outbox, make_event):

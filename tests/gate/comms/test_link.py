@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from maskgate.config import Config
 from maskgate.core import AckReason, Action, DoorStatus, Event, Label, utcnow
@@ -185,6 +186,35 @@ def test_availability_state_and_clean_stop(start, store, prefix, gate_id):
         assert retained_state.retain and json.loads(retained_state.payload)["model_version"] == "m-7"
     finally:
         late_joiner.close()
+
+
+def test_stop_with_the_database_down_disconnects_cleanly_and_logs_the_lost_door_outcome(
+    start, store, prefix, gate_id, monkeypatch, caplog
+):
+    """The door opened and acked, but the database fails from then on: stop() must still say
+    "stopped" (not leave the broker to send "offline") and name the door outcome it could not keep."""
+    link, door = start()
+    availability = f"{prefix}/{gate_id}/availability"
+    watcher = Spy(SYSTEM_PORT, [availability])
+    failing = OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+    def database_down(*_args, **_kwargs):
+        raise failing
+
+    try:
+        monkeypatch.setattr(store, "set_door_status", database_down)
+        event = link.submit(make_decision(gate_id, action=Action.ALLOW))
+        assert wait_until(lambda: link._unrecorded)  # opened, acked, not recorded
+        assert door.relay.openings == 1
+        monkeypatch.setattr(link.outbox, "counts", database_down)
+        with caplog.at_level(logging.WARNING):
+            link.stop(drain_s=0.3)  # does not raise
+        assert watcher.wait_for(availability, 2)[-1].payload == b"stopped"
+        lost = [r.getMessage() for r in caplog.records if str(event.event_id) in r.getMessage()]
+        assert len(lost) == 1 and "opened" in lost[0] and "lost on stop" in lost[0]
+        assert store.get_event(event.event_id).door_status is None
+    finally:
+        watcher.close()
 
 
 def test_the_broker_publishes_offline_when_the_gate_dies(tmp_path, prefix, gate_id):

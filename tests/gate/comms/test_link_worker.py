@@ -8,11 +8,13 @@ import uuid
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from maskgate.core import AckReason, DoorStatus, utcnow
+from maskgate.core import AckReason, DoorStatus, Event, utcnow
 from maskgate.gate.comms import DoorLink
 from maskgate.gate.comms.acks import AckTracker
+from maskgate.gate.comms.client import IncomingMessage, PublishState
+from maskgate.gate.comms.payloads import DoorAck
 from maskgate.store import OutboxKind
-from tests.gate.comms.brokers import free_port, make_config, make_decision
+from tests.gate.comms.brokers import free_port, make_config, make_decision, wait_until
 
 
 def test_ack_tracker_round_trip_duplicates_and_late_acks():
@@ -77,3 +79,141 @@ def test_counters_in_state(offline_link):
     state = offline_link.publish_state(camera_ok=True, fps=9.5, model_version="m")  # offline: kept
     assert (state.decisions, state.allowed, state.denied, state.warned) == (3, 2, 1, 0)
     assert state.outbox_pending == 6 and state.compliance == pytest.approx(2 / 3)
+
+
+# -- a fake MQTT client: the broker's answers (PUBACK, lost connection, acks) at the test's command ----
+
+
+class FakePublication:
+    def __init__(self, topic: str, payload: bytes | str, state: PublishState):
+        self.topic, self.payload, self.state, self.error = topic, payload, state, ""
+
+    def lose(self) -> None:
+        self.state, self.error = PublishState.LOST, "connection lost before the broker acknowledged it"
+
+
+class FakeClient:
+    """Stands in for MqttClient: what the link publishes, and what the broker makes of it."""
+
+    def __init__(self, *, connected: bool = True, puback: bool = False):
+        self.connected, self.puback = connected, puback
+        self.published: list[FakePublication] = []
+        self.final: list[tuple[str, str, bool]] | None = None
+        self.on_stop = lambda: None
+
+    def publish(self, topic, payload, *, qos=1, retain=False, properties=None) -> FakePublication:
+        state = PublishState.SENT if self.puback else PublishState.PENDING
+        self.published.append(publication := FakePublication(topic, payload, state))
+        return publication
+
+    def commands(self) -> list[FakePublication]:
+        return [p for p in self.published if p.topic.endswith("/door/command")]
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, final=(), timeout: float = 2.0) -> None:
+        self.on_stop()  # while it disconnects: the last acks arrive, the database comes back...
+        self.final, self.connected = list(final), False
+
+
+def fake_link(store, **mqtt) -> tuple[DoorLink, FakeClient]:
+    connected = mqtt.pop("connected", True)
+    puback = mqtt.pop("puback", False)
+    link = DoorLink(make_config("fake", url=f"mqtt://127.0.0.1:{free_port()}", **mqtt), store)
+    link.client = client = FakeClient(connected=connected, puback=puback)
+    return link, client
+
+
+def door_ack(link: DoorLink, event: Event) -> IncomingMessage:
+    ack = DoorAck(event.event_id, link.gate_id, DoorStatus.OPENED, utcnow(), AckReason.OPENED)
+    return IncomingMessage(link.topics.door_ack, ack.encode(), received_at=time.monotonic())
+
+
+def test_a_command_cut_off_before_its_puback_expires_as_no_ack_and_a_late_ack_still_counts(store, caplog):
+    """The door command is on the wire (the door may open), the connection dies before the PUBACK and
+    the gate is offline past the command's life: its answer is unknown (no_ack), not "never sent"."""
+    link, client = fake_link(store, door_command_ttl_s=0.2)
+    event = link.submit(make_decision())
+    link._cycle([])
+    assert len(client.commands()) == 1
+    for publication in client.published:
+        publication.lose()
+    client.connected = False
+    link._cycle([])  # the publish is settled as lost: the row is pending again
+    time.sleep(0.25)
+    link._cycle([])  # the expiry sweep
+    stored = store.get_event(event.event_id)
+    assert stored.door_status is DoorStatus.NO_ACK and stored.is_incident
+    assert "expired before it could be sent" not in caplog.text
+    assert "may have reached the door" in caplog.text
+    row = link.outbox.for_event(event.event_id)[0]
+    assert row.expired_at is not None and row.sent_at is None and row.attempts == 1
+    # The controller's own client re-sends its ack once it is back: the truth about the door wins.
+    link._on_ack_message(door_ack(link, event))
+    link._cycle(link._drain_inbox())
+    assert store.get_event(event.event_id).door_status is DoorStatus.OPENED
+
+
+def test_a_command_the_broker_has_not_acknowledged_at_stop_is_no_ack_after_a_restart(store):
+    """stop() gives up on a publish still waiting for its PUBACK: the next run must not call it
+    "expired before it could be sent"."""
+    link, client = fake_link(store, door_command_ttl_s=0.3)
+    link.start()
+    event = link.submit(make_decision())
+    assert wait_until(lambda: client.commands())  # on the wire; no PUBACK ever comes
+    link.stop(drain_s=0.05)
+    assert client.final == [(link.topics.availability, "stopped", True)]
+    row = link.outbox.for_event(event.event_id)[0]
+    assert row.sent_at is None and row.attempts == 1 and "stopped" in row.last_error
+    time.sleep(0.35)
+    restarted, _ = fake_link(store, door_command_ttl_s=0.3, connected=False)  # the broker is not back yet
+    restarted._cycle([])
+    stored = store.get_event(event.event_id)
+    assert stored.door_status is DoorStatus.NO_ACK and stored.is_incident
+
+
+def test_a_refused_publish_still_expires_as_never_sent(store):
+    """A refusal (here: the connection was gone) reached nobody: that command is "expired"."""
+    link, client = fake_link(store, door_command_ttl_s=0.2)
+    event = link.submit(make_decision())
+    link._cycle([])
+    for publication in client.published:
+        publication.state, publication.error = PublishState.FAILED, "not connected to the broker"
+    client.connected = False
+    link._cycle([])
+    time.sleep(0.25)
+    link._cycle([])
+    assert store.get_event(event.event_id).door_status is DoorStatus.EXPIRED
+    assert link.outbox.for_event(event.event_id)[0].attempts == 0
+
+
+def test_door_outcomes_waiting_in_memory_are_recorded_on_stop(store, monkeypatch):
+    """An ack came while the database was down, another one while the client disconnects; the
+    database is back by then: stop() records both instead of losing them (the next run would have
+    turned them into no_ack incidents for doors that opened)."""
+    link, client = fake_link(store, ack_timeout_s=30.0, puback=True)
+    real, down = store.set_door_status, [True]
+
+    def flaky(*args):
+        if down[0]:
+            raise OperationalError("UPDATE events", {}, Exception("server closed the connection"))
+        return real(*args)
+
+    monkeypatch.setattr(store, "set_door_status", flaky)
+    link.start()
+    first, second = link.submit(make_decision()), link.submit(make_decision())
+    assert wait_until(lambda: len(client.commands()) == 2 and link.outbox.counts().sent == 4)
+    link._on_ack_message(door_ack(link, first))
+    assert wait_until(lambda: link._unrecorded)  # the database did not take it
+
+    def disconnecting() -> None:
+        down[0] = False
+        link._on_ack_message(door_ack(link, second))
+
+    client.on_stop = disconnecting
+    link.stop(drain_s=0.05)
+    for event in (first, second):
+        stored = store.get_event(event.event_id)
+        assert stored.door_status is DoorStatus.OPENED and stored.door_reason is AckReason.OPENED
+    assert link._unrecorded == []

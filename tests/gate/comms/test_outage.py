@@ -109,17 +109,20 @@ def test_broker_killed_and_restarted_mid_run(store: EventStore, tmp_path):
     assert door.openings, "the door never opened"
     for opening in door.openings:
         assert opening.opened_at <= opening.expires_at, opening
-    # Commands issued while the broker was down expired unsent: incidents, never delivered.
+    # Commands issued while the broker was down expired unsent: incidents, never delivered. One on
+    # the wire when the broker died (no PUBACK: it may have reached the door) expires as no_ack.
     outbox = Outbox(store.engine)
-    never_sent = {e for e in submitted if any(m.expired_at is not None for m in outbox.for_event(e))}
+    expired_rows = [m for e in submitted for m in outbox.for_event(e) if m.expired_at is not None]
+    never_sent = {m.event_id for m in expired_rows if m.attempts == 0}
+    cut_off = {m.event_id for m in expired_rows if m.attempts > 0}
     assert never_sent, "no command expired during a 2 s outage"
     # ... and only those submitted while the link was down (or in flight when the broker died), or,
     # on a loaded machine, in the one command life after it while the link works off the outage's
     # backlog: each is checked for expiry just before it is published, so it expires unsent rather
     # than reaching the door late. Once caught up, no command expires.
     in_flight = set(submitted[before_kill - 3 : before_kill])
-    assert never_sent <= in_flight | set(submitted[before_kill:caught_up])
-    assert not never_sent & set(submitted[caught_up:])
+    assert never_sent | cut_off <= in_flight | set(submitted[before_kill:caught_up])
+    assert not (never_sent | cut_off) & set(submitted[caught_up:])
     wire_commands = {
         uuid.UUID(json.loads(m.payload)["decision_id"]) for m in consumer.messages if "/door/" in m.topic
     }
@@ -127,6 +130,8 @@ def test_broker_killed_and_restarted_mid_run(store: EventStore, tmp_path):
     assert not never_sent & set(door.received)
     for event_id in never_sent:
         assert events[event_id].door_status is DoorStatus.EXPIRED and events[event_id].is_incident
+    for event_id in cut_off:  # "expired" would claim the door stayed shut; a late ack may still tell
+        assert events[event_id].door_status in {DoorStatus.NO_ACK, DoorStatus.OPENED, DoorStatus.REFUSED}
 
     # Outside the outage the door worked: opened for allow, refused for deny.
     assert statuses[DoorStatus.OPENED] > 10 and statuses[DoorStatus.REFUSED] > 5
