@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +38,12 @@ from maskgate.store import EventStore
 log = logging.getLogger(__name__)
 
 INCIDENT_ACTIONS = frozenset({Action.DENY, Action.WARN})
+# The rate the state and the metrics report is the rate over this window (the heartbeat's interval),
+# not since the start: after a day at 30 fps and an hour without frames it must say 0, not 28.8.
+FPS_WINDOW_S = 5.0
+# Decisions kept in AgentStats.decisions (tests and the end of a run look at them); a gate that runs
+# for months counts them in AgentStats.decided instead of keeping every one.
+RECENT_DECISIONS = 1000
 
 
 class DecisionSink(Protocol):
@@ -57,17 +64,69 @@ class StoreSink:
         return event
 
 
+class FrameRate:
+    """Frames per second over the last `window_s` seconds; thread-safe (the metrics server reads it)."""
+
+    def __init__(self, window_s: float = FPS_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self._clock = clock
+        self._started = clock()
+        self._times: deque[float] = deque()  # clock() of each frame within the window
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = self._clock()
+        with self._lock:
+            self._times.append(now)
+            self._forget(now)
+
+    def rate(self) -> float:
+        now = self._clock()
+        with self._lock:
+            self._forget(now)
+            frames = len(self._times)
+        span = min(self.window_s, now - self._started)  # the first seconds are a shorter window
+        return frames / span if span > 0 else 0.0
+
+    def _forget(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.window_s:
+            self._times.popleft()
+
+
 @dataclass
 class AgentStats:
     frames: int = 0
     bad_frames: int = 0
     faces: int = 0
-    decisions: list[Decision] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
+    decided: int = 0  # decisions of the whole run
+    decisions: list[Decision] = field(default_factory=list)  # the latest RECENT_DECISIONS of them
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    started: float = field(init=False)
+    rate: FrameRate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        self.rate = FrameRate(FPS_WINDOW_S, self.clock)
+
+    def count_frame(self) -> None:
+        self.frames += 1
+        self.rate.tick()
+
+    def count_decision(self, decision: Decision) -> None:
+        self.decided += 1
+        self.decisions.append(decision)
+        if len(self.decisions) > RECENT_DECISIONS:
+            del self.decisions[0]
 
     @property
     def fps(self) -> float:
-        elapsed = time.perf_counter() - self.started
+        """Frames per second now: over the last FPS_WINDOW_S (the state and the metrics report this)."""
+        return self.rate.rate()
+
+    @property
+    def average_fps(self) -> float:
+        """Frames per second over the whole run (the summary at its end)."""
+        elapsed = self.clock() - self.started
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
@@ -101,9 +160,18 @@ class Agent:
         self._live = False  # frames of a live source carry wall-clock capture times
         self._swap_lock = threading.Lock()
         self._next_classifier: MaskClassifier | None = None  # from a reload; used from the next frame
+        # time.monotonic() of the run loop's latest pass; None outside run(). /healthz reads it: a loop
+        # blocked in a frame (a locked SQLite spool, a hung database) sends no door command at all.
+        self.loop_at: float | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def loop_stalled_s(self) -> float:
+        """Seconds since :meth:`run`'s loop last came round; 0 outside run() (not started, or ended:
+        a recording that ended is not stuck)."""
+        at = self.loop_at
+        return 0.0 if at is None else max(0.0, time.monotonic() - at)
 
     def swap_classifier(self, classifier: MaskClassifier) -> None:
         """Run `classifier` from the start of the next frame; safe from any thread.
@@ -150,8 +218,10 @@ class Agent:
         self.stats = AgentStats()
         self._live = capture.reader.live
         next_beat = time.monotonic()
+        self.loop_at = next_beat
         try:
             while not self._stop.is_set():
+                self.loop_at = time.monotonic()
                 self._apply_swap()  # also without frames (a dead camera), so the state reports the new model
                 if heartbeat is not None and time.monotonic() >= next_beat:
                     heartbeat(self.stats)
@@ -165,6 +235,7 @@ class Agent:
                 if max_frames is not None and self.stats.frames >= max_frames:
                     break
         finally:
+            self.loop_at = None
             if self.video is not None:
                 self.video.close()
         return self.stats
@@ -180,7 +251,7 @@ class Agent:
             self.stats.bad_frames += 1
             log.warning("frame %d skipped: %s", frame.seq, exc)
             return []
-        self.stats.frames += 1
+        self.stats.count_frame()
         with self.timings.measure("detect"):
             faces = self.detector.detect(frame.image)
         self.stats.faces += len(faces)
@@ -226,6 +297,6 @@ class Agent:
         with self.timings.measure("record"):
             event = self.sink.submit(decision, snapshot)
         self._decided[track.track_id] = decision
-        self.stats.decisions.append(decision)
+        self.stats.count_decision(decision)
         if self.on_decision is not None:
             self.on_decision(decision, event)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +16,15 @@ from maskgate.cli import UsageError
 from maskgate.config import Config
 from maskgate.const import EXIT_OK, EXIT_RUNTIME
 
+log = logging.getLogger(__name__)
+
 # Containers OpenCV writes the annotated copy's mp4v video into (not .webm: mp4v is not a WebM codec).
 ANNOTATION_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
+# Everything the agent runs stops within this, together: systemd sends SIGKILL 15 s after SIGTERM
+# (TimeoutStopSec, deploy/systemd/maskgate-agent.service), and a killed agent publishes no "stopped"
+# and may be cut off mid-write. The 3 s left over are for the summary and the interpreter's exit.
+STOP_BUDGET_S = 12.0
+DRAIN_S = 2.0  # what the door link's outbox and the spool forwarder get to empty, at most, each
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -172,8 +181,7 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         if link is not None:
             link.publish_state(camera_ok=capture.status.ok, fps=stats.fps, model_version=version)
         if monitor is not None:
-            connected = None if link is None else link.connected
-            monitor.heartbeat(stats, capture.status.ok, connected, version)
+            monitor.heartbeat(stats, version)
 
     where = "no broker" if link is None else f"door over {config.mqtt.url}"
     if forwarder is not None:
@@ -185,19 +193,10 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
     try:
         stats = agent.run(capture, args.max_frames, heartbeat=heartbeat)
     finally:
-        capture.stop()
-        if link is not None:
-            link.stop()
-        if watcher is not None:
-            watcher.stop()
-        if forwarder is not None:
-            forwarder.stop()
-            _print_spool_left(forwarder)
-        if monitor is not None:
-            monitor.stop()
+        _shut_down(capture, link, watcher, forwarder, monitor)
     print(
-        f"gate {config.gate_id}: {stats.frames} frames at {stats.fps:.1f} fps, "
-        f"{len(stats.decisions)} decisions, {stats.bad_frames} bad frames; "
+        f"gate {config.gate_id}: {stats.frames} frames at {stats.average_fps:.1f} fps on average, "
+        f"{stats.decided} decisions, {stats.bad_frames} bad frames; "
         f"stages p50/p95: {agent.timings.format()}",
         flush=True,
     )
@@ -209,6 +208,45 @@ def run_agent(args: argparse.Namespace, config: Config) -> int:
         print(f"maskgate agent: {reader.name} gave no usable frame", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _shut_down(capture, link, watcher, forwarder, monitor, budget_s: float | None = None) -> None:
+    """Stop every part of the agent within one deadline (:data:`STOP_BUDGET_S` from now).
+
+    The parts that only have to end (capture, model watcher) are asked first and end meanwhile;
+    the door link and the spool forwarder drain for what is left; then each is waited for, for
+    what is left. A part that fails to stop (a database error) is logged and the others still stop;
+    a thread that does not end in time is a daemon, left behind.
+    """
+    deadline = time.monotonic() + (STOP_BUDGET_S if budget_s is None else budget_s)
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    _stop_part("capture", capture.request_stop)
+    if watcher is not None:
+        _stop_part("model watcher", watcher.request_stop)
+    if link is not None:
+        _stop_part("door link", lambda: link.stop(drain_s=min(DRAIN_S, left())))
+    if forwarder is not None:
+        _stop_part("spool forwarder", lambda: forwarder.stop(drain_s=min(DRAIN_S, left()), timeout=left()))
+        _stop_part("spool", lambda: _print_spool_left(forwarder))
+    if not _stop_part("capture", lambda: capture.join(left())):
+        log.warning("capture did not stop in time (a read still blocks); not waited for")
+    if watcher is not None and not _stop_part("model watcher", lambda: watcher.join(left())):
+        log.warning("model watcher did not stop in time (a model still loads); not waited for")
+    if monitor is not None:
+        _stop_part("metrics server", monitor.stop)
+
+
+def _stop_part(part: str, stop: Callable[[], object]) -> object:
+    """`stop()`, logging its failure instead of raising it (None then): one part must not keep the
+    others running."""
+    try:
+        return stop()
+    except Exception:
+        log.exception("stopping the %s failed", part)
+        return None
 
 
 def _check_video_output(path: Path) -> None:
@@ -263,7 +301,7 @@ def _monitor(config: Config, agent, capture, stores, link):
     """
     if not config.metrics_port:
         return None
-    from maskgate.gate.metrics import AgentMetrics, AgentMonitor, Health, MetricsServer
+    from maskgate.gate.metrics import AgentMetrics, AgentMonitor, Health, MetricsServer, loop_check
 
     metrics = AgentMetrics(config.gate_id)
     agent.timings.listeners.append(metrics.observe_stage)
@@ -275,24 +313,31 @@ def _monitor(config: Config, agent, capture, stores, link):
             print_decision(decision, event)
 
     agent.on_decision = on_decision
-    checks = {"camera": lambda: capture.status.ok, "database": stores.central_ok}
+    checks = {
+        "agent": loop_check(agent.loop_stalled_s),  # the frame loop runs: the others can be fine without it
+        "camera": lambda: capture.status.ok,
+        "database": stores.central_ok,
+    }
     if link is not None:
         checks["broker"] = lambda: link.connected
     forwarder = stores.forwarder
     if forwarder is not None:
         checks["spool"] = stores.spool_ok
     server = MetricsServer(metrics, Health(checks), config.metrics_host, config.metrics_port).start()
-    pending = None if link is None else (lambda: link.outbox.counts().pending)
-    if forwarder is None:
-        return AgentMonitor(metrics, server, pending)
-    return AgentMonitor(
-        metrics,
-        server,
-        pending,
-        database_ok=stores.central_ok,
-        spool_pending=forwarder.pending,
-        spool_quarantined=forwarder.quarantined,
-    )
+    # Read at each scrape, on the server's thread, never by the agent loop's heartbeat: a stuck loop
+    # must not freeze them, and a slow database must not stall the loop.
+    readings = {
+        "camera_ok": lambda: capture.status.ok,
+        "fps": lambda: agent.stats.fps,  # agent.stats is replaced when a run starts
+    }
+    if link is not None:
+        readings["outbox_pending"] = lambda: link.outbox.counts().pending
+        readings["broker_connected"] = lambda: link.connected
+    if forwarder is not None:
+        readings["database_ok"] = stores.central_ok
+        readings["spool_pending"] = forwarder.pending
+        readings["spool_quarantined"] = forwarder.quarantined
+    return AgentMonitor(metrics, server, **readings)
 
 
 class _WakingSink:

@@ -1,8 +1,9 @@
 """The agent's Prometheus metrics and health check, served on one small HTTP port.
 
     GET /metrics   Prometheus text format
-    GET /healthz   JSON; 200 when the camera, the central database, (with MQTT) the broker and
-                   (with a spool) the local spool are fine, 503 otherwise, naming what is wrong
+    GET /healthz   JSON; 200 when the agent's frame loop runs, the camera, the central database,
+                   (with MQTT) the broker and (with a spool) the local spool are fine, 503 otherwise,
+                   naming what is wrong
 
 Each agent owns its own registry, so that tests and several agents in one process never mix
 their numbers.
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 # Stage times are a few milliseconds; a slow detector on a busy box reaches a few hundred.
 STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 LATENCY_BUCKETS_S = (0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+# /healthz's "agent" check fails when the frame loop has not come round for this long. A pass takes
+# a frame (tens of ms, a few hundred on a busy box) or a wait of at most 0.5 s for one, plus a
+# heartbeat every 5 s; twice that interval is never a healthy agent. It is well below SQLite's busy
+# timeout (30 s), so an agent waiting on a locked spool (or a hung database) is reported while it
+# waits, and a scrape every 15 s sees it.
+AGENT_STALLED_AFTER_S = 10.0
 
 
 @dataclass
@@ -48,12 +55,20 @@ class Health:
         return all(results.values()), results
 
 
+def loop_check(stalled_s: Callable[[], float]) -> Callable[[], bool]:
+    """The "agent" check: false once `stalled_s()` (:meth:`Agent.loop_stalled_s`) reaches
+    :data:`AGENT_STALLED_AFTER_S` (read when asked, so that tests may lower it)."""
+    return lambda: stalled_s() < AGENT_STALLED_AFTER_S
+
+
 class AgentMetrics:
     def __init__(self, gate_id: str):
         self.registry = CollectorRegistry()
         self.frames = Counter("maskgate_frames", "Frames processed", registry=self.registry)
         self.bad_frames = Counter("maskgate_bad_frames", "Frames skipped as unusable", registry=self.registry)
-        self.fps = Gauge("maskgate_fps", "Frames per second processed", registry=self.registry)
+        self.fps = Gauge(
+            "maskgate_fps", "Frames per second processed over the last 5 s", registry=self.registry
+        )
         self.stage_seconds = Histogram(
             "maskgate_stage_seconds",
             "Time per pipeline stage",
@@ -183,38 +198,43 @@ class AgentMonitor:
         self,
         metrics: AgentMetrics,
         server: MetricsServer,
-        outbox_pending: Callable[[], int] | None,
+        outbox_pending: Callable[[], int] | None = None,
         *,
+        camera_ok: Callable[[], bool] | None = None,
+        broker_connected: Callable[[], bool] | None = None,
+        fps: Callable[[], float] | None = None,
         database_ok: Callable[[], bool] | None = None,
         spool_pending: Callable[[], int] | None = None,
         spool_quarantined: Callable[[], int] | None = None,
     ):
-        """`database_ok` and the spool's counts are read when Prometheus scrapes, on the server's
-        thread: a database that is slow to answer must never stall the agent loop's heartbeat.
+        """The gauges given a callable are read when Prometheus scrapes, on the server's thread: a
+        database that is slow to answer must never stall the agent loop's heartbeat, and a loop that
+        is stuck must not freeze them (the camera, the broker and the frame rate say how things are
+        now, and the frame rate falls to 0).
         """
         self.metrics = metrics
         self.server = server
-        self._outbox_pending = outbox_pending
-        if database_ok is not None:
-            metrics.database_ok.set_function(_reading(database_ok))
-        if spool_pending is not None:
-            metrics.spool_pending.set_function(_reading(spool_pending))
-        if spool_quarantined is not None:
-            metrics.spool_quarantined.set_function(_reading(spool_quarantined))
+        readings = (
+            (metrics.outbox_pending, outbox_pending),
+            (metrics.camera_ok, camera_ok),
+            (metrics.broker_connected, broker_connected),
+            (metrics.fps, fps),
+            (metrics.database_ok, database_ok),
+            (metrics.spool_pending, spool_pending),
+            (metrics.spool_quarantined, spool_quarantined),
+        )
+        for gauge, read in readings:
+            if read is not None:
+                gauge.set_function(_reading(read))
         self._frames = 0
         self._bad_frames = 0
 
-    def heartbeat(self, stats, camera_ok: bool, broker_connected: bool | None, model_version: str) -> None:
-        """Bring the gauges and counters up to date (the agent calls this every few seconds)."""
+    def heartbeat(self, stats, model_version: str) -> None:
+        """Bring the counters and the model up to date (the agent calls this every few seconds; it
+        reads nothing but `stats`)."""
         self.metrics.frames.inc(stats.frames - self._frames)
         self.metrics.bad_frames.inc(stats.bad_frames - self._bad_frames)
         self._frames, self._bad_frames = stats.frames, stats.bad_frames
-        self.metrics.fps.set(stats.fps)
-        self.metrics.camera_ok.set(camera_ok)
-        if broker_connected is not None:
-            self.metrics.broker_connected.set(broker_connected)
-        if self._outbox_pending is not None:
-            self.metrics.outbox_pending.set(self._outbox_pending())
         self.metrics.set_model(model_version)
 
     def stop(self) -> None:

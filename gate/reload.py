@@ -14,9 +14,11 @@ watcher.offer)``), which must return at once; its own thread does the slow part:
 4. **swap**: :meth:`Agent.swap_classifier` takes effect at the start of the next frame.
 
 Anything wrong (a wrong sha256, a corrupted or missing file, a location elsewhere, a model LiteRT
-cannot load) is **refused**: logged, kept in :attr:`ModelWatcher.refused`, passed to `on_refused`,
-and the running model stays. Network failures are retried a few times before refusing. Only the
-newest announcement matters: one that arrives while another loads replaces the waiting one.
+cannot load) is **refused**: logged, kept in :attr:`ModelWatcher.refused` (the latest
+:data:`MAX_REFUSALS`), passed to `on_refused`, and the running model stays. Network failures are
+retried a few times before refusing. Only the newest announcement matters: one that arrives while
+another loads replaces the waiting one. A fetch in progress when the agent stops is given up, not
+refused.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ MAX_CARD_BYTES = 1_000_000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 CHUNK = 1 << 20
 RETRY_DELAYS_S = (1.0, 3.0)  # after the first failed fetch, then the second
+# Refusals kept in ModelWatcher.refused: a refused retained announcement is delivered, and refused,
+# again on every reconnection to the broker, for as long as the gate runs.
+MAX_REFUSALS = 100
 
 
 class ArtifactError(ValueError):
@@ -62,6 +67,10 @@ class ArtifactError(ValueError):
 
 class FetchError(OSError):
     """The model could not be fetched (network, server, missing file); worth another try."""
+
+
+class FetchCancelled(Exception):
+    """The fetch was given up because the watcher is stopping: no refusal, the model is not at fault."""
 
 
 class SwapTarget(Protocol):
@@ -137,9 +146,10 @@ def verify(folder: Path, message: ActiveModel) -> ModelCard:
 class Fetcher:
     """Brings an announced model folder into `rollout.cache`, verified; reuses a verified copy."""
 
-    def __init__(self, rollout: RolloutConfig):
+    def __init__(self, rollout: RolloutConfig, stopping: threading.Event | None = None):
         self.rollout = rollout
         self.cache = Path(rollout.cache)
+        self.stopping = stopping  # once set, a copy or download in progress ends at its next block
 
     def fetch(self, message: ActiveModel) -> Path:
         target = self.cache / folder_name(message.version)
@@ -181,7 +191,7 @@ class Fetcher:
             for name in names:
                 if not (source / name).is_file():
                     raise ArtifactError(f"{source}: {name} is missing")
-                _copy_limited(source / name, staging / name, MAX_FILE_BYTES)
+                _copy_limited(source / name, staging / name, MAX_FILE_BYTES, self.stopping)
         except FileNotFoundError:
             raise ArtifactError(f"{source}: not a model folder (no {CARD_FILE})") from None
         except OSError as exc:
@@ -214,7 +224,8 @@ class Fetcher:
         try:
             with opener.open(request, timeout=self.rollout.timeout_s) as response:
                 too_large = f"{url} is larger than {limit} bytes"
-                return _write_limited(response, path, limit, too_large, keep=limit <= MAX_CARD_BYTES)
+                keep = limit <= MAX_CARD_BYTES
+                return _write_limited(response, path, limit, too_large, keep=keep, stopping=self.stopping)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise ArtifactError(f"{url}: {exc.code} {exc.reason} (check rollout.token)") from None
@@ -230,21 +241,37 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 30x becomes an HTTPError: the dashboard never redirects a download
 
 
-def _copy_limited(source: Path, target: Path, limit: int) -> None:
+def _copy_limited(source: Path, target: Path, limit: int, stopping: threading.Event | None = None) -> None:
     """Copy at most `limit` bytes, as a download: a larger file is refused before copying, one
     that grows past the limit during the copy as soon as it does."""
     with source.open("rb") as stream:
         if os.fstat(stream.fileno()).st_size > limit:
             raise ArtifactError(f"{source} is larger than {limit} bytes, the limit for a model file")
-        _write_limited(stream, target, limit, f"{source} grew past {limit} bytes, the limit for a model file")
+        too_large = f"{source} grew past {limit} bytes, the limit for a model file"
+        _write_limited(stream, target, limit, too_large, stopping=stopping)
 
 
-def _write_limited(stream, path: Path, limit: int, too_large: str, keep: bool = False) -> bytes:
+def _write_limited(
+    stream,
+    path: Path,
+    limit: int,
+    too_large: str,
+    keep: bool = False,
+    stopping: threading.Event | None = None,
+) -> bytes:
     """Write `stream` into `path` in chunks, refusing it (ArtifactError `too_large`) as soon as it passes
-    `limit` bytes; returns what was written when `keep` (the card), else nothing."""
+    `limit` bytes; returns what was written when `keep` (the card), else nothing.
+
+    Once `stopping` is set it ends at the next block (:class:`FetchCancelled`): a 512 MB download must
+    not hold up the agent's exit. Blocks are what has arrived (``read1``), not a full chunk, so that a
+    slow server cannot keep one read waiting for a whole megabyte.
+    """
+    read = getattr(stream, "read1", stream.read)
     size, kept = 0, bytearray()
     with path.open("wb") as out:
-        while block := stream.read(CHUNK):
+        while block := read(CHUNK):
+            if stopping is not None and stopping.is_set():
+                raise FetchCancelled(f"{path.name}: fetch given up, the agent is stopping")
             size += len(block)
             if size > limit:
                 raise ArtifactError(too_large)
@@ -286,11 +313,12 @@ class ModelWatcher:
         on_refused: Callable[[Refusal], None] | None = None,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
     ):
-        self.fetcher = Fetcher(rollout)
+        self._stopping = threading.Event()
+        self.fetcher = Fetcher(rollout, stopping=self._stopping)
         self.on_refused = on_refused
         self.retry_delays_s = tuple(retry_delays_s)
         self.loaded: list[str] = []  # versions handed to the agent, in order
-        self.refused: list[Refusal] = []
+        self.refused: list[Refusal] = []  # the latest MAX_REFUSALS, oldest first
         self._target: SwapTarget | None = None
         # (version, sha256) of the model last handed to the target, which may not run it yet (the
         # swap takes effect at its next frame): announcements are compared with this, not with
@@ -299,7 +327,6 @@ class ModelWatcher:
         self._pending: ActiveModel | None = None
         self._busy = False
         self._condition = threading.Condition()
-        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def attach(self, target: SwapTarget) -> None:
@@ -319,13 +346,29 @@ class ModelWatcher:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """:meth:`request_stop`, then :meth:`join`."""
+        self.request_stop()
+        return self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the watcher to end without waiting: a fetch in progress ends at its next block, and
+        nothing is refused for it."""
         self._stopping.set()
         with self._condition:
             self._condition.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` s for the watcher's thread; whether it ended. One still loading a
+        model (LiteRT does not stop half-way) is a daemon and cannot hold up the exit."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no announcement is waiting or being handled (tests)."""
@@ -364,6 +407,9 @@ class ModelWatcher:
         log.info("model %s announced (%s): fetching", message.version, message.location)
         try:
             classifier = load_classifier(self._fetch(message))
+        except FetchCancelled as exc:
+            log.info("model %s not loaded: %s", message.version, exc)
+            return
         except (ArtifactError, FetchError, ModelFileError) as exc:
             self._refuse(message, str(exc))
             return
@@ -377,7 +423,9 @@ class ModelWatcher:
             try:
                 return self.fetcher.fetch(message)
             except FetchError as exc:
-                if delay is None or self._stopping.is_set():
+                if self._stopping.is_set():
+                    raise FetchCancelled(f"fetching failed ({exc}) and the agent is stopping") from None
+                if delay is None:
                     raise
                 log.warning("fetching model %s failed (%s); again in %.0f s", message.version, exc, delay)
                 self._stopping.wait(delay)
@@ -386,6 +434,7 @@ class ModelWatcher:
     def _refuse(self, message: ActiveModel, reason: str) -> None:
         refusal = Refusal(message.version, message.sha256, reason)
         self.refused.append(refusal)
+        del self.refused[:-MAX_REFUSALS]
         running = self._target.classifier.version if self._target else "?"
         log.error("model %s refused: %s; still running %s", message.version, reason, running)
         if self.on_refused is not None:

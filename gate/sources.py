@@ -339,11 +339,23 @@ class Capture:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """:meth:`request_stop`, then :meth:`join`."""
+        self.request_stop()
+        return self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the capture thread to end, without waiting for it (a read in progress ends first)."""
         self._stop.set()
         with self._condition:
             self._condition.notify_all()
-        self._thread.join(timeout=5)
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` s for the capture thread; whether it ended. One blocked in a read
+        (a stream that went silent) is left behind: it is a daemon and cannot hold up the exit."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def next_frame(self, timeout: float = 1.0) -> Frame | None:
         """The newest unseen frame, or None if none came within `timeout` (or the source ended)."""

@@ -154,19 +154,28 @@ class SpoolForwarder:
         self._thread.start()
         return self
 
-    def stop(self, drain_s: float = 2.0) -> None:
-        """Give the central database up to `drain_s` to take what is pending, then stop.
+    def stop(self, drain_s: float = 2.0, timeout: float | None = None) -> bool:
+        """Give the central database up to `drain_s` to take what is pending, then stop; wait at most
+        `timeout` s (None: no limit) for the thread to end. Returns whether it ended.
 
-        What is still pending stays in the spool for the next start.
+        What is still pending stays in the spool for the next start. A thread that does not end in
+        time (blocked on a hung central database) is a daemon, left behind so that it cannot hold up
+        the agent's exit; whatever it was sending is sent again on the next start.
         """
-        if self._thread is None:
-            return
+        thread = self._thread
+        if thread is None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._connected:
-            self.wait_drained(drain_s)
+            self.wait_drained(drain_s if deadline is None else min(drain_s, timeout))
         self._stopping.set()
         self._wakeup.set()
-        self._thread.join()
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("gate %s: spool forwarder did not end in time; left behind", self.gate_id)
+            return False
         self._thread = None
+        return True
 
     def wake(self) -> None:
         """Something new is in the spool (an event, a door outcome): forward it now, not at the next poll."""

@@ -152,7 +152,7 @@ def test_a_running_agent_serves_its_metrics_and_health(tmp_path):
         assert re.search(r"^maskgate_spool_pending \d", text, re.MULTILINE)
         assert "\nmaskgate_spool_quarantined 0.0\n" in text
         status, body = get(f"http://127.0.0.1:{port}/healthz")
-        checks = {"camera": True, "database": True, "spool": True}
+        checks = {"agent": True, "camera": True, "database": True, "spool": True}
         assert status == 200 and json.loads(body)["checks"] == checks
     finally:
         agent.terminate()

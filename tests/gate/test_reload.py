@@ -8,6 +8,7 @@ test here needs TensorFlow.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from werkzeug.serving import make_server
 from maskgate.config import Config, DashboardConfig, PathsConfig, PolicyConfig, RolloutConfig
 from maskgate.core import LABELS, Box, Classification, Face, Frame, Label, utcnow
 from maskgate.crop import CropSpec
+from maskgate.gate import reload
 from maskgate.gate.agent import Agent, StoreSink
 from maskgate.gate.classifier import MaskClassifier
 from maskgate.gate.comms.payloads import ActiveModel
@@ -34,7 +36,7 @@ from maskgate.gate.reload import (
     folder_name,
 )
 from maskgate.gate.tracker import Tracker, TrackerConfig
-from maskgate.modelcard import RUNTIME_FILE, ModelCard, card_sha256, load_card, write_card
+from maskgate.modelcard import CARD_FILE, RUNTIME_FILE, ModelCard, card_sha256, load_card, write_card
 from maskgate.store import EventStore, ModelRegistry, UserStore, make_engine, migrate
 from tests.conftest import DEFAULT_MODEL, copy_model
 from tests.gate.comms.brokers import SYSTEM_PORT, Spy, make_config, port_open, wait_until
@@ -490,6 +492,69 @@ def test_a_rollback_replaces_a_swap_the_agent_has_not_applied_yet(tmp_path, mode
         assert watcher.loaded == ["x", "w"] and agent.classifier.version == "w"
     finally:
         watcher.stop()
+
+
+def test_a_download_in_progress_ends_when_the_watcher_stops(tmp_path, models):
+    """A large model on a slow line must not hold up the agent's exit (systemd kills it after 15 s)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = copy_model(models / "v2", "v2")
+    card = (folder / CARD_FILE).read_bytes()
+    streaming, done = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.endswith(f"/{CARD_FILE}"):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(card)))
+                self.end_headers()
+                self.wfile.write(card)
+                return
+            self.send_response(200)  # the model file: 1 KiB every 50 ms, far from its end
+            self.send_header("Content-Length", str(MAX_FILE_BYTES))
+            self.end_headers()
+            try:
+                while not done.is_set():
+                    self.wfile.write(b"\0" * 1024)
+                    self.wfile.flush()
+                    streaming.set()
+                    time.sleep(0.05)
+            except OSError:  # the gate hung up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    refused = []
+    rollout = RolloutConfig(url=base, token=TOKEN, cache=tmp_path / "cache", timeout_s=30)
+    watcher = ModelWatcher(rollout, on_refused=refused.append, retry_delays_s=())
+    watcher.attach(Target(MaskClassifier(DEFAULT_MODEL)))
+    watcher.start()
+    thread = watcher._thread
+    try:
+        watcher.offer(announcement(folder, location=f"{base}/api/v1/models/v2/files"))
+        assert streaming.wait(30), "the download did not start"
+        watcher.stop(timeout=20)
+        assert thread is not None and not thread.is_alive(), "the watcher is still downloading"
+        assert refused == [] and watcher.loaded == []  # given up, not refused: the model is not at fault
+        assert not list((tmp_path / "cache").glob(".incoming-*"))  # nothing half-fetched left behind
+    finally:
+        done.set()
+        server.shutdown()
+
+
+def test_a_retained_announcement_refused_on_every_reconnect_is_kept_a_bounded_number_of_times(tmp_path):
+    watcher = ModelWatcher(RolloutConfig(cache=tmp_path / "cache"), retry_delays_s=())
+    watcher.attach(Target(MaskClassifier(DEFAULT_MODEL)))
+    gone = announcement(DEFAULT_MODEL, version="v9", location=str(tmp_path / "gone"))
+    kept = reload.MAX_REFUSALS
+    for _ in range(kept + 20):  # the broker re-delivers it on every reconnection, for months
+        watcher.handle(gone)
+    assert len(watcher.refused) == kept
+    assert all(r.version == "v9" and "not a model folder" in r.reason for r in watcher.refused)
 
 
 # -- over the real broker ---------------------------------------------------------------------------

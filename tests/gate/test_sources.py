@@ -3,6 +3,7 @@ and survive failures."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import cv2
@@ -121,6 +122,40 @@ def test_a_live_source_keeps_only_the_newest_frame():
     capture.stop()
     assert first.seq > 10  # older frames were dropped
     assert second.seq > first.seq
+
+
+class BlockedCamera:
+    """A stream gone silent: its read blocks until released."""
+
+    live = True
+    name = "silent stream"
+    fps = 30.0
+
+    def __init__(self):
+        self.reading, self.release = threading.Event(), threading.Event()
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        self.reading.set()
+        self.release.wait(60)
+        return image(1)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_capture_blocked_in_a_read_is_asked_to_stop_and_waited_for_only_as_long_as_asked():
+    camera = BlockedCamera()
+    capture = Capture(camera).start()
+    try:
+        assert camera.reading.wait(30)
+        capture.request_stop()  # returns at once: the agent's shutdown asks every part first
+        assert capture.join(0.2) is False and not camera.release.is_set()
+    finally:
+        camera.release.set()
+    assert capture.join(30) is True  # the read returned: it saw the stop and ended
 
 
 class OddFrameReader:

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -212,6 +213,33 @@ def test_while_the_central_database_is_down_events_wait_and_then_all_arrive_once
     assert central.arrivals == [e.event_id for e in first + during]
     assert _central_count(central) == 6
     assert sum("back after" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_stop_leaves_a_forwarder_hung_on_the_central_database_behind_after_its_timeout(
+    local, central, spool, make_event, monkeypatch
+):
+    """A hung connection (no answer, no error) must not keep the agent from exiting."""
+    hung, release = threading.Event(), threading.Event()
+    record_events = central.record_events
+
+    def hanging(events):
+        hung.set()
+        release.wait(60)
+        return record_events(events)
+
+    monkeypatch.setattr(central, "record_events", hanging)
+    spooled(local, make_event, 1)
+    forwarder = SpoolForwarder(spool, central, "gate-1", poll_s=0.05).start()
+    thread = forwarder._thread
+    try:
+        assert hung.wait(30), "the forwarder did not send"
+        ended = forwarder.stop(drain_s=0.1, timeout=0.5)
+        assert ended is False and not release.is_set() and thread.is_alive()
+    finally:
+        release.set()
+        thread.join(30)
+    assert not thread.is_alive()  # once answered it ended: it had been asked to stop
+    assert forwarder.pending() == 0  # and what it was sending arrived
 
 
 def test_an_unreachable_server_is_an_outage_not_a_crash(local, spool, make_event):
