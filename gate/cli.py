@@ -227,7 +227,7 @@ def _shut_down(capture, link, watcher, forwarder, monitor, budget_s: float | Non
     if watcher is not None:
         _stop_part("model watcher", watcher.request_stop)
     if link is not None:
-        _stop_part("door link", lambda: link.stop(drain_s=min(DRAIN_S, left())))
+        _stop_part("door link", lambda: link.stop(drain_s=min(DRAIN_S, left()), join_s=left()))
     if forwarder is not None:
         _stop_part("spool forwarder", lambda: forwarder.stop(drain_s=min(DRAIN_S, left()), timeout=left()))
         _stop_part("spool", lambda: _print_spool_left(forwarder))

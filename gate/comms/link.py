@@ -151,6 +151,11 @@ class DoorLink:
         self._worker: threading.Thread | None = None
         self._counts_lock = threading.Lock()
         self._counts = {action: 0 for action in Action}
+        # Outbox rows waiting, as last counted by the worker (every POLL_S) plus what was submitted
+        # since: the state message reads this, so the agent loop's heartbeat never waits on the
+        # database. Guarded by _counts_lock.
+        self._outbox_pending = 0
+        self._pending_counted_at = 0.0
         self._last_state: GateState | None = None
         self._last_sweep = self._last_poll = self._last_purge = 0.0
         # Set when the outbox may hold something to publish (a submit, a reconnect, a failed
@@ -167,27 +172,33 @@ class DoorLink:
     def start(self) -> None:
         """Connect (in the background; the outbox keeps everything until the broker answers)."""
         self.store.ensure_gate(self.gate_id)
+        self._count_pending()  # what an earlier run left
         self._worker = threading.Thread(target=self._run, name=f"door-link-{self.gate_id}", daemon=True)
         self._worker.start()
         self.client.start()
 
-    def stop(self, drain_s: float = 2.0) -> None:
+    def stop(self, drain_s: float = 2.0, join_s: float = 5.0) -> None:
         """Give the outbox up to `drain_s` to empty, publish ``stopped`` and disconnect cleanly.
 
         Whatever is still pending stays in the outbox for the next start; a publish still
         unanswered by the broker is recorded as one that may have arrived. Door outcomes still
         in memory (acks received, outcomes the database did not take) are recorded once more;
         any the database still refuses are logged. A failing database never keeps the client
-        from disconnecting cleanly.
+        from disconnecting cleanly, nor a worker stuck in a database call for more than `join_s`:
+        the stop goes on without it (a daemon thread; what it had not recorded waits in the outbox
+        for the next start).
         """
         if self._worker is None:
             return
         self.wait_idle(drain_s)
         self._stopping.set()
         self._wake()
-        self._worker.join()
-        self._worker = None
+        self._worker.join(join_s)
+        stuck, self._worker = self._worker.is_alive(), None
         self.client.stop(final=[(self.topics.availability, "stopped", True)])
+        if stuck:  # it may still write: recording from here too would race it
+            log.error("gate %s: door link worker busy after %g s; stopped without it", self.gate_id, join_s)
+            return
         # The worker is gone: this thread is now the only one writing outbox rows and door outcomes.
         self._record_on_stop()
 
@@ -244,6 +255,7 @@ class DoorLink:
         if self.outbox.record_event(event, messages, now=utcnow()):
             with self._counts_lock:
                 self._counts[decision.action] += 1
+                self._outbox_pending += len(messages)
             self._dirty = True
             self._wake()
             return event
@@ -255,7 +267,7 @@ class DoorLink:
     def publish_state(self, *, camera_ok: bool, fps: float, model_version: str) -> GateState:
         """Publish the retained state (re-sent on every reconnect); the counters are this link's."""
         with self._counts_lock:
-            counts = dict(self._counts)
+            counts, pending = dict(self._counts), self._outbox_pending
         state = GateState(
             gate_id=self.gate_id,
             camera_ok=bool(camera_ok),
@@ -265,7 +277,7 @@ class DoorLink:
             allowed=counts[Action.ALLOW],
             denied=counts[Action.DENY],
             warned=counts[Action.WARN],
-            outbox_pending=self.outbox.counts().pending,
+            outbox_pending=pending,
         )
         self._last_state = state
         self.client.publish(self.topics.state, state.encode(), qos=1, retain=True)
@@ -453,6 +465,8 @@ class DoorLink:
             self._last_poll = tick
             self._dirty = False  # before reading: a submit from now on sets it again
             self._publish_pending()
+        if tick - self._pending_counted_at >= POLL_S:
+            self._count_pending()
         for decision_id in self._acks.overdue(time.monotonic()):
             log.warning(
                 "gate %s: no ack for door command %s within %g s (incident)",
@@ -468,6 +482,11 @@ class DoorLink:
             self._refusals = {
                 k: n for k, n in self._refusals.items() if k in self._retry_after or k in self._in_flight
             }
+
+    def _count_pending(self) -> None:
+        pending = self.outbox.counts().pending
+        with self._counts_lock:
+            self._outbox_pending, self._pending_counted_at = pending, time.monotonic()
 
     def _publish_pending(self) -> None:
         # Door commands come first (pending() orders them so) and are never held back by the

@@ -71,14 +71,22 @@ def test_a_door_outcome_survives_a_database_hiccup(offline_link, store, monkeypa
     assert offline_link._unrecorded == []
 
 
-def test_counters_in_state(offline_link):
+def test_counters_in_state(offline_link, monkeypatch):
     from maskgate.core import Action
 
     for action in (Action.ALLOW, Action.ALLOW, Action.DENY):
         offline_link.submit(make_decision(action=action))
+
+    def hung(*_args):  # the agent loop's heartbeat publishes the state: it must not wait on the database
+        raise AssertionError("publish_state read the database")
+
+    monkeypatch.setattr(offline_link.outbox, "counts", hung)
     state = offline_link.publish_state(camera_ok=True, fps=9.5, model_version="m")  # offline: kept
     assert (state.decisions, state.allowed, state.denied, state.warned) == (3, 2, 1, 0)
     assert state.outbox_pending == 6 and state.compliance == pytest.approx(2 / 3)
+    monkeypatch.undo()
+    offline_link._count_pending()  # the worker's recount agrees
+    assert offline_link.publish_state(camera_ok=True, fps=9.5, model_version="m").outbox_pending == 6
 
 
 # -- a fake MQTT client: the broker's answers (PUBACK, lost connection, acks) at the test's command ----
@@ -217,3 +225,27 @@ def test_door_outcomes_waiting_in_memory_are_recorded_on_stop(store, monkeypatch
         stored = store.get_event(event.event_id)
         assert stored.door_status is DoorStatus.OPENED and stored.door_reason is AckReason.OPENED
     assert link._unrecorded == []
+
+
+def test_a_worker_stuck_in_the_database_does_not_hold_up_the_stop(store, monkeypatch):
+    """A database call that hangs (a lock, a dead connection) keeps the worker; the stop goes on
+    without it after join_s and still publishes "stopped", so systemd's deadline is kept."""
+    import threading
+
+    link, client = fake_link(store)
+    release, entered = threading.Event(), threading.Event()
+
+    def hung(*_args, **_kwargs):
+        entered.set()
+        release.wait(30)
+        return []
+
+    link.start()
+    monkeypatch.setattr(link.outbox, "expire_due", hung)
+    link._wake()
+    assert entered.wait(10), "the worker never reached the database"
+    started = time.monotonic()
+    link.stop(drain_s=0.0, join_s=0.5)
+    assert time.monotonic() - started < 10  # not the 30 s the worker is held for
+    assert client.final is not None and client.final[0][1] == "stopped"
+    release.set()
