@@ -110,7 +110,7 @@ class Link:
     def start(self) -> None:
         pass
 
-    def stop(self, drain_s: float = 2.0) -> None:
+    def stop(self, drain_s: float = 2.0, join_s: float = 5.0) -> None:
         self.stop_calls.append(drain_s)
 
     def publish_state(self, *, camera_ok: bool, fps: float, model_version: str) -> None:
@@ -349,7 +349,7 @@ def test_every_part_stops_within_one_deadline_though_some_hang_and_one_fails(
             return self.join(timeout)
 
     class FailingLink(Link):
-        def stop(self, drain_s: float = 2.0) -> None:
+        def stop(self, drain_s: float = 2.0, join_s: float = 5.0) -> None:
             asked.append("link")
             raise RuntimeError("database is locked")
 
