@@ -46,7 +46,8 @@ class SourceError(RuntimeError):
 
 
 class SourceSpecError(SourceError):
-    """A source spec that names no kind of source (an unknown URL scheme): a usage error."""
+    """A source spec that names nothing to read (an unknown URL scheme, no such file, a file that is
+    no video): a usage error."""
 
 
 class FrameReader(Protocol):
@@ -277,9 +278,10 @@ def _recording(spec: str) -> FrameReader:
         return FolderReader(path)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         return OpenCvReader(str(path), live=False)
+    # A source spec that names nothing to read is a usage error (exit 2), as an unknown URL scheme is.
     if path.exists():
-        raise SourceError(f"{spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image folder")
-    raise SourceError(f"{spec}: no such file or folder (or use a camera index, a URL or 'synthetic')")
+        raise SourceSpecError(f"{spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image folder")
+    raise SourceSpecError(f"{spec}: no such file or folder (or use a camera index, a URL or 'synthetic')")
 
 
 def reopens(reader: FrameReader) -> bool:

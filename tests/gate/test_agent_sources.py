@@ -138,8 +138,14 @@ def test_max_frames_must_be_a_whole_number_above_0(capsys, value):
     assert f"argument --max-frames: expected a whole number above 0, got '{value}'" in capsys.readouterr().err
 
 
-def test_an_unknown_url_scheme_is_a_usage_error(env):
-    result = agent(env, "--source", "ftp://camera/stream", "--no-mqtt")
-    assert (
-        result.returncode == 2 and "maskgate: ftp://camera/stream: unknown URL scheme 'ftp'" in result.stderr
-    )
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("ftp://camera/stream", "ftp://camera/stream: unknown URL scheme 'ftp'"),
+        ("nowhere.mp4", "nowhere.mp4: no such file or folder"),
+        ("pyproject.toml", "pyproject.toml: not a video"),
+    ],
+)
+def test_a_source_that_names_nothing_to_read_is_a_usage_error(env, source, says):
+    result = agent(env, "--source", source, "--no-mqtt")
+    assert result.returncode == 2 and f"maskgate: {says}" in result.stderr
