@@ -427,6 +427,7 @@ def test_models_page_shows_metrics_card_and_plots(admin, model_folders):
     assert "compact" in page and "96 px rgb, margin 0.2" in page and "177,043" in page
     assert "ensemble of 2: a-1, b-2" in page and "128 px rgb" in page
     assert "/models/m1/files/confusion.png" in page and "notes.txt" not in page
+    assert "card <span class=\"warning\">not pinned" in page  # registered without its card's sha256
     plot = admin.get("/models/m1/files/confusion.png")
     assert plot.status_code == 200 and plot.mimetype == "image/png"
     assert "sandbox" in plot.headers["Content-Security-Policy"]
@@ -469,7 +470,9 @@ def test_promote_and_roll_back_from_the_page(admin, app, tmp_path):
     assert admin.post("/models/m1/promote").status_code == 302
     assert admin.post("/models/m2/promote").status_code == 302
     assert registry.active().version == "m2"
-    assert "Model m2 is now active" in admin.get("/models").text
+    page = admin.get("/models").text
+    assert "Model m2 is now active" in page
+    assert f"card <code>{registry.get('m2').card_sha256[:16]}…</code>" in page  # what pins the folder
     assert admin.post("/models/rollback").status_code == 302
     assert registry.active().version == "m1"
     assert registry.get("m2").status is ModelStatus.CANDIDATE  # rolled back: never a rollback target again
