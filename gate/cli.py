@@ -25,6 +25,7 @@ ANNOTATION_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 # and may be cut off mid-write. The 3 s left over are for the summary and the interpreter's exit.
 STOP_BUDGET_S = 12.0
 DRAIN_S = 2.0  # what the door link's outbox and the spool forwarder get to empty, at most, each
+CLIENT_STOP_S = 2.0  # the MQTT client's own stop: its last message ("stopped") and the disconnect
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -227,7 +228,8 @@ def _shut_down(capture, link, watcher, forwarder, monitor, budget_s: float | Non
     if watcher is not None:
         _stop_part("model watcher", watcher.request_stop)
     if link is not None:
-        _stop_part("door link", lambda: link.stop(drain_s=min(DRAIN_S, left()), join_s=left()))
+        link_s = max(0.0, left() - CLIENT_STOP_S)  # its client's "stopped" comes after drain and join
+        _stop_part("door link", lambda: link.stop(drain_s=min(DRAIN_S, link_s), join_s=link_s))
     if forwarder is not None:
         _stop_part("spool forwarder", lambda: forwarder.stop(drain_s=min(DRAIN_S, left()), timeout=left()))
         _stop_part("spool", lambda: _print_spool_left(forwarder))

@@ -35,6 +35,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 DECODE_FILL = 128
 FILL_ROWS = 16  # one row of JPEG blocks at the bottom (blocks are 8 or 16 pixels high)
 DEFAULT_FPS = 30.0  # what a file or camera that does not say its frame rate is taken to run at
+MAX_FPS = 240.0  # a rate reported above this is not a frame rate (an RTSP stream's 90 kHz time base)
 # URL schemes of live streams that OpenCV's FFmpeg opens (srt is not built into opencv-python).
 # Only these count as a camera: anything else with "://" would otherwise be treated as live, so a
 # file:// clip drove a real door and was replayed for ever. A file:// URL is read as the path it names.
@@ -72,12 +73,10 @@ class OpenCvReader:
         target: int | str,
         live: bool,
         timeout_s: float = CameraConfig.stream_timeout_s,
-        size: tuple[int, int] | None = None,
     ):
         self.target = target
         self.live = live
         self.timeout_s = timeout_s  # streams only (camera.stream_timeout_s)
-        self.size = size  # local cameras only (camera.width, camera.height): a stream or file has its own
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps = DEFAULT_FPS  # the source's own rate once open (OpenCV knows it only then)
         self._capture: cv2.VideoCapture | None = None
@@ -98,20 +97,11 @@ class OpenCvReader:
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {self.name}")
-        if self.size is not None:
-            self._request_size(capture, self.size)
         rate = float(capture.get(cv2.CAP_PROP_FPS))
         # Kept after close: the last frame of a clip may still be annotated after its reader closed.
-        self.fps = rate if rate > 0 else DEFAULT_FPS
+        # Some streams report their time base (90000) as the rate, which no video writer takes.
+        self.fps = rate if 0 < rate <= MAX_FPS else DEFAULT_FPS
         self._capture = capture
-
-    def _request_size(self, capture: cv2.VideoCapture, size: tuple[int, int]) -> None:
-        """Ask a camera for `size`; it may give the nearest mode it has instead, which is logged."""
-        capture.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
-        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
-        got = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        if got != size:
-            log.warning("%s: asked for %dx%d, delivers %dx%d", self.name, *size, *got)
 
     def read(self) -> np.ndarray | None:
         if self._capture is None:
@@ -251,9 +241,14 @@ def open_reader(
 
         return SyntheticWalkUp(size=(camera.width, camera.height), detector=detector)
     if spec.isdigit():
-        return OpenCvReader(int(spec), live=True, size=(camera.width, camera.height))
+        # A camera delivers its own size: asking it for camera.width x height (the synthetic walk-up's)
+        # would change its field of view and the faces' pixel sizes the policy counts.
+        return OpenCvReader(int(spec), live=True)
     if "://" in spec:
-        scheme = urlsplit(spec).scheme.lower()
+        try:
+            scheme = urlsplit(spec).scheme.lower()
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise SourceSpecError(f"{spec}: not a URL ({exc})") from None
         if scheme in STREAM_SCHEMES:
             return OpenCvReader(spec, live=True, timeout_s=camera.stream_timeout_s)
         spec = str(_file_url_path(spec))

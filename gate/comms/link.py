@@ -184,16 +184,18 @@ class DoorLink:
         unanswered by the broker is recorded as one that may have arrived. Door outcomes still
         in memory (acks received, outcomes the database did not take) are recorded once more;
         any the database still refuses are logged. A failing database never keeps the client
-        from disconnecting cleanly, nor a worker stuck in a database call for more than `join_s`:
-        the stop goes on without it (a daemon thread; what it had not recorded waits in the outbox
-        for the next start).
+        from disconnecting cleanly, nor a worker stuck in a database call: `join_s` bounds the drain
+        and the wait for the worker together, after which the stop goes on without it (a daemon
+        thread; what it had not recorded waits in the outbox for the next start). The client's
+        own stop (the "stopped" message) takes up to 2 s more.
         """
         if self._worker is None:
             return
-        self.wait_idle(drain_s)
+        deadline = time.monotonic() + join_s
+        self.wait_idle(min(drain_s, join_s))
         self._stopping.set()
         self._wake()
-        self._worker.join(join_s)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
         stuck, self._worker = self._worker.is_alive(), None
         self.client.stop(final=[(self.topics.availability, "stopped", True)])
         if stuck:  # it may still write: recording from here too would race it

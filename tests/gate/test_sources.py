@@ -331,16 +331,25 @@ def test_skipped_images_are_summed_up_at_the_end(tmp_path, caplog):
     assert f"unreadable images skipped in {tmp_path}: 1, e.g. 001b.jpg" in caplog.text
 
 
-def test_a_local_camera_is_asked_for_the_configured_size(tmp_path, caplog):
-    """camera.width / camera.height were used only by the synthetic walk-up."""
-    camera = CameraConfig(width=1280, height=720)
-    assert open_reader("0", camera).size == (1280, 720)
-    assert open_reader("rtsp://cam/stream1", camera).size is None  # a stream or a file has its own size
+def test_a_frame_rate_no_writer_takes_is_read_as_the_default(tmp_path, monkeypatch):
+    """Some RTSP streams report their 90 kHz time base as the frame rate; an annotated copy at
+    90000 fps cannot be written (the run ended at its first frame)."""
+    import maskgate.gate.sources as sources
+
+    class TimeBaseCapture(cv2.VideoCapture):
+        def get(self, prop):
+            return 90000.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
     path = tmp_path / "clip.mp4"
     write_clip(path, fps=25)
-    assert open_reader(str(path), camera).size is None
-    # What a camera that has no such mode does (a file has none): the size it delivers is logged.
-    reader = OpenCvReader(str(path), live=False, size=(1280, 720))
+    monkeypatch.setattr(sources.cv2, "VideoCapture", TimeBaseCapture)
+    reader = OpenCvReader(str(path), live=False)
     reader.open()
     reader.close()
-    assert f"{path}: asked for 1280x720, delivers 64x48" in caplog.text
+    assert reader.fps == sources.DEFAULT_FPS
+
+
+def test_a_url_that_does_not_parse_is_a_usage_error():
+    with pytest.raises(SourceSpecError, match=r"rtsp://\[cam/x: not a URL"):
+        open_reader("rtsp://[cam/x")
+
