@@ -42,6 +42,12 @@ MAX_FPS = 240.0  # a rate reported above this is not a frame rate (an RTSP strea
 STREAM_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp"}
 
 
+def frame_rate(reported: float) -> float:
+    """The frame rate OpenCV reports, or DEFAULT_FPS where it is none: 0 when unknown, and some
+    RTSP streams report their 90 kHz time base, which no video writer takes."""
+    return reported if 0 < reported <= MAX_FPS else DEFAULT_FPS
+
+
 class SourceError(RuntimeError):
     """A source that cannot be opened or read."""
 
@@ -97,10 +103,8 @@ class OpenCvReader:
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {self.name}")
-        rate = float(capture.get(cv2.CAP_PROP_FPS))
         # Kept after close: the last frame of a clip may still be annotated after its reader closed.
-        # Some streams report their time base (90000) as the rate, which no video writer takes.
-        self.fps = rate if 0 < rate <= MAX_FPS else DEFAULT_FPS
+        self.fps = frame_rate(float(capture.get(cv2.CAP_PROP_FPS)))
         self._capture = capture
 
     def read(self) -> np.ndarray | None:

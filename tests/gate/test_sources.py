@@ -12,12 +12,13 @@ import pytest
 
 from maskgate.config import CameraConfig
 from maskgate.gate.sources import (
+    DEFAULT_FPS,
     Capture,
     FolderReader,
-    OpenCvReader,
     RealtimeReader,
     SourceError,
     SourceSpecError,
+    frame_rate,
     open_reader,
 )
 
@@ -331,22 +332,11 @@ def test_skipped_images_are_summed_up_at_the_end(tmp_path, caplog):
     assert f"unreadable images skipped in {tmp_path}: 1, e.g. 001b.jpg" in caplog.text
 
 
-def test_a_frame_rate_no_writer_takes_is_read_as_the_default(tmp_path, monkeypatch):
+def test_a_frame_rate_no_writer_takes_is_read_as_the_default():
     """Some RTSP streams report their 90 kHz time base as the frame rate; an annotated copy at
-    90000 fps cannot be written (the run ended at its first frame)."""
-    import maskgate.gate.sources as sources
-
-    class TimeBaseCapture(cv2.VideoCapture):
-        def get(self, prop):
-            return 90000.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
-
-    path = tmp_path / "clip.mp4"
-    write_clip(path, fps=25)
-    monkeypatch.setattr(sources.cv2, "VideoCapture", TimeBaseCapture)
-    reader = OpenCvReader(str(path), live=False)
-    reader.open()
-    reader.close()
-    assert reader.fps == sources.DEFAULT_FPS
+    90000 fps cannot be written (the run ended at its first frame). 0 is OpenCV's "unknown"."""
+    assert [frame_rate(r) for r in (25.0, 240.0, 90000.0, 0.0, -1.0)] == [25.0, 240.0, 30.0, 30.0, 30.0]
+    assert frame_rate(90000.0) == DEFAULT_FPS
 
 
 def test_a_url_that_does_not_parse_is_a_usage_error():
