@@ -74,12 +74,7 @@ class FrameReader(Protocol):
 class OpenCvReader:
     """A camera index, an RTSP/HTTP stream URL or a video file, through OpenCV."""
 
-    def __init__(
-        self,
-        target: int | str,
-        live: bool,
-        timeout_s: float = CameraConfig.stream_timeout_s,
-    ):
+    def __init__(self, target: int | str, live: bool, timeout_s: float = CameraConfig.stream_timeout_s):
         self.target = target
         self.live = live
         self.timeout_s = timeout_s  # streams only (camera.stream_timeout_s)

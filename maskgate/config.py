@@ -479,7 +479,6 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in hints:
@@ -488,7 +487,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
         else:
-            values[key] = _convert(value, hint, f"{source}: {prefix}{key}", fields[key])
+            values[key] = _convert(value, hint, f"{source}: {prefix}{key}", _field(cls, key))
     return _within_rules(cls(**values), prefix, source)
 
 

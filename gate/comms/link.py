@@ -449,19 +449,13 @@ class DoorLink:
         if (stuck and tick - self._last_sweep >= EXPIRY_SWEEP_S) or tick - self._last_poll >= POLL_S:
             self._last_sweep, self._expiry_due = tick, False
             for event in self.outbox.expire_due(now, exclude=self._in_flight.keys()):
-                if event.door_status is DoorStatus.NO_ACK:
-                    log.warning(
-                        "gate %s: door command for %s expired unanswered; it may have reached the door "
-                        "(published, never acknowledged by the broker): no_ack (incident)",
-                        self.gate_id,
-                        event.event_id,
-                    )
-                else:
-                    log.warning(
-                        "gate %s: door command for %s expired before it could be sent (incident)",
-                        self.gate_id,
-                        event.event_id,
-                    )
+                why = (
+                    "expired unanswered; it may have reached the door (published, never acknowledged "
+                    "by the broker): no_ack"
+                    if event.door_status is DoorStatus.NO_ACK
+                    else "expired before it could be sent"
+                )
+                log.warning("gate %s: door command for %s %s (incident)", self.gate_id, event.event_id, why)
                 self._notify(event)
         if connected and (self._dirty or tick - self._last_poll >= POLL_S):
             self._last_poll = tick
